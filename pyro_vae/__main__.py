@@ -1,0 +1,5 @@
+import sys
+
+from pyro_vae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""The ``pyro-vae`` command. It parses arguments and calls the library; nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from pyro_vae.errors import PyroVAEError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.run import TrainConfig, format_summary, train_run
+
+_DEFAULT = TrainConfig()
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"hidden sizes must be comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a VAE and write a run directory",
+        description="Train a VAE with SVI and write config, metrics, checkpoint and figures.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        default=_DEFAULT.data,
+        help="'digits' (bundled), 'fashion-mnist' (Debian package), an IDX directory, "
+        "or a .npy/.npz/.csv file",
+    )
+    p.add_argument(
+        "--binarization",
+        choices=["none", "static", "dynamic"],
+        default=_DEFAULT.binarization,
+        help="for the Bernoulli likelihood on grey levels in [0, 1]",
+    )
+    p.add_argument("--label-column", type=int, default=None, help="CSV/array column holding labels")
+    p.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default=_DEFAULT.likelihood)
+    p.add_argument(
+        "--allow-probabilities", action="store_true", help="Bernoulli: accept values in [0, 1], not only 0/1"
+    )
+    p.add_argument(
+        "--conditional", action="store_true", help="condition encoder and decoder on the labels (CVAE)"
+    )
+    p.add_argument("--latent-dim", type=int, default=_DEFAULT.latent_dim)
+    p.add_argument("--hidden", type=_hidden, default=_DEFAULT.hidden, help="hidden widths, e.g. 512,256")
+    p.add_argument("--beta", type=float, default=_DEFAULT.beta, help="KL weight (beta-VAE)")
+    p.add_argument("--warmup", type=float, default=_DEFAULT.warmup_epochs, help="KL warm-up epochs (0: none)")
+    p.add_argument("--epochs", type=int, default=_DEFAULT.epochs)
+    p.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size)
+    p.add_argument("--lr", type=float, default=_DEFAULT.lr, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=_DEFAULT.seed)
+    p.add_argument(
+        "--eval-particles",
+        type=int,
+        default=_DEFAULT.eval_particles,
+        help="samples per datapoint for the test ELBO",
+    )
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<data>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        data=args.data,
+        binarization=args.binarization,
+        label_column=args.label_column,
+        likelihood=args.likelihood,
+        allow_probabilities=args.allow_probabilities,
+        conditional=args.conditional,
+        latent_dim=args.latent_dim,
+        hidden=args.hidden,
+        beta=args.beta,
+        warmup_epochs=args.warmup,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        eval_particles=args.eval_particles,
+    )
+    if args.out is None:
+        if args.resume:
+            raise PyroVAEError("--resume needs --out, the run directory to continue")
+        stem = Path(args.data).stem if args.data not in ("digits", "fashion-mnist") else args.data
+        args.out = Path("runs") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    run = train_run(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(format_summary(run.summary))
+    print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description="Variational autoencoders as Pyro programs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except PyroVAEError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

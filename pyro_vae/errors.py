@@ -1,0 +1,28 @@
+"""Errors raised for user mistakes, so that the CLI can print one clear line."""
+
+from __future__ import annotations
+
+
+class PyroVAEError(Exception):
+    """Base class of every error pyro_vae raises on purpose."""
+
+
+class InputError(PyroVAEError, ValueError):
+    """Bad data or bad hyperparameters, detected before any work starts."""
+
+
+class CheckpointError(PyroVAEError):
+    """A checkpoint that is corrupt, of another format, or of another model."""
+
+
+class NonFiniteLossError(PyroVAEError, FloatingPointError):
+    """Training produced a NaN or infinite loss.
+
+    :param epoch: the (0-based) epoch in which it happened.
+    :param step: the (0-based) optimization step, counted from the start of training.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step

@@ -1,0 +1,50 @@
+"""The likelihood interface: a module mapping decoder output to :math:`p(x \\mid z)`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch import nn
+
+from pyro_vae._checks import check_positive_int
+
+
+class Likelihood(nn.Module, ABC):
+    """Observation model :math:`p_\\theta(x \\mid z)` of a VAE, factorized over features.
+
+    A likelihood is passed *into* a model (composition): the decoder produces
+    ``outputs_per_feature * num_features`` numbers per datapoint and
+    :meth:`forward` turns them into a distribution whose event shape is
+    ``(num_features,)``. Parameters that do not depend on ``z`` (a Gaussian
+    scale, a negative-binomial dispersion) live on the likelihood module, so
+    the model registers them with ``pyro.module``.
+
+    :param num_features: the dimension :math:`D` of one datapoint.
+    """
+
+    #: how many decoder outputs each feature needs
+    outputs_per_feature: int = 1
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        check_positive_int(num_features, "num_features")
+        self.num_features = num_features
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the decoder's last layer."""
+        return self.outputs_per_feature * self.num_features
+
+    @abstractmethod
+    def forward(self, decoder_output: torch.Tensor) -> TorchDistribution:
+        """Distribution of :math:`x` with batch shape ``decoder_output.shape[:-1]``
+        and event shape ``(num_features,)``."""
+
+    @abstractmethod
+    def validate(self, x: torch.Tensor, *, name: str = "data") -> None:
+        """Raise :class:`~pyro_vae.errors.InputError` if ``x`` is outside the support."""
+
+    def _split(self, decoder_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return decoder_output.split(self.num_features, dim=-1)

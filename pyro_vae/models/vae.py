@@ -1,0 +1,198 @@
+"""The variational autoencoder as a Pyro model/guide pair."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_vae._checks import check_matrix, check_nonnegative, check_positive_int
+from pyro_vae.errors import InputError
+from pyro_vae.likelihoods.base import Likelihood
+from pyro_vae.networks import GaussianEncoder, mlp
+from pyro_vae.priors import StandardNormal
+
+
+def _kl_scale(factor: float) -> AbstractContextManager:
+    """Weight of the latent site's terms: ``poutine.scale``, a mask for weight 0, nothing for 1."""
+    if factor == 1.0:
+        return nullcontext()
+    return poutine.mask(mask=False) if factor == 0 else poutine.scale(scale=factor)
+
+
+class VAE(nn.Module):
+    """Variational autoencoder [1] with an optional covariate (conditional VAE [2])
+    and a KL weight :math:`\\beta` (beta-VAE [3]).
+
+    Generative model and amortized guide, for datapoints :math:`n` in the plate ``"data"``:
+
+    .. math::
+        z_n \\sim p(z), \\qquad x_n \\mid z_n \\sim p_\\theta(x \\mid f_\\theta(z_n, y_n)),
+        \\qquad q_\\phi(z_n \\mid x_n) = \\mathcal N(\\mu_\\phi(x_n, y_n),
+        \\operatorname{diag} \\sigma^2_\\phi(x_n, y_n)),
+
+    so that the objective is
+    :math:`\\sum_n E_q[\\log p(x_n \\mid z_n)] - \\beta\\,\\mathrm{KL}(q(z_n \\mid x_n) \\,\\|\\, p(z_n))`
+    (:math:`\\beta = 1`: the ELBO). ``z`` is reparameterized,
+    :math:`z = \\mu + \\sigma \\odot \\epsilon`. Minibatches pass ``num_data`` (the data-set
+    size :math:`N`): the plate then scales each term by :math:`N/B`, which makes the
+    minibatch objective an unbiased estimate of the full-data one.
+
+    :param likelihood: the observation model (:mod:`pyro_vae.likelihoods`).
+    :param latent_dim: :math:`K`.
+    :param hidden: widths of the hidden layers of encoder and decoder.
+    :param activation: activation module class.
+    :param num_classes: size of a categorical covariate :math:`y` (labels or batches),
+        fed one-hot to encoder and decoder; 0 for an unconditional VAE. A float
+        ``y`` of shape ``(B, num_classes)`` is used as given (continuous covariates).
+    :param beta: the KL weight :math:`\\beta \\ge 0`.
+    :param prior: :math:`p(z)`, a module mapping a reference tensor to a distribution;
+        default :class:`~pyro_vae.priors.StandardNormal`.
+    :param name: prefix of the parameter names in Pyro's parameter store.
+
+    References:
+        [1] Kingma & Welling (2014), "Auto-encoding variational Bayes", ICLR.
+        [2] Sohn, Lee & Yan (2015), "Learning structured output representation using
+        deep conditional generative models", NeurIPS.
+        [3] Higgins et al. (2017), "beta-VAE: learning basic visual concepts with a
+        constrained variational framework", ICLR.
+    """
+
+    def __init__(
+        self,
+        likelihood: Likelihood,
+        *,
+        latent_dim: int = 10,
+        hidden: Sequence[int] = (400,),
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        num_classes: int = 0,
+        beta: float = 1.0,
+        prior: nn.Module | None = None,
+        name: str = "vae",
+    ) -> None:
+        super().__init__()
+        if not isinstance(likelihood, Likelihood):
+            raise InputError(f"likelihood must be a pyro_vae Likelihood, got {type(likelihood).__name__}")
+        check_positive_int(latent_dim, "latent_dim")
+        check_positive_int(num_classes, "num_classes", minimum=0)
+        check_nonnegative(beta, "beta")
+        self.num_features = likelihood.num_features
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        self.beta = float(beta)
+        self.name = name
+        self.likelihood = likelihood
+        self.prior = prior if prior is not None else StandardNormal(latent_dim)
+        self.encoder = GaussianEncoder(
+            self.num_features + num_classes, hidden, latent_dim, activation=activation
+        )
+        self.decoder = mlp(
+            latent_dim + num_classes, tuple(reversed(hidden)), likelihood.num_outputs, activation=activation
+        )
+
+    # ----------------------------------------------------------------- Pyro program
+    def model(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        kl_weight: float = 1.0,
+    ) -> torch.Tensor:
+        """:math:`p(x, z)`; ``kl_weight`` multiplies :math:`\\beta` (KL warm-up)."""
+        pyro.module(f"{self.name}_decoder", self.decoder)
+        pyro.module(f"{self.name}_likelihood", self.likelihood)
+        batch = x.shape[0]
+        with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
+            with _kl_scale(self.beta * kl_weight):
+                z = pyro.sample("z", self.prior(x))
+            pyro.sample("x", self.likelihood(self.decoder(self._cat(z, y))), obs=x)
+        return z
+
+    def guide(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        kl_weight: float = 1.0,
+    ) -> torch.Tensor:
+        """:math:`q_\\phi(z \\mid x)`, a diagonal Gaussian from the encoder."""
+        pyro.module(f"{self.name}_encoder", self.encoder)
+        batch = x.shape[0]
+        with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
+            loc, scale = self.encoder(self._cat(x, y))
+            with _kl_scale(self.beta * kl_weight):
+                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # ----------------------------------------------------------------- helpers
+    def _cat(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Append the one-hot covariate to ``h`` (broadcasting over leading particle dims)."""
+        if self.num_classes == 0:
+            return h
+        if y is None:
+            raise InputError(f"this VAE is conditional on y (num_classes={self.num_classes}); pass y")
+        c = self.one_hot(y, like=h)
+        return torch.cat([h, c.expand(*h.shape[:-1], c.shape[-1])], dim=-1)
+
+    def one_hot(self, y: torch.Tensor, *, like: torch.Tensor) -> torch.Tensor:
+        if y.dim() == 1 and not torch.is_floating_point(y):
+            return nn.functional.one_hot(y.long(), self.num_classes).to(like)
+        if y.dim() == 2 and y.shape[-1] == self.num_classes:
+            return y.to(like)
+        raise InputError(
+            f"y must hold integer labels of shape (B,) or covariates of shape (B, {self.num_classes}), "
+            f"got shape {tuple(y.shape)} and dtype {y.dtype}"
+        )
+
+    def validate_data(self, x: torch.Tensor, y: torch.Tensor | None = None, *, name: str = "data") -> None:
+        """Check ``x`` (and ``y``) against this model: shape, finiteness, the likelihood's support."""
+        check_matrix(x, name=name)
+        if x.shape[1] != self.num_features:
+            raise InputError(
+                f"{name} has {x.shape[1]} features (columns) but the model expects {self.num_features}"
+            )
+        self.likelihood.validate(x, name=name)
+        if self.num_classes:
+            if y is None:
+                raise InputError(
+                    f"the model is conditional (num_classes={self.num_classes}) but {name} has no labels"
+                )
+            if y.shape[0] != x.shape[0]:
+                raise InputError(f"{name} has {x.shape[0]} rows but {y.shape[0]} labels")
+            if y.dim() == 1 and not torch.is_floating_point(y):
+                bad = (y < 0) | (y >= self.num_classes)
+                if bad.any():
+                    rows = bad.nonzero().flatten()[:5].tolist()
+                    raise InputError(
+                        f"labels of {name} must lie in [0, {self.num_classes}); out of range at rows {rows}"
+                    )
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of :math:`q(z \\mid x)`."""
+        return self.encoder(self._cat(x, y))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of :math:`p(x \\mid z)`."""
+        return self.likelihood(self.decoder(self._cat(z, y))).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of :math:`p(x \\mid z = E_q[z])`."""
+        return self.decode(self.encode(x, y)[0], y)
+
+    @torch.no_grad()
+    def sample_prior(
+        self, num_samples: int, y: torch.Tensor | None = None, *, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Means of :math:`p(x \\mid z)` for :math:`z \\sim p(z)`."""
+        ref = like if like is not None else next(self.parameters())
+        z = self.prior(ref).sample((num_samples,))
+        return self.decode(z, y)

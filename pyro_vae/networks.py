@@ -1,0 +1,57 @@
+"""Multilayer perceptrons used as encoders and decoders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+from pyro_vae._checks import check_positive_int
+
+
+def mlp(
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    *,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    """``Linear -> activation`` for each hidden width, then a final ``Linear``."""
+    check_positive_int(in_features, "in_features")
+    check_positive_int(out_features, "out_features")
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        check_positive_int(h, "hidden width")
+        layers += [nn.Linear(width, h), activation()]
+        width = h
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+class GaussianEncoder(nn.Module):
+    """Maps an input to the location and scale of a diagonal Gaussian.
+
+    The last layer has ``2 * latent_dim`` outputs ``(loc, rho)`` and
+    :math:`\\sigma = \\mathrm{softplus}(\\rho) + \\epsilon`, one matrix product for both.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        latent_dim: int,
+        *,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        min_scale: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.min_scale = min_scale
+        self.net = mlp(in_features, hidden, 2 * latent_dim, activation=activation)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, rho = self.net(x).split(self.latent_dim, dim=-1)
+        return loc, softplus(rho) + self.min_scale

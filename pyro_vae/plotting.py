@@ -1,0 +1,124 @@
+"""Figures of a training run, saved as PNG (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from pyro_vae._io import atomic_write
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Save ``fig`` as PNG atomically and close it."""
+    out = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return out
+
+
+def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """ELBO, rate and distortion per epoch, training and validation."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in zip(
+        axes,
+        ("elbo", "rate", "distortion"),
+        ("ELBO (nats / datapoint)", "rate = KL(q(z|x) || p(z))", "distortion = -E log p(x|z)"),
+        strict=True,
+    ):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [h.get(f"{split}_{key}", math.nan) for h in history]
+            if not all(math.isnan(v) for v in values):
+                ax.plot(epochs, values, style, label="train" if split == "train" else "validation")
+        if key == "elbo":
+            ax.plot(epochs, [h["train_objective"] for h in history], ":", color="grey", label="objective")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def _image_grid(
+    rows: Sequence[np.ndarray], shape: tuple[int, int], labels: Sequence[str], path: str | Path, title: str
+) -> Path:
+    n = len(rows[0])
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
+    for r, (images, label) in enumerate(zip(rows, labels, strict=True)):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(images[c].reshape(shape), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_reconstructions(
+    x: torch.Tensor, recon: torch.Tensor, path: str | Path, image_shape: tuple[int, int] | None = None
+) -> Path:
+    """Inputs above their reconstructions (images), or inputs against reconstructions (scatter)."""
+    x_np, r_np = x.detach().cpu().numpy(), recon.detach().cpu().numpy()
+    if image_shape is not None:
+        return _image_grid(
+            [x_np, r_np], image_shape, ["input", "recon."], path, "Reconstructions (mean of p(x|z=E[z|x]))"
+        )
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x_np.ravel(), r_np.ravel(), s=4, alpha=0.4)
+    lim = [min(x_np.min(), r_np.min()), max(x_np.max(), r_np.max())]
+    ax.plot(lim, lim, color="grey", lw=1)
+    ax.set_xlabel("input value")
+    ax.set_ylabel("reconstruction mean")
+    ax.set_title("Reconstructions")
+    return save_figure(fig, path)
+
+
+def plot_samples(samples: torch.Tensor, path: str | Path, image_shape: tuple[int, int] | None = None) -> Path:
+    """Means of p(x|z) for z drawn from the prior."""
+    s = samples.detach().cpu().numpy()
+    if image_shape is not None:
+        per_row = min(len(s), 10)
+        rows = [s[i : i + per_row] for i in range(0, len(s) - per_row + 1, per_row)]
+        return _image_grid(
+            rows, image_shape, [""] * len(rows), path, "Samples from the prior (means of p(x|z))"
+        )
+    fig, ax = plt.subplots(figsize=(6, 4))
+    im = ax.imshow(s, aspect="auto", cmap="viridis")
+    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("feature")
+    ax.set_ylabel("sample")
+    ax.set_title("Samples from the prior (means of p(x|z))")
+    return save_figure(fig, path)
+
+
+def plot_latent(z: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
+    """Encoder means in 2-D: the latent itself when K <= 2, else its first two principal components."""
+    z_np = z.detach().cpu().numpy()
+    if z_np.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2).fit(z_np)
+        z2 = pca.transform(z_np)
+        var = pca.explained_variance_ratio_
+        xlabel, ylabel = f"PC 1 ({var[0]:.0%})", f"PC 2 ({var[1]:.0%})"
+    else:
+        z2 = np.pad(z_np, ((0, 0), (0, 2 - z_np.shape[1])))
+        xlabel, ylabel = "z[0]", "z[1]" if z_np.shape[1] > 1 else ""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if labels is not None:
+        sc = ax.scatter(z2[:, 0], z2[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=6)
+        fig.colorbar(sc, ax=ax, label="label")
+    else:
+        ax.scatter(z2[:, 0], z2[:, 1], s=6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("Latent means E[z | x]")
+    return save_figure(fig, path)

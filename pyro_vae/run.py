@@ -1,0 +1,288 @@
+"""A training run on disk: config, metrics, checkpoint and figures in one directory.
+
+The CLI parses arguments into a :class:`TrainConfig` and calls :func:`train_run`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae import __version__
+from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int
+from pyro_vae._io import atomic_write_json, atomic_write_text
+from pyro_vae.data import (
+    FASHION_MNIST_DIR,
+    Dataset,
+    DynamicBinarization,
+    Splits,
+    binarize,
+    load_array,
+    load_digits,
+    load_idx,
+    split,
+)
+from pyro_vae.errors import InputError
+from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
+from pyro_vae.models import VAE
+from pyro_vae.plotting import plot_latent, plot_reconstructions, plot_samples, plot_training_curves
+from pyro_vae.train import FitResult, KLWarmup, fit, rate_distortion
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json``)."""
+
+    data: str = "digits"
+    binarization: str = "static"  # "none", "static" or "dynamic"
+    label_column: int | None = None
+    likelihood: str = "bernoulli"
+    allow_probabilities: bool = False
+    conditional: bool = False
+    latent_dim: int = 8
+    hidden: tuple[int, ...] = (256,)
+    beta: float = 1.0
+    warmup_epochs: float = 0.0
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    eval_particles: int = 10
+
+    def validate(self) -> None:
+        if self.likelihood not in LIKELIHOODS:
+            raise InputError(f"unknown likelihood {self.likelihood!r}; choose from {sorted(LIKELIHOODS)}")
+        if self.binarization not in ("none", "static", "dynamic"):
+            raise InputError(f"binarization must be none, static or dynamic, got {self.binarization!r}")
+        if self.binarization != "none" and self.likelihood != "bernoulli":
+            raise InputError(f"binarization applies to the Bernoulli likelihood, not {self.likelihood!r}")
+        check_positive_int(self.latent_dim, "latent dim")
+        if not self.hidden:
+            raise InputError("hidden needs at least one layer width")
+        for h in self.hidden:
+            check_positive_int(h, "hidden width")
+        check_nonnegative(self.beta, "beta")
+        check_nonnegative(self.warmup_epochs, "warm-up epochs")
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch size")
+        check_positive(self.lr, "learning rate")
+        check_positive_int(self.eval_particles, "eval particles")
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
+            raise InputError("validation and test fractions must lie in (0, 1)")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(obj) - known
+        if unknown:
+            raise InputError(f"config has unknown keys {sorted(unknown)}")
+        obj = dict(obj)
+        if "hidden" in obj:
+            obj["hidden"] = tuple(obj["hidden"])
+        return cls(**obj)
+
+
+def load_dataset(config: TrainConfig) -> Dataset:
+    """The data named by ``config.data``: ``digits``, ``fashion-mnist``, an IDX directory, or a file."""
+    static = config.binarization == "static"
+    if config.data == "digits":
+        return load_digits(binarize=static, seed=config.seed)
+    if config.data == "fashion-mnist":
+        if not FASHION_MNIST_DIR.is_dir():
+            raise InputError(
+                f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR}; install Debian's "
+                "dataset-fashion-mnist package, or pass the directory of the IDX files"
+            )
+        return load_idx(FASHION_MNIST_DIR, name="fashion-mnist", binarize=static, seed=config.seed)
+    path = Path(config.data)
+    if path.is_dir():
+        return load_idx(path, binarize=static, seed=config.seed)
+    data = load_array(path, label_column=config.label_column)
+    return (
+        Dataset(x=binarize(data.x, seed=config.seed), y=data.y, name=data.name, num_classes=data.num_classes)
+        if static
+        else data
+    )
+
+
+def build_model(config: TrainConfig, data: Dataset) -> VAE:
+    """The VAE described by ``config``, for data shaped like ``data``."""
+    cls = LIKELIHOODS[config.likelihood]
+    probs = config.allow_probabilities or config.binarization == "dynamic"
+    likelihood = (
+        cls(data.num_features, allow_probabilities=probs) if cls is Bernoulli else cls(data.num_features)
+    )
+    if config.conditional and data.y is None:
+        raise InputError(f"--conditional needs labels, and {data.name} has none")
+    return VAE(
+        likelihood,
+        latent_dim=config.latent_dim,
+        hidden=config.hidden,
+        beta=config.beta,
+        num_classes=data.num_classes if config.conditional else 0,
+    )
+
+
+def prepare(config: TrainConfig) -> tuple[Splits, VAE]:
+    """Load, split and check the data and build the model: every user error surfaces here."""
+    config.validate()
+    data = load_dataset(config)
+    splits = split(
+        data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
+    )
+    torch.manual_seed(config.seed)
+    model = build_model(config, data)
+    for part in (splits.train, splits.val, splits.test):
+        model.validate_data(part.x, part.y if config.conditional else None, name=part.name)
+    return splits, model
+
+
+def _metrics_csv(history: list[dict[str, float]]) -> str:
+    buf = io.StringIO()
+    if history:
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    run_dir: Path
+    config: TrainConfig
+    model: VAE
+    fit: FitResult
+    summary: dict[str, Any]
+
+
+def train_run(
+    config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> TrainRun:
+    """Train the configured VAE and write ``run_dir``.
+
+    A new run refuses a non-empty ``run_dir`` (nothing there is overwritten); ``resume``
+    continues the run in ``run_dir`` from its checkpoint with the saved configuration,
+    taking only ``config.epochs`` from the caller (to train longer).
+    All data and options are checked before anything is written.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        config = dataclasses.replace(_read_config(run_dir), epochs=config.epochs)
+        if not (run_dir / CHECKPOINT).is_file():
+            raise InputError(f"cannot resume: {run_dir / CHECKPOINT} does not exist")
+    elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise InputError(
+            f"run directory {run_dir} already exists and is not empty; choose another --out, or --resume it"
+        )
+    splits, model = prepare(config)
+    with_labels = config.conditional
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_json(run_dir / CONFIG, {**config.to_json(), "pyro_vae_version": __version__})
+    tic = time.perf_counter()
+    result = fit(
+        model.model,
+        model.guide,
+        splits.train.tensors(with_labels=with_labels),
+        validation=splits.val.tensors(with_labels=with_labels),
+        lr=config.lr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        kl_warmup=KLWarmup(config.warmup_epochs) if config.warmup_epochs > 0 else None,
+        transform=DynamicBinarization() if config.binarization == "dynamic" else None,
+        checkpoint=run_dir / CHECKPOINT,
+        resume=resume,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - tic
+    test = splits.test.tensors(with_labels=with_labels)
+    with torch.random.fork_rng():
+        pyro.set_rng_seed(config.seed)
+        rd = rate_distortion(model.model, model.guide, test, num_particles=config.eval_particles)
+    n_test = len(splits.test)
+    summary = {
+        "data": splits.train.name.split(" (")[0],
+        "num_train": len(splits.train),
+        "num_test": n_test,
+        "epochs": config.epochs,
+        "train_seconds": seconds,
+        "test_elbo": rd.elbo.mean().item(),
+        "test_elbo_se": (rd.elbo.std() / n_test**0.5).item() if n_test > 1 else float("nan"),
+        "test_rate": rd.rate.mean().item(),
+        "test_distortion": rd.distortion.mean().item(),
+        "val_elbo": result.last("val_elbo"),
+        "eval_particles": config.eval_particles,
+    }
+    atomic_write_text(run_dir / METRICS, _metrics_csv(result.history))
+    atomic_write_json(run_dir / SUMMARY, summary)
+    write_figures(run_dir, model, splits, result, conditional=with_labels, seed=config.seed)
+    return TrainRun(run_dir=run_dir, config=config, model=model, fit=result, summary=summary)
+
+
+def write_figures(
+    run_dir: Path, model: VAE, splits: Splits, result: FitResult, *, conditional: bool, seed: int
+) -> None:
+    """``curves.png``, ``reconstructions.png``, ``samples.png`` and ``latent.png``."""
+    test = splits.test
+    y = test.y if conditional else None
+    plot_training_curves(result.history, run_dir / "curves.png")
+    k = min(10, len(test))
+    plot_reconstructions(
+        test.x[:k],
+        model.reconstruct(test.x[:k], None if y is None else y[:k]),
+        run_dir / "reconstructions.png",
+        test.image_shape,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        labels = torch.arange(30, device=test.x.device) % max(test.num_classes, 1) if conditional else None
+        samples = model.sample_prior(30, labels, like=test.x)
+    plot_samples(samples, run_dir / "samples.png", test.image_shape)
+    plot_latent(model.encode(test.x, y)[0], run_dir / "latent.png", test.y)
+
+
+def _read_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise InputError(f"cannot resume: {path} does not exist")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from e
+    obj.pop("pyro_vae_version", None)
+    return TrainConfig.from_json(obj)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A small table for the terminal."""
+    rows = [
+        ("data", summary["data"]),
+        ("train / test points", f"{summary['num_train']} / {summary['num_test']}"),
+        ("epochs (seconds)", f"{summary['epochs']} ({summary['train_seconds']:.1f} s)"),
+        ("validation ELBO", f"{summary['val_elbo']:.3f} nats"),
+        ("test ELBO", f"{summary['test_elbo']:.3f} ± {summary['test_elbo_se']:.3f} nats"),
+        ("test rate (KL)", f"{summary['test_rate']:.3f} nats"),
+        ("test distortion", f"{summary['test_distortion']:.3f} nats"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -1,0 +1,18 @@
+"""Training: :func:`fit` for any Pyro model/guide pair, checkpoints and schedules."""
+
+from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.train.evaluation import RateDistortion, rate_distortion
+from pyro_vae.train.fit import FitResult, fit
+from pyro_vae.train.schedules import KLWarmup
+from pyro_vae.train.step import train_step
+
+__all__ = [
+    "FitResult",
+    "KLWarmup",
+    "RateDistortion",
+    "fit",
+    "load_checkpoint",
+    "rate_distortion",
+    "save_checkpoint",
+    "train_step",
+]

@@ -1,0 +1,54 @@
+"""Training checkpoints: parameters, optimizer, RNG state and history, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_vae._io import atomic_torch_save
+from pyro_vae.errors import CheckpointError
+
+FORMAT = "pyro_vae.checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (see :func:`pyro_vae.train.fit`) to ``path`` via a temp file and rename."""
+    return atomic_torch_save(path, {"format": FORMAT, "version": VERSION, **state})
+
+
+def load_checkpoint(path: str | Path, *, map_location: torch.device | str | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; :class:`CheckpointError` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pyro_vae checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, expected {VERSION}")
+    return state
+
+
+def check_compatible(state: dict[str, Any], params: dict[str, torch.Tensor], path: str | Path) -> None:
+    """The checkpoint's parameter names and shapes must equal the model's."""
+    saved = {k: tuple(v.shape) for k, v in state["params"].items()}
+    current = {k: tuple(v.shape) for k, v in params.items()}
+    if saved == current:
+        return
+    missing = sorted(set(current) - set(saved))
+    extra = sorted(set(saved) - set(current))
+    shapes = sorted(k for k in set(saved) & set(current) if saved[k] != current[k])
+    parts = []
+    if missing:
+        parts.append(f"missing parameters {missing[:4]}")
+    if extra:
+        parts.append(f"unknown parameters {extra[:4]}")
+    if shapes:
+        parts.append("shape mismatch " + ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in shapes[:4]))
+    raise CheckpointError(f"checkpoint {path} does not match this model: " + "; ".join(parts))
