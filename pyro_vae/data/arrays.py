@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,5 +87,9 @@ def _read_csv(path: Path) -> np.ndarray:
         skip = 0
     except ValueError:
         skip = 1
-    rows = np.genfromtxt(path, delimiter=",", skip_header=skip, dtype=np.float64, ndmin=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # numpy warns on an empty file; we raise instead
+        rows = np.genfromtxt(path, delimiter=",", skip_header=skip, dtype=np.float64, ndmin=2)
+    if rows.size == 0:
+        raise InputError(f"{path} has no data rows")
     return rows

@@ -92,8 +92,9 @@ def _site_terms(
     ndim: int,
     *,
     observed: bool | None,
-) -> torch.Tensor:
-    """Sum of the unscaled, masked log-probabilities of the chosen sites, as (particles, batch)."""
+) -> torch.Tensor | None:
+    """Sum of the unscaled, masked log-probabilities of the chosen sites, as (particles, batch);
+    ``None`` when there are no such sites."""
     total: torch.Tensor | None = None
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
@@ -116,8 +117,6 @@ def _site_terms(
             lp = lp.sum(other, keepdim=True)
         lp = lp.reshape(lp.shape[0], lp.shape[ndim + data_dim]).expand(num_particles, batch)
         total = lp if total is None else total + lp
-    if total is None:
-        raise InputError("the program has no sample sites of the requested kind")
     return total
 
 
@@ -160,8 +159,14 @@ def log_terms(
         )
     data_dim, batch = _data_dim(model_trace, plate_name)
     common = (plate_name, data_dim, batch, num_particles, ndim)
+    log_likelihood = _site_terms(model_trace, *common, observed=True)
+    if log_likelihood is None:
+        raise InputError("the model has no observed sample sites")
+    log_prior = _site_terms(model_trace, *common, observed=False)
+    log_guide = _site_terms(guide_trace, *common, observed=None)
+    zero = torch.zeros_like(log_likelihood)
     return LogTerms(
-        log_likelihood=_site_terms(model_trace, *common, observed=True),
-        log_prior=_site_terms(model_trace, *common, observed=False),
-        log_guide=_site_terms(guide_trace, *common, observed=None),
+        log_likelihood=log_likelihood,
+        log_prior=zero if log_prior is None else log_prior,
+        log_guide=zero if log_guide is None else log_guide,
     )

@@ -1,0 +1,129 @@
+"""The pyro-vae command end to end, in temporary directories."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pyro_vae.cli import main
+
+TINY = ["--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--quiet", "--eval-particles", "2"]
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "test ELBO" in printed and str(out) in printed
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "metrics.csv",
+        "checkpoint.pt",
+        "summary.json",
+        "curves.png",
+        "reconstructions.png",
+        "samples.png",
+        "latent.png",
+    } <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_elbo"] < 0 and summary["num_test"] == 180
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,step,kl_weight,train_objective") and len(lines) == 3
+    for png in ("curves.png", "latent.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_resume_trains_longer_and_existing_runs_are_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    config_before = (out / "config.json").read_bytes()
+    assert main(["train", "--out", str(out), *TINY]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "config.json").read_bytes() == config_before
+    resumed = [a if a != "2" else "3" for a in TINY]
+    assert main(["train", "--out", str(out), "--resume", *resumed]) == 0
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_conditional_gaussian_run_on_a_csv_file(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = np.c_[rng.normal(size=(60, 5)), rng.integers(0, 3, size=60)]
+    np.savetxt(tmp_path / "d.csv", rows, delimiter=",")
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(tmp_path / "d.csv"),
+        "--label-column",
+        "-1",
+        "--likelihood",
+        "gaussian",
+        "--binarization",
+        "none",
+        "--conditional",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        *TINY,
+    ]
+    assert main(args) == 0
+    assert json.loads((out / "config.json").read_text())["conditional"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--beta", "-1"], "beta must be"),
+        (["--latent-dim", "0"], "latent dim"),
+        (["--batch-size", "0"], "batch size"),
+        (["--likelihood", "poisson"], "binarization applies"),
+        (["--data", "/nonexistent/file.npy"], "does not exist"),
+        (["--resume"], "--resume needs --out"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    extra = [] if "--resume" in args else ["--out", str(out)]
+    assert main(["train", *extra, *args, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyro-vae: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_count_data_errors_name_rows_and_columns(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "c.npy", np.array([[1.0, 2.0], [0.5, 3.0]] * 10))
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "c.npy"),
+            "--likelihood",
+            "nb",
+            "--binarization",
+            "none",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "non-integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["train"]])
+def test_help_for_every_command(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *command, "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "usage: pyro-vae" in result.stdout

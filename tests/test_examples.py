@@ -1,0 +1,21 @@
+"""Every example script runs, with tiny settings."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run(script: str, argv: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+
+
+@pytest.mark.slow
+def test_train_digits(tmp_path, monkeypatch, capsys):
+    _run("train_digits.py", ["--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"], monkeypatch)
+    assert "test ELBO" in capsys.readouterr().out
+    assert (tmp_path / "run" / "curves.png").is_file()
