@@ -1,0 +1,8 @@
+"""Likelihood bounds per datapoint for any Pyro model/guide pair: the ELBO, the
+importance-weighted bound :math:`\\mathcal L_K`, a :math:`\\log p(x)` estimate and the ELBO gap."""
+
+from pyro_vae.bounds.elbo import elbo
+from pyro_vae.bounds.elbo_gap import ELBOGap, elbo_gap
+from pyro_vae.bounds.iwae import BoundEstimate, iwae, log_marginal
+
+__all__ = ["BoundEstimate", "ELBOGap", "elbo", "elbo_gap", "iwae", "log_marginal"]
