@@ -9,7 +9,7 @@ import torch
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.bounds.iwae import BoundEstimate
-from pyro_vae.infer.per_datapoint import log_terms, max_plate_nesting
+from pyro_vae.infer.per_datapoint import chunked_log_terms
 
 
 @torch.no_grad()
@@ -40,19 +40,17 @@ def elbo(
         methods for graphical models", Machine Learning 37.
     """
     check_positive_int(num_particles, "num_particles")
-    nesting = max_plate_nesting(model, guide, *(a[:1] for a in args), **kwargs)
     means, errors = [], []
-    for start in range(0, args[0].shape[0], data_chunk):
-        chunk = tuple(a[start : start + data_chunk] for a in args)
-        lw = log_terms(
-            model,
-            guide,
-            *chunk,
-            num_particles=num_particles,
-            plate_name=plate_name,
-            nesting=nesting,
-            **kwargs,
-        ).log_weight
+    for terms in chunked_log_terms(
+        model,
+        guide,
+        *args,
+        data_chunk=data_chunk,
+        num_particles=num_particles,
+        plate_name=plate_name,
+        **kwargs,
+    ):
+        lw = terms.log_weight
         means.append(lw.mean(0))
         sd = lw.std(0) if num_particles > 1 else torch.full_like(lw[0], float("nan"))
         errors.append(sd / num_particles**0.5)

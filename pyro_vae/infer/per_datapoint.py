@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,3 +170,28 @@ def log_terms(
         log_prior=zero if log_prior is None else log_prior,
         log_guide=zero if log_guide is None else log_guide,
     )
+
+
+def chunked_log_terms(
+    model: Callable,
+    guide: Callable,
+    *args: torch.Tensor,
+    data_chunk: int,
+    num_particles: int = 1,
+    plate_name: str = "data",
+    **kwargs: Any,
+) -> Iterator[LogTerms]:
+    """:func:`log_terms` over consecutive chunks of ``data_chunk`` rows of the data tensors
+    ``args`` (the program is traced once, on one row, to find its plate nesting)."""
+    nesting = max_plate_nesting(model, guide, *(a[:1] for a in args), **kwargs)
+    for start in range(0, args[0].shape[0], data_chunk):
+        chunk = tuple(a[start : start + data_chunk] for a in args)
+        yield log_terms(
+            model,
+            guide,
+            *chunk,
+            num_particles=num_particles,
+            plate_name=plate_name,
+            nesting=nesting,
+            **kwargs,
+        )

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pyro_vae.infer.per_datapoint import log_terms, max_plate_nesting
+from pyro_vae.infer.per_datapoint import chunked_log_terms
 
 
 @dataclass(frozen=True)
@@ -38,19 +38,16 @@ def rate_distortion(
     **kwargs: Any,
 ) -> RateDistortion:
     """ELBO, rate and distortion of every row of ``data``, evaluated in chunks of ``batch_size``."""
-    nesting = max_plate_nesting(model, guide, *(t[:1] for t in data), **kwargs)
     rates, dists = [], []
-    for start in range(0, data[0].shape[0], batch_size):
-        chunk = tuple(t[start : start + batch_size] for t in data)
-        terms = log_terms(
-            model,
-            guide,
-            *chunk,
-            num_particles=num_particles,
-            plate_name=plate_name,
-            nesting=nesting,
-            **kwargs,
-        )
+    for terms in chunked_log_terms(
+        model,
+        guide,
+        *data,
+        data_chunk=batch_size,
+        num_particles=num_particles,
+        plate_name=plate_name,
+        **kwargs,
+    ):
         rates.append(terms.rate.mean(0))
         dists.append(terms.distortion.mean(0))
     rate, distortion = torch.cat(rates), torch.cat(dists)
