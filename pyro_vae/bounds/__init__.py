@@ -4,5 +4,6 @@ importance-weighted bound :math:`\\mathcal L_K`, a :math:`\\log p(x)` estimate a
 from pyro_vae.bounds.elbo import elbo
 from pyro_vae.bounds.elbo_gap import ELBOGap, elbo_gap
 from pyro_vae.bounds.iwae import BoundEstimate, iwae, log_marginal
+from pyro_vae.bounds.iwae_objective import IWAE
 
-__all__ = ["BoundEstimate", "ELBOGap", "elbo", "elbo_gap", "iwae", "log_marginal"]
+__all__ = ["IWAE", "BoundEstimate", "ELBOGap", "elbo", "elbo_gap", "iwae", "log_marginal"]

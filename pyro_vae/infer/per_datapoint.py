@@ -10,6 +10,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_vae.errors import InputError
@@ -65,8 +66,8 @@ def max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: An
     return max(dims, default=0)
 
 
-def _data_dim(trace: poutine.Trace, plate_name: str) -> tuple[int, int]:
-    """(dim, size) of the data plate in a trace."""
+def data_frame(trace: poutine.Trace, plate_name: str) -> CondIndepStackFrame:
+    """The frame of the data plate in a trace: its ``dim``, ``size`` (the batch) and ``full_size``."""
     for site in trace.nodes.values():
         if site["type"] != "sample":
             continue
@@ -76,14 +77,46 @@ def _data_dim(trace: poutine.Trace, plate_name: str) -> tuple[int, int]:
                     raise InputError(
                         f"plate '{plate_name}' must be vectorized (a `with pyro.plate(...)` block)"
                     )
-                return frame.dim, frame.size
+                return frame
     raise InputError(
         f"the program has no plate named '{plate_name}' around its sample sites; per-datapoint "
         "evaluation needs the observations in a plate (pass plate_name=... if it has another name)"
     )
 
 
-def _site_terms(
+def particle_traces(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, nesting: int
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """Traces of guide and replayed model with ``num_particles`` draws in a plate at
+    ``dim = -(nesting + 1)``; gradients flow as in the program."""
+
+    with poutine.block():
+        guide_trace = poutine.trace(with_particles(guide, num_particles, nesting)).get_trace(*args, **kwargs)
+        model_trace = replay_model(model, guide_trace, args, kwargs, num_particles, nesting)
+    return model_trace, guide_trace
+
+
+def with_particles(fn: Callable, num_particles: int, nesting: int) -> Callable:
+    """``fn`` inside a plate of ``num_particles`` at ``dim = -(nesting + 1)``."""
+
+    def wrapped(*a: Any, **k: Any) -> Any:
+        with pyro.plate(_PARTICLES, num_particles, dim=-(nesting + 1)):
+            return fn(*a, **k)
+
+    return wrapped
+
+
+def replay_model(
+    model: Callable, guide_trace: poutine.Trace, args: tuple, kwargs: dict, num_particles: int, nesting: int
+) -> poutine.Trace:
+    """Trace of the particle-vectorized model with its latents replayed from ``guide_trace``."""
+    with poutine.block():
+        return poutine.trace(
+            poutine.replay(with_particles(model, num_particles, nesting), trace=guide_trace)
+        ).get_trace(*args, **kwargs)
+
+
+def site_terms(
     trace: poutine.Trace,
     plate_name: str,
     data_dim: int,
@@ -92,9 +125,11 @@ def _site_terms(
     ndim: int,
     *,
     observed: bool | None,
+    log_prob: Callable[[dict], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """Sum of the unscaled, masked log-probabilities of the chosen sites, as (particles, batch);
-    ``None`` when there are no such sites."""
+    ``None`` when there are no such sites. ``log_prob(site)`` replaces
+    ``site["fn"].log_prob(site["value"])`` when given."""
     total: torch.Tensor | None = None
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
@@ -107,7 +142,8 @@ def _site_terms(
                 "is not a per-datapoint quantity; per-datapoint evaluation needs every sample site "
                 "inside the data plate (global latents are not supported here)"
             )
-        lp = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+        raw = log_prob(site) if log_prob is not None else site["fn"].log_prob(site["value"])
+        lp = scale_and_mask(raw, mask=site["mask"])
         if not isinstance(lp, torch.Tensor):
             lp = torch.as_tensor(lp)
         lp = lp.reshape((1,) * (ndim - lp.dim()) + lp.shape)
@@ -145,25 +181,14 @@ def log_terms(
         nesting = max_plate_nesting(model, guide, *args, **kwargs)
     ndim = nesting + 1
 
-    def particles(fn: Callable) -> Callable:
-        def wrapped(*a: Any, **k: Any) -> Any:
-            with pyro.plate(_PARTICLES, num_particles, dim=-ndim):
-                return fn(*a, **k)
-
-        return wrapped
-
-    with poutine.block():
-        guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(particles(model), trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-    data_dim, batch = _data_dim(model_trace, plate_name)
-    common = (plate_name, data_dim, batch, num_particles, ndim)
-    log_likelihood = _site_terms(model_trace, *common, observed=True)
+    model_trace, guide_trace = particle_traces(model, guide, args, kwargs, num_particles, nesting)
+    frame = data_frame(model_trace, plate_name)
+    common = (plate_name, frame.dim, frame.size, num_particles, ndim)
+    log_likelihood = site_terms(model_trace, *common, observed=True)
     if log_likelihood is None:
         raise InputError("the model has no observed sample sites")
-    log_prior = _site_terms(model_trace, *common, observed=False)
-    log_guide = _site_terms(guide_trace, *common, observed=None)
+    log_prior = site_terms(model_trace, *common, observed=False)
+    log_guide = site_terms(guide_trace, *common, observed=None)
     zero = torch.zeros_like(log_likelihood)
     return LogTerms(
         log_likelihood=log_likelihood,
