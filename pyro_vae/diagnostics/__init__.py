@@ -1,0 +1,23 @@
+"""Diagnostics: importance-weight reliability (PSIS k-hat, ESS), posterior collapse
+(active units, KL per dimension) and posterior samples as ArviZ InferenceData."""
+
+from pyro_vae.diagnostics.collapse import ActiveUnits, active_units, kl_per_dimension, posterior_means
+from pyro_vae.diagnostics.importance import (
+    ImportanceDiagnostics,
+    effective_sample_size,
+    importance_diagnostics,
+    pareto_k_hat,
+)
+from pyro_vae.diagnostics.posterior import posterior_inference_data
+
+__all__ = [
+    "ActiveUnits",
+    "ImportanceDiagnostics",
+    "active_units",
+    "effective_sample_size",
+    "importance_diagnostics",
+    "kl_per_dimension",
+    "pareto_k_hat",
+    "posterior_inference_data",
+    "posterior_means",
+]
