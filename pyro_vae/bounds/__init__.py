@@ -1,9 +1,20 @@
 """Likelihood bounds per datapoint for any Pyro model/guide pair: the ELBO, the
 importance-weighted bound :math:`\\mathcal L_K`, a :math:`\\log p(x)` estimate and the ELBO gap."""
 
+from pyro_vae.bounds.amortization_gap import AmortizationGap, amortization_gap
 from pyro_vae.bounds.elbo import elbo
 from pyro_vae.bounds.elbo_gap import ELBOGap, elbo_gap
 from pyro_vae.bounds.iwae import BoundEstimate, iwae, log_marginal
 from pyro_vae.bounds.iwae_objective import IWAE
 
-__all__ = ["IWAE", "BoundEstimate", "ELBOGap", "elbo", "elbo_gap", "iwae", "log_marginal"]
+__all__ = [
+    "IWAE",
+    "AmortizationGap",
+    "BoundEstimate",
+    "ELBOGap",
+    "amortization_gap",
+    "elbo",
+    "elbo_gap",
+    "iwae",
+    "log_marginal",
+]

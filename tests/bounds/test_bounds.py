@@ -126,3 +126,22 @@ def test_iwae_equals_a_hand_written_logsumexp_on_a_hand_written_vae():
         lw = dist.Bernoulli(logits=dec(z)).to_event(1).log_prob(x) + dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
         lw = lw - q.log_prob(z)
     torch.testing.assert_close(ours, lw.logsumexp(0) - torch.log(torch.tensor(float(k))))
+
+
+@pytest.mark.slow
+def test_amortization_gap_on_a_family_that_contains_the_posterior():
+    """The linear-Gaussian guide family contains p(z|x): optimizing per datapoint must close
+    the approximation gap (to within the optimizer's noise, < 0.1 nats here), so the
+    amortization gap is the whole ELBO gap KL(q || p(z|x)) of the perturbed encoder."""
+    from pyro_vae.bounds import amortization_gap
+
+    m, x, exact = _lg(0.5, n=4)
+    gap = amortization_gap(m.model, m.guide, x, steps=400, num_particles=2000)
+    approx = exact - gap.elbo_optimal
+    assert (approx > -4 * gap.elbo_optimal_se).all() and (approx < 0.1).all()
+    exact_elbo = m.exact_elbo(x).detach()
+    assert ((gap.elbo_amortized - exact_elbo).abs() < 4 * gap.elbo_amortized_se).all()
+    kl = exact - exact_elbo
+    assert ((gap.amortization_gap - kl).abs() < approx + 4 * gap.elbo_amortized_se).all()
+    assert ((gap.log_marginal - exact).abs() < 4 * gap.log_marginal_se + 1e-3).all()
+    assert set(gap.summary()) >= {"approximation_gap", "amortization_gap", "log_marginal_se"}
