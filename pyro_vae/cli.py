@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pyro_vae.errors import PyroVAEError
+from pyro_vae.evaluate import EvaluateConfig, evaluate_run, format_evaluation
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.run import TrainConfig, format_summary, train_run
 
@@ -100,12 +101,63 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"K values must be comma-separated integers, got {text!r}") from None
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    default = EvaluateConfig()
+    p = sub.add_parser(
+        "evaluate",
+        help="likelihood bounds, gaps and diagnostics of a trained run",
+        description="Evaluate ELBO, L_K, log p(x), the ELBO gap, the amortization gap, PSIS k-hat and "
+        "active units on a run's test data; writes evaluation.json, bounds.csv and figures into RUN_DIR.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--ks", type=_ks, default=default.ks, help="K values for L_K; the largest gives log p(x)")
+    p.add_argument("--num-points", type=int, default=default.num_points, help="test points to evaluate")
+    p.add_argument(
+        "--gap-points", type=int, default=default.gap_points, help="points for the amortization gap"
+    )
+    p.add_argument("--gap-steps", type=int, default=default.gap_steps)
+    p.add_argument("--elbo-particles", type=int, default=default.elbo_particles)
+    p.add_argument(
+        "--max-rows", type=int, default=default.max_rows, help="particle-rows per chunk (bounds peak memory)"
+    )
+    p.add_argument("--seed", type=int, default=default.seed)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if not (args.run_dir / "config.json").is_file():
+        raise PyroVAEError(f"{args.run_dir} is not a run directory (no config.json)")
+    config = EvaluateConfig(
+        ks=args.ks,
+        num_points=args.num_points,
+        gap_points=args.gap_points,
+        gap_steps=args.gap_steps,
+        elbo_particles=args.elbo_particles,
+        max_rows=args.max_rows,
+        seed=args.seed,
+    )
+    results = evaluate_run(args.run_dir, config, progress=not args.quiet)
+    print(format_evaluation(results))
+    print(f"written to {args.run_dir}/evaluation.json, bounds.csv and figures")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-vae", description="Variational autoencoders as Pyro programs."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -122,3 +122,51 @@ def plot_latent(z: torch.Tensor, path: str | Path, labels: torch.Tensor | None =
     ax.set_ylabel(ylabel)
     ax.set_title("Latent means E[z | x]")
     return save_figure(fig, path)
+
+
+def plot_bound_vs_k(
+    ks: Sequence[int],
+    values: Sequence[float],
+    errors: Sequence[float],
+    path: str | Path,
+    *,
+    elbo: float,
+    log_marginal: float,
+) -> Path:
+    """Mean :math:`\\mathcal L_K` against :math:`K` (log axis), with ELBO and :math:`\\log \\hat p` lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(ks, values, yerr=errors, marker="o", capsize=3, label="$L_K$ (mean over data)")
+    ax.axhline(elbo, color="C1", ls="--", label="ELBO")
+    ax.axhline(log_marginal, color="C2", ls=":", label=r"$\log \hat p(x)$")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (importance samples)")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_title("Importance-weighted bounds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_k_hat(k_hat: torch.Tensor, path: str | Path) -> Path:
+    """Histogram of PSIS :math:`\\hat k` with the 0.5 and 0.7 thresholds."""
+    k = k_hat.detach().cpu().numpy()
+    k = k[np.isfinite(k)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(k, bins=30)
+    for t, c in ((0.5, "C1"), (0.7, "C3")):
+        ax.axvline(t, color=c, ls="--", label=f"k = {t}")
+    ax.set_xlabel(r"Pareto $\hat k$ of the importance weights")
+    ax.set_ylabel("datapoints")
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_kl_per_dimension(kl: torch.Tensor, path: str | Path) -> Path:
+    """Bar chart of the KL to the prior per latent dimension (near 0: collapsed)."""
+    v = kl.detach().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(v) + 2), 3.5))
+    ax.bar(range(len(v)), v)
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("KL(q(z_j|x) || p(z_j)) [nats]")
+    ax.set_title("KL per latent dimension")
+    return save_figure(fig, path)

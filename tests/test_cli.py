@@ -121,9 +121,41 @@ def test_count_data_errors_name_rows_and_columns(tmp_path, capsys):
     assert "non-integer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["train"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"]])
 def test_help_for_every_command(command):
     result = subprocess.run(
         [sys.executable, "-m", "pyro_vae", *command, "--help"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and "usage: pyro-vae" in result.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_prints_ordered_bounds_and_writes_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    capsys.readouterr()
+    args = [
+        "evaluate",
+        str(out),
+        "--ks",
+        "1,10,100",
+        "--num-points",
+        "40",
+        "--gap-points",
+        "3",
+        "--gap-steps",
+        "20",
+        "--elbo-particles",
+        "20",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "L_100" in printed and "amortization gap" in printed and "active units" in printed
+    results = json.loads((out / "evaluation.json").read_text())
+    bounds = [r["bound"] for r in results["bounds"]]
+    assert results["elbo"] < bounds[1] < bounds[2]  # ELBO < L_10 < L_100 on these 40 points
+    for name in ("bounds.csv", "bounds_vs_k.png", "k_hat.png", "kl_per_dim.png"):
+        assert (out / name).is_file()
+    assert main(["evaluate", str(tmp_path / "nope"), "--quiet"]) == 2
+    assert "not a run directory" in capsys.readouterr().err

@@ -19,3 +19,11 @@ def test_train_digits(tmp_path, monkeypatch, capsys):
     _run("train_digits.py", ["--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"], monkeypatch)
     assert "test ELBO" in capsys.readouterr().out
     assert (tmp_path / "run" / "curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_elbo_gap(tmp_path, monkeypatch, capsys):
+    argv = ["--epochs", "1", "--max-k", "20", "--num-points", "10", "--out", str(tmp_path / "run"), "--quiet"]
+    _run("elbo_gap.py", argv, monkeypatch)
+    assert "ELBO gap" in capsys.readouterr().out
+    assert (tmp_path / "run" / "bounds_vs_k.png").is_file()

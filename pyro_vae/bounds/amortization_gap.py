@@ -142,7 +142,10 @@ def amortization_gap(
             p.grad = g
         opt.step()
     with torch.no_grad():
-        lm = log_marginal(model, local, *args, num_particles=num_particles, plate_name=plate_name, **kwargs)
+        n = args[0].shape[0]  # q* holds parameters for exactly these rows: never split them
+        lm = log_marginal(
+            model, local, *args, num_particles=num_particles, plate_name=plate_name, data_chunk=n, **kwargs
+        )
         opt_elbo = elbo_bound(
             model,
             local,

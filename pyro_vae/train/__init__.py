@@ -1,6 +1,6 @@
 """Training: :func:`fit` for any Pyro model/guide pair, checkpoints and schedules."""
 
-from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.train.checkpoint import load_checkpoint, load_parameters, save_checkpoint
 from pyro_vae.train.evaluation import RateDistortion, rate_distortion
 from pyro_vae.train.fit import FitResult, fit
 from pyro_vae.train.schedules import KLWarmup
@@ -12,6 +12,7 @@ __all__ = [
     "RateDistortion",
     "fit",
     "load_checkpoint",
+    "load_parameters",
     "rate_distortion",
     "save_checkpoint",
     "train_step",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
+from pyro import poutine
 
 from pyro_vae._io import atomic_torch_save
 from pyro_vae.errors import CheckpointError
@@ -52,3 +55,26 @@ def check_compatible(state: dict[str, Any], params: dict[str, torch.Tensor], pat
     if shapes:
         parts.append("shape mismatch " + ", ".join(f"{k}: {saved[k]} vs {current[k]}" for k in shapes[:4]))
     raise CheckpointError(f"checkpoint {path} does not match this model: " + "; ".join(parts))
+
+
+@torch.no_grad()
+def load_parameters(
+    model: Callable, guide: Callable, path: str | Path, *args: torch.Tensor, **kwargs: Any
+) -> dict[str, Any]:
+    """Copy a checkpoint's parameters into a program's parameters, in place.
+
+    The program is traced once on ``args`` inside a private parameter store to find its
+    parameters (``pyro.module`` weights are the modules' own tensors, so the modules end up
+    holding the checkpoint's values; the global store is left untouched). Names and shapes
+    must match, else :class:`CheckpointError`. Returns the checkpoint.
+    """
+    store = pyro.get_param_store()
+    with store.scope():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        params = dict(store.named_parameters())
+        state = load_checkpoint(path, map_location=args[0].device if args else None)
+        check_compatible(state, params, path)
+        for name, value in state["params"].items():
+            params[name].copy_(value)
+    return state

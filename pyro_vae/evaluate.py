@@ -1,0 +1,148 @@
+"""Evaluating a training run: bounds, gaps and diagnostics on its test data.
+
+The CLI's ``pyro-vae evaluate`` parses arguments into an :class:`EvaluateConfig` and calls
+:func:`evaluate_run`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae._checks import check_positive_int
+from pyro_vae._io import atomic_write_json, atomic_write_text
+from pyro_vae.bounds import amortization_gap, elbo, iwae
+from pyro_vae.diagnostics import active_units, importance_diagnostics, kl_per_dimension
+from pyro_vae.errors import InputError
+from pyro_vae.plotting import plot_bound_vs_k, plot_k_hat, plot_kl_per_dimension
+from pyro_vae.run import CHECKPOINT, _read_config, prepare
+from pyro_vae.train import load_parameters
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    ks: tuple[int, ...] = (1, 5, 50, 500, 5000)
+    num_points: int = 500
+    gap_points: int = 20
+    gap_steps: int = 300
+    elbo_particles: int = 100
+    k_hat_particles: int = 1000
+    max_rows: int = 50_000
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.ks:
+            raise InputError("need at least one K")
+        for k in self.ks:
+            check_positive_int(k, "K")
+        for name in ("num_points", "elbo_particles", "k_hat_particles", "max_rows"):
+            check_positive_int(getattr(self, name), name.replace("_", " "))
+        check_positive_int(self.gap_points, "gap points", minimum=0)
+        check_positive_int(self.gap_steps, "gap steps")
+
+
+def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+    n = values.shape[0]
+    return values.mean().item(), (values.std() / n**0.5).item() if n > 1 else float("nan")
+
+
+def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` on (up to ``num_points`` of) its test split and write
+    ``evaluation.json``, ``bounds.csv`` and the figures ``bounds_vs_k.png``, ``k_hat.png``,
+    ``kl_per_dim.png`` there. Returns the results."""
+    config.validate()
+    run_dir = Path(run_dir)
+    train_config = _read_config(run_dir)
+    splits, vae = prepare(train_config)
+    test = splits.test.subset(torch.arange(min(config.num_points, len(splits.test))))
+    data = test.tensors(with_labels=train_config.conditional)
+    load_parameters(vae.model, vae.guide, run_dir / CHECKPOINT, *(t[:2] for t in data))
+    model, guide = vae.model, vae.guide
+    results: dict[str, Any] = {"run_dir": str(run_dir), "num_points": len(test), "config": asdict(config)}
+    with torch.random.fork_rng():
+        pyro.set_rng_seed(config.seed)
+        el = elbo(model, guide, *data, num_particles=config.elbo_particles)
+        results["elbo"], results["elbo_se"] = _mean_se(el)
+        rows = []
+        bounds: dict[int, torch.Tensor] = {}
+        for k in tqdm(config.ks, disable=not progress, desc="L_K", unit="K"):
+            est = iwae(model, guide, *data, num_particles=k, max_rows=config.max_rows, return_error=True)
+            bounds[k] = est.value
+            mean, se = _mean_se(est.value)
+            rows.append({"K": k, "bound": mean, "se": se, "mc_se_median": est.standard_error.median().item()})
+        k_max = max(config.ks)
+        results["bounds"] = rows
+        results["log_marginal"], results["log_marginal_se"] = _mean_se(bounds[k_max])
+        results["log_marginal_K"] = k_max
+        results["elbo_gap"], results["elbo_gap_se"] = _mean_se(bounds[k_max] - el)
+        diag = importance_diagnostics(model, guide, *data, num_particles=config.k_hat_particles)
+        results["k_hat"] = diag.summary()
+        if config.gap_points:
+            subset = tuple(t[: config.gap_points] for t in data)
+            gap = amortization_gap(
+                model, guide, *subset, steps=config.gap_steps, num_particles=k_max, progress=progress
+            )
+            results["amortization"] = gap.summary()
+    au = active_units(guide, *data)
+    kl = kl_per_dimension(model, guide, *data)
+    results["active_units"] = au.count
+    results["latent_dim"] = int(au.variance.shape[0])
+    results["kl_per_dimension"] = kl.tolist()
+    atomic_write_json(run_dir / "evaluation.json", results)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "bounds.csv", buf.getvalue())
+    plot_bound_vs_k(
+        [r["K"] for r in rows],
+        [r["bound"] for r in rows],
+        [r["se"] for r in rows],
+        run_dir / "bounds_vs_k.png",
+        elbo=results["elbo"],
+        log_marginal=results["log_marginal"],
+    )
+    plot_k_hat(diag.k_hat, run_dir / "k_hat.png")
+    plot_kl_per_dimension(kl, run_dir / "kl_per_dim.png")
+    return results
+
+
+def format_evaluation(results: dict[str, Any]) -> str:
+    """The evaluation as a table for the terminal."""
+    lines = [f"test points: {results['num_points']}", f"{'quantity':<28} {'nats':>10} {'± se':>8}"]
+    row = "{:<28} {:>10.3f} {:>8.3f}"
+    lines.append(row.format("ELBO", results["elbo"], results["elbo_se"]))
+    for r in results["bounds"]:
+        lines.append(row.format(f"L_{r['K']}", r["bound"], r["se"]))
+    lines.append(
+        row.format(
+            f"log p(x) (L_{results['log_marginal_K']})", results["log_marginal"], results["log_marginal_se"]
+        )
+    )
+    lines.append(row.format("ELBO gap", results["elbo_gap"], results["elbo_gap_se"]))
+    if "amortization" in results:
+        a = results["amortization"]
+        lines.append(
+            row.format(
+                f"approximation gap ({a['num_data']} pts)", a["approximation_gap"], a["approximation_gap_se"]
+            )
+        )
+        lines.append(
+            row.format(
+                f"amortization gap ({a['num_data']} pts)", a["amortization_gap"], a["amortization_gap_se"]
+            )
+        )
+    k = results["k_hat"]
+    lines.append(
+        f"PSIS k-hat: median {k['k_hat_median']:.2f}, max {k['k_hat_max']:.2f}, "
+        f"{k['fraction_k_hat_above_0.7']:.0%} above 0.7 ({k['num_particles']} samples)"
+    )
+    lines.append(f"active units: {results['active_units']} of {results['latent_dim']}")
+    return "\n".join(lines)
