@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -16,13 +16,18 @@ from pyro_vae.run import TrainConfig, format_summary, train_run
 _DEFAULT = TrainConfig()
 
 
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"hidden sizes must be comma-separated integers, got {text!r}"
-        ) from None
+def _int_list(what: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type for comma-separated integers, e.g. ``512,256``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be comma-separated integers, got {text!r}"
+            ) from None
+
+    return parse
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +58,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--conditional", action="store_true", help="condition encoder and decoder on the labels (CVAE)"
     )
     p.add_argument("--latent-dim", type=int, default=_DEFAULT.latent_dim)
-    p.add_argument("--hidden", type=_hidden, default=_DEFAULT.hidden, help="hidden widths, e.g. 512,256")
+    p.add_argument(
+        "--hidden",
+        type=_int_list("hidden sizes"),
+        default=_DEFAULT.hidden,
+        help="hidden widths, e.g. 512,256",
+    )
     p.add_argument("--beta", type=float, default=_DEFAULT.beta, help="KL weight (beta-VAE)")
     p.add_argument("--warmup", type=float, default=_DEFAULT.warmup_epochs, help="KL warm-up epochs (0: none)")
     p.add_argument("--epochs", type=int, default=_DEFAULT.epochs)
@@ -101,13 +111,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ks(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"K values must be comma-separated integers, got {text!r}") from None
-
-
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     default = EvaluateConfig()
     p = sub.add_parser(
@@ -118,7 +121,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--ks", type=_ks, default=default.ks, help="K values for L_K; the largest gives log p(x)")
+    p.add_argument(
+        "--ks",
+        type=_int_list("K values"),
+        default=default.ks,
+        help="K values for L_K; the largest gives log p(x)",
+    )
     p.add_argument("--num-points", type=int, default=default.num_points, help="test points to evaluate")
     p.add_argument(
         "--gap-points", type=int, default=default.gap_points, help="points for the amortization gap"
