@@ -1,0 +1,133 @@
+"""IWAE evaluation throughput: pyro_vae.bounds.iwae against a hand-written logsumexp estimator.
+
+Both evaluate L_K on the same 784-400-50 Bernoulli VAE (pyro_vae's VAE; the baseline calls its
+encoder and decoder directly), same K, same points, same particle-chunk size, interleaved in
+one process. Reports (datapoints x particles) per second, medians over repeats, the ratio,
+and the peak resident memory of a separate process evaluating K=--memory-k (to show that
+chunking bounds it).
+
+    python benchmarks/iwae_eval.py [--k 1000] [--points 1000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from pyro_vae.bounds import iwae
+from pyro_vae.likelihoods import Bernoulli
+from pyro_vae.models import VAE
+
+D, H, Z = 784, 400, 50
+
+
+def build(seed: int = 0) -> tuple[VAE, torch.Tensor]:
+    torch.manual_seed(seed)
+    return VAE(Bernoulli(D), latent_dim=Z, hidden=(H,)), (torch.rand(4000, D) < 0.3).float()
+
+
+@torch.no_grad()
+def hand_iwae(vae: VAE, x: torch.Tensor, k: int, data_chunk: int, particle_chunk: int) -> torch.Tensor:
+    """The textbook estimator: per datapoint, logsumexp of log p(x,z) - log q(z|x) over K draws."""
+    out = []
+    for start in range(0, x.shape[0], data_chunk):
+        xb = x[start : start + data_chunk]
+        loc, scale = vae.encoder(xb)
+        chunks = []
+        for done in range(0, k, particle_chunk):
+            kk = min(particle_chunk, k - done)
+            eps = torch.randn(kk, *loc.shape)
+            z = loc + scale * eps
+            log_px = -F.binary_cross_entropy_with_logits(
+                vae.decoder(z), xb.expand(kk, -1, -1), reduction="none"
+            ).sum(-1)
+            log_pz = -0.5 * (z**2).sum(-1) - 0.5 * Z * math.log(2 * math.pi)
+            log_qz = (-0.5 * eps**2 - scale.log()).sum(-1) - 0.5 * Z * math.log(2 * math.pi)
+            chunks.append((log_px + log_pz - log_qz).logsumexp(0))
+        out.append(torch.stack(chunks).logsumexp(0) - math.log(k))
+    return torch.cat(out)
+
+
+def _peak_memory(k: int, points: int) -> float:
+    code = (
+        "import resource, sys; sys.path.insert(0, 'benchmarks'); import iwae_eval as b; "
+        f"vae, x = b.build(); b.iwae(vae.model, vae.guide, x[:{points}], num_particles={k}); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB (Linux reports KiB)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--points", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-k", type=int, default=5000)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    vae, x = build()
+    x = x[: args.points]
+    max_rows = 50_000  # pyro_vae's default chunking, given to the baseline too
+    data_chunk = max(1, min(args.points, max_rows // min(args.k, max_rows)))
+    particle_chunk = max(1, min(args.k, max_rows // data_chunk))
+    paths = {
+        "hand-written logsumexp": lambda: hand_iwae(vae, x, args.k, data_chunk, particle_chunk),
+        "pyro_vae.bounds.iwae": lambda: iwae(vae.model, vae.guide, x, num_particles=args.k),
+    }
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    values = {}
+    with pyro.get_param_store().scope():
+        names = list(paths)
+        for r in range(args.repeats):
+            for name in names[r % 2 :] + names[: r % 2]:
+                tic = time.perf_counter()
+                values[name] = paths[name]()
+                times[name].append(time.perf_counter() - tic)
+    work = args.points * args.k
+    base = statistics.median(times["hand-written logsumexp"])
+    print(
+        f"K={args.k}, {args.points} points, chunks of {data_chunk} points x {particle_chunk} particles, "
+        f"{torch.get_num_threads()} threads, {args.repeats} interleaved repeats"
+    )
+    print(f"{'path':<24} {'median s':>9} {'points*K / s':>14} {'throughput ratio':>17}")
+    rows = []
+    for name, t in times.items():
+        med = statistics.median(t)
+        rows.append({"path": name, "median_s": med, "throughput": work / med, "ratio": base / med})
+        print(f"{name:<24} {med:>9.2f} {work / med:>14.0f} {base / med:>17.3f}")
+    ours, hand = (values[n].mean().item() for n in ("pyro_vae.bounds.iwae", "hand-written logsumexp"))
+    print(
+        f"mean L_K: pyro_vae {ours:.3f}, hand {hand:.3f} (difference {ours - hand:+.3f}, independent draws)"
+    )
+    mem_small = _peak_memory(max(1, args.memory_k // 10), 100)
+    mem_big = _peak_memory(args.memory_k, 100)
+    small_k = max(1, args.memory_k // 10)
+    print(f"peak RSS, 100 points: K={small_k}: {mem_small:.0f} MiB; K={args.memory_k}: {mem_big:.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "k": args.k,
+                    "points": args.points,
+                    "results": rows,
+                    "peak_rss_mib": {str(args.memory_k // 10): mem_small, str(args.memory_k): mem_big},
+                },
+                f,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()
