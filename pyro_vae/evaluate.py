@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae._io import atomic_write_json, atomic_write_text
+from pyro_vae._stats import mean_and_se
 from pyro_vae.bounds import amortization_gap, elbo, iwae
 from pyro_vae.diagnostics import active_units, importance_diagnostics, kl_per_dimension
 from pyro_vae.errors import InputError
@@ -48,11 +49,6 @@ class EvaluateConfig:
         check_positive_int(self.gap_steps, "gap steps")
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
-    n = values.shape[0]
-    return values.mean().item(), (values.std() / n**0.5).item() if n > 1 else float("nan")
-
-
 def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on (up to ``num_points`` of) its test split and write
     ``evaluation.json``, ``bounds.csv`` and the figures ``bounds_vs_k.png``, ``k_hat.png``,
@@ -69,19 +65,19 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
     with torch.random.fork_rng():
         pyro.set_rng_seed(config.seed)
         el = elbo(model, guide, *data, num_particles=config.elbo_particles)
-        results["elbo"], results["elbo_se"] = _mean_se(el)
+        results["elbo"], results["elbo_se"] = mean_and_se(el)
         rows = []
         bounds: dict[int, torch.Tensor] = {}
         for k in tqdm(config.ks, disable=not progress, desc="L_K", unit="K"):
             est = iwae(model, guide, *data, num_particles=k, max_rows=config.max_rows, return_error=True)
             bounds[k] = est.value
-            mean, se = _mean_se(est.value)
+            mean, se = mean_and_se(est.value)
             rows.append({"K": k, "bound": mean, "se": se, "mc_se_median": est.standard_error.median().item()})
         k_max = max(config.ks)
         results["bounds"] = rows
-        results["log_marginal"], results["log_marginal_se"] = _mean_se(bounds[k_max])
+        results["log_marginal"], results["log_marginal_se"] = mean_and_se(bounds[k_max])
         results["log_marginal_K"] = k_max
-        results["elbo_gap"], results["elbo_gap_se"] = _mean_se(bounds[k_max] - el)
+        results["elbo_gap"], results["elbo_gap_se"] = mean_and_se(bounds[k_max] - el)
         diag = importance_diagnostics(model, guide, *data, num_particles=config.k_hat_particles)
         results["k_hat"] = diag.summary()
         if config.gap_points:

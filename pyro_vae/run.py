@@ -20,6 +20,7 @@ import torch
 from pyro_vae import __version__
 from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int
 from pyro_vae._io import atomic_write_json, atomic_write_text
+from pyro_vae._stats import mean_and_se
 from pyro_vae.data import (
     FASHION_MNIST_DIR,
     Dataset,
@@ -220,14 +221,15 @@ def train_run(
         pyro.set_rng_seed(config.seed)
         rd = rate_distortion(model.model, model.guide, test, num_particles=config.eval_particles)
     n_test = len(splits.test)
+    test_elbo, test_elbo_se = mean_and_se(rd.elbo)
     summary = {
         "data": splits.train.name.split(" (")[0],
         "num_train": len(splits.train),
         "num_test": n_test,
         "epochs": config.epochs,
         "train_seconds": seconds,
-        "test_elbo": rd.elbo.mean().item(),
-        "test_elbo_se": (rd.elbo.std() / n_test**0.5).item() if n_test > 1 else float("nan"),
+        "test_elbo": test_elbo,
+        "test_elbo_se": test_elbo_se,
         "test_rate": rd.rate.mean().item(),
         "test_distortion": rd.distortion.mean().item(),
         "val_elbo": result.last("val_elbo"),

@@ -13,6 +13,7 @@ from pyro import poutine
 from torch.distributions import Independent, MultivariateNormal, Normal
 from tqdm.auto import trange
 
+from pyro_vae._stats import summarize
 from pyro_vae.bounds.elbo import elbo as elbo_bound
 from pyro_vae.bounds.iwae import log_marginal
 from pyro_vae.errors import InputError
@@ -45,19 +46,8 @@ class AmortizationGap:
         return self.elbo_optimal - self.elbo_amortized
 
     def summary(self) -> dict[str, float]:
-        n = self.log_marginal.shape[0]
-        out: dict[str, float] = {"num_data": n}
-        for name in (
-            "log_marginal",
-            "elbo_optimal",
-            "elbo_amortized",
-            "approximation_gap",
-            "amortization_gap",
-        ):
-            v = getattr(self, name)
-            out[name] = v.mean().item()
-            out[f"{name}_se"] = (v.std() / n**0.5).item() if n > 1 else float("nan")
-        return out
+        names = ("log_marginal", "elbo_optimal", "elbo_amortized", "approximation_gap", "amortization_gap")
+        return summarize({name: getattr(self, name) for name in names})
 
 
 class _LocalGaussian(torch.nn.Module):

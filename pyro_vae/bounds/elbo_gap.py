@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from pyro_vae._stats import summarize
 from pyro_vae.bounds.elbo import elbo as elbo_bound
 from pyro_vae.bounds.iwae import log_marginal
 
@@ -32,12 +33,7 @@ class ELBOGap:
 
     def summary(self) -> dict[str, float]:
         """Data-set means; ``*_se`` are standard errors of the mean over datapoints."""
-        n = self.gap.shape[0]
-        out: dict[str, float] = {"num_data": n}
-        for name, values in (("log_marginal", self.log_marginal), ("elbo", self.elbo), ("gap", self.gap)):
-            out[name] = values.mean().item()
-            out[f"{name}_se"] = (values.std() / n**0.5).item() if n > 1 else float("nan")
-        return out
+        return summarize({"log_marginal": self.log_marginal, "elbo": self.elbo, "gap": self.gap})
 
 
 def elbo_gap(

@@ -79,6 +79,11 @@ class IWAE(ELBO):
     ) -> torch.Tensor:
         """:math:`-\\frac NB \\sum_{n \\in B} \\widehat{\\mathcal L}_K(x_n)`, whose gradient is the
         chosen estimator."""
+        return self._objective(model, guide, args, kwargs, self.gradient)
+
+    def _objective(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, gradient: str
+    ) -> torch.Tensor:
         if self._nesting is None:
             self._nesting = max_plate_nesting(model, guide, *args, **kwargs)
         k, nesting = self.num_particles, self._nesting
@@ -92,7 +97,7 @@ class IWAE(ELBO):
         log_q = site_terms(guide_trace, *common, observed=None)
         log_w = log_p - log_q if log_q is not None else log_p
         bound = log_w.logsumexp(0) - math.log(k)  # one value per datapoint
-        if self.gradient != "standard" and log_q is not None:
+        if gradient != "standard" and log_q is not None:
             bound = self._path_surrogate(model, args, kwargs, guide_trace, log_w, log_p, common, bound)
         scale = (frame.full_size or frame.size) / frame.size
         return -scale * bound.sum()
@@ -129,12 +134,8 @@ class IWAE(ELBO):
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """:math:`-\\frac NB \\sum_{n \\in B} \\widehat{\\mathcal L}_K(x_n)` as a float."""
-        with torch.no_grad():
-            saved, self.gradient = self.gradient, "standard"
-            try:
-                return float(self.differentiable_loss(model, guide, *args, **kwargs))
-            finally:
-                self.gradient = saved
+        with torch.no_grad():  # no gradient, so the cheaper standard surrogate has the same value
+            return float(self._objective(model, guide, args, kwargs, "standard"))
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
