@@ -98,19 +98,19 @@ class IWAE(ELBO):
         log_w = log_p - log_q if log_q is not None else log_p
         bound = log_w.logsumexp(0) - math.log(k)  # one value per datapoint
         if gradient != "standard" and log_q is not None:
-            bound = self._path_surrogate(model, args, kwargs, guide_trace, log_w, log_p, common, bound)
+            bound = self._path_surrogate(
+                model, args, kwargs, guide_trace, log_w, log_p, common, bound, gradient
+            )
         scale = (frame.full_size or frame.size) / frame.size
         return -scale * bound.sum()
 
-    def _path_surrogate(self, model, args, kwargs, guide_trace, log_w, log_p, common, bound):
+    def _path_surrogate(self, model, args, kwargs, guide_trace, log_w, log_p, common, bound, gradient):
         """Same value as ``bound``; gradients: standard for θ, STL or DReG for φ."""
         for name, site in guide_trace.nodes.items():
             if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                 continue
             if not site["fn"].has_rsample:
-                raise InputError(
-                    f"{self.gradient} gradients need reparameterized guide sites; '{name}' is not"
-                )
+                raise InputError(f"{gradient} gradients need reparameterized guide sites; '{name}' is not")
         detached = poutine.Trace()
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample":
@@ -125,7 +125,7 @@ class IWAE(ELBO):
         )
         log_q = log_p - log_w
         weights = torch.softmax(log_w.detach(), dim=0)
-        if self.gradient == "dreg":
+        if gradient == "dreg":
             weights = weights**2
         theta = (log_p_sgz - log_q.detach()).logsumexp(0) - math.log(self.num_particles)
         phi = (weights * (log_p - log_q_stop - log_p_sgz)).sum(0)
