@@ -108,7 +108,7 @@ class MeanFieldELBO(ELBO):
                 kl = q.log_prob(value) - fn.log_prob(value)
             elbo = elbo - _total(kl, q_scale, q_mask)
         for name, (q, value, scale, mask, _) in g.sites.items():
-            if not q.has_rsample:
+            if not q.has_rsample and not self._relaxed(name):
                 raise InputError(
                     f"guide site '{name}' ({type(q).__name__}) is not reparameterizable; MeanFieldELBO "
                     "needs reparameterized guides: pass loss=pyro.infer.Trace_ELBO() or "
@@ -117,6 +117,10 @@ class MeanFieldELBO(ELBO):
             if name not in m.sites:  # auxiliary guide variable: its entropy term
                 elbo = elbo - _total(q.log_prob(value), scale, mask)
         return torch.as_tensor(elbo)
+
+    def _relaxed(self, name: str) -> bool:
+        """Whether a guide site without ``rsample`` had a relaxed value substituted (subclasses)."""
+        return False
 
     def differentiable_loss(
         self, model: Callable, guide: Callable, *args: Any, **kwargs: Any

@@ -17,6 +17,16 @@ from pyro_vae.errors import InputError
 
 _PARTICLES = "_pyro_vae_particles"
 
+AUXILIARY = "auxiliary_term"
+"""``infer`` key of observed sites that are extra terms of the training objective but not
+part of the model's density (e.g. the classification term of the M2 model): evaluation
+leaves them out; pyro_vae's estimators add them, scaled, to what they maximize."""
+
+
+def is_auxiliary(site: dict) -> bool:
+    """Whether a site is marked ``infer={AUXILIARY: True}``."""
+    return bool(site["infer"].get(AUXILIARY, False))
+
 
 @dataclass(frozen=True)
 class LogTerms:
@@ -126,13 +136,17 @@ def site_terms(
     *,
     observed: bool | None,
     log_prob: Callable[[dict], torch.Tensor] | None = None,
+    auxiliary: bool = False,
 ) -> torch.Tensor | None:
     """Sum of the unscaled, masked log-probabilities of the chosen sites, as (particles, batch);
     ``None`` when there are no such sites. ``log_prob(site)`` replaces
-    ``site["fn"].log_prob(site["value"])`` when given."""
+    ``site["fn"].log_prob(site["value"])`` when given. Sites marked as :data:`AUXILIARY`
+    are left out, or with ``auxiliary=True`` are the only ones summed."""
     total: torch.Tensor | None = None
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            continue
+        if is_auxiliary(site) != auxiliary:
             continue
         if observed is not None and bool(site["is_observed"]) != observed:
             continue

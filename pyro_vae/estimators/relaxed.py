@@ -1,0 +1,164 @@
+"""Gumbel-softmax (Concrete) and straight-through relaxations of discrete guide sites."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import Message
+from pyro.poutine.subsample_messenger import _Subsample
+from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
+
+from pyro_vae._checks import check_positive, check_positive_int
+from pyro_vae.errors import InputError
+from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
+
+
+@dataclass(frozen=True)
+class TemperatureSchedule:
+    """:math:`\\tau_t = \\max(\\tau_{\\min}, \\tau_0 \\exp(-r \\lfloor t / s \\rfloor s))`, the
+    annealing of Jang et al. [1] (:math:`\\tau_0 = 1`, :math:`\\tau_{\\min} = 0.5`, updated every
+    :math:`s = 1000` steps with :math:`r \\in \\{10^{-5}, 10^{-4}\\}` in the paper).
+
+    References:
+        [1] Jang, Gu & Poole (2017), "Categorical reparameterization with Gumbel-softmax", ICLR.
+    """
+
+    initial: float = 1.0
+    minimum: float = 0.5
+    rate: float = 1e-4
+    every: int = 1000
+
+    def __post_init__(self) -> None:
+        check_positive(self.initial, "initial temperature")
+        check_positive(self.minimum, "minimum temperature")
+        check_positive_int(self.every, "every")
+        if self.rate < 0:
+            raise InputError(f"rate must be >= 0, got {self.rate}")
+
+    def __call__(self, step: int) -> float:
+        return max(self.minimum, self.initial * math.exp(-self.rate * (step // self.every) * self.every))
+
+
+def _unwrap(fn: Distribution) -> Distribution:
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    return fn
+
+
+def relaxed_sample(fn: Distribution, temperature: float, *, straight_through: bool) -> torch.Tensor:
+    """A reparameterized relaxed draw for a ``OneHotCategorical`` or ``Bernoulli`` site
+    (possibly inside ``Independent``): Gumbel-softmax / Concrete [1, 2], or with
+    ``straight_through`` the hard value in the forward pass and the relaxed gradient [1]."""
+    base = _unwrap(fn)
+    tau = torch.tensor(temperature, dtype=base.logits.dtype, device=base.logits.device)
+    if isinstance(base, OneHotCategorical):
+        cls = (
+            dist.RelaxedOneHotCategoricalStraightThrough
+            if straight_through
+            else dist.RelaxedOneHotCategorical
+        )
+    elif isinstance(base, Bernoulli):
+        cls = dist.RelaxedBernoulliStraightThrough if straight_through else dist.RelaxedBernoulli
+    else:
+        raise InputError(
+            f"only OneHotCategorical and Bernoulli sites can be relaxed, not {type(base).__name__} "
+            "(write a categorical latent as OneHotCategorical so that it can take relaxed values)"
+        )
+    return cls(tau, logits=base.logits).rsample()
+
+
+class _Relax(Messenger):
+    """Gives the discrete latent sites of the guide a relaxed value (the distribution is kept)."""
+
+    def __init__(self, temperature: float, straight_through: bool) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.straight_through = straight_through
+        self.names: set[str] = set()
+
+    def _pyro_sample(self, msg: Message) -> None:
+        fn = msg["fn"]
+        if msg["is_observed"] or msg["done"] or isinstance(fn, _Subsample) or fn.has_rsample:
+            return
+        msg["value"] = relaxed_sample(fn, self.temperature, straight_through=self.straight_through)
+        msg["done"] = True
+        self.names.add(msg["name"])  # type: ignore[arg-type]
+
+
+class RelaxedELBO(MeanFieldELBO):
+    """The ELBO with discrete guide sites relaxed: Gumbel-softmax [1] / Concrete [2], or
+    straight-through Gumbel-softmax [1].
+
+    A ``OneHotCategorical`` site with logits :math:`\\alpha` takes the value
+    :math:`y = \\operatorname{softmax}((\\alpha + g) / \\tau)`, :math:`g_i \\sim \\mathrm{Gumbel}(0, 1)`
+    (a ``Bernoulli`` site the binary Concrete value), which is reparameterized; the model
+    is run on :math:`y`. As in Jang et al., the KL term stays that of the discrete
+    distributions, :math:`\\mathrm{KL}(q(z \\mid x) \\| p(z))` in closed form, so the
+    objective is
+
+    .. math::
+        \\tilde{\\mathcal L}_\\tau = E_g\\big[\\log p(x \\mid y_\\tau(\\alpha, g))\\big]
+        - \\mathrm{KL}(q(z \\mid x) \\,\\|\\, p(z)),
+
+    which tends to the ELBO as :math:`\\tau \\to 0`; for :math:`\\tau > 0` its gradient is a
+    *biased* estimate of the ELBO gradient, with lower variance than the score function.
+    The bias shrinks as :math:`\\tau` falls (tested against the exact gradient) while the
+    variance grows. With ``straight_through=True`` the model sees the hard one-hot
+    :math:`\\operatorname{onehot}(\\arg\\max y)` and the gradient is that of the relaxed value.
+
+    The model's latent sites must have the KL registered in PyTorch for their discrete
+    distributions (OneHotCategorical and Bernoulli, also inside ``Independent``); other latent
+    sites are treated as in :class:`~pyro_vae.infer.MeanFieldELBO`.
+
+    :param temperature: :math:`\\tau`, a float or a :class:`TemperatureSchedule` of the
+        number of ``loss_and_grads`` calls made so far (``self.step``; reset with
+        ``self.step = 0``).
+    :param straight_through: use the hard value forward.
+
+    References:
+        [1] Jang, Gu & Poole (2017), "Categorical reparameterization with Gumbel-softmax", ICLR.
+        [2] Maddison, Mnih & Teh (2017), "The Concrete distribution: a continuous relaxation of
+        discrete random variables", ICLR.
+        [3] Bengio, Léonard & Courville (2013), "Estimating or propagating gradients through
+        stochastic neurons for conditional computation", arXiv:1308.3432 (straight-through).
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature: float | TemperatureSchedule = 1.0,
+        straight_through: bool = False,
+        num_particles: int = 1,
+    ) -> None:
+        super().__init__(num_particles=num_particles)
+        if not isinstance(temperature, TemperatureSchedule):
+            check_positive(temperature, "temperature")
+        self.schedule = temperature
+        self.straight_through = straight_through
+        self.step = 0
+        self._names: set[str] = set()
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the next step uses."""
+        s = self.schedule
+        return s(self.step) if isinstance(s, TemperatureSchedule) else float(s)
+
+    def _relaxed(self, name: str) -> bool:
+        return name in self._names
+
+    def _particle(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        with _Relax(self.temperature, self.straight_through) as relax:
+            self._names = relax.names
+            return super()._particle(model, guide, args, kwargs)
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        value = super().loss_and_grads(model, guide, *args, **kwargs)
+        self.step += 1
+        return value

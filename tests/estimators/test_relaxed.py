@@ -1,0 +1,89 @@
+import itertools
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.errors import InputError
+from pyro_vae.estimators import RelaxedELBO, TemperatureSchedule, relaxed_sample
+from pyro_vae.estimators.gradients import exact_gradient, parameter_groups
+from tests.estimators.conftest import collect, tiny_data, tiny_vae
+
+
+def _bias(vae, x, groups, exact, **options):
+    """||mean estimate - exact ELBO gradient|| and its noise floor sqrt(tr Var / S), per group."""
+    samples = collect(vae.model, vae.guide, x, loss=RelaxedELBO(**options), num_samples=40, groups=groups)
+    return {
+        g: ((samples[g].mean(0) - exact[g]).norm().item(), (samples[g].var(0).sum() / 40).sqrt().item())
+        for g in groups
+    }
+
+
+@pytest.mark.parametrize("latent", ["categorical", "bernoulli"])
+def test_gumbel_softmax_bias_shrinks_as_the_temperature_falls(latent):
+    vae, x = tiny_vae(latent), tiny_data().repeat(250, 1)
+    groups = parameter_groups(vae.model, vae.guide, x)
+    exact = exact_gradient(vae.model, vae.guide, x, groups=groups)
+    biases = [_bias(vae, x, groups, exact, temperature=t) for t in (2.0, 1.0, 0.5, 0.25)]
+    for g in groups:
+        for hot, cold in itertools.pairwise(biases):
+            (b_hot, se_hot), (b_cold, se_cold) = hot[g], cold[g]
+            assert b_cold < b_hot - 3 * (se_hot + se_cold), (g, biases)
+        assert biases[0][g][0] > 10 * biases[0][g][1]  # and at high temperature it is clearly biased
+
+
+def test_straight_through_has_an_exact_decoder_gradient_and_a_biased_encoder_gradient():
+    vae, x = tiny_vae(), tiny_data().repeat(250, 1)
+    groups = parameter_groups(vae.model, vae.guide, x)
+    exact = exact_gradient(vae.model, vae.guide, x, groups=groups)
+    bias = _bias(vae, x, groups, exact, temperature=0.25, straight_through=True)
+    bias_model, floor_model = bias["model"]
+    assert bias_model < 3 * floor_model  # the decoder sees exact discrete samples
+    bias_guide, floor_guide = bias["guide"]
+    assert bias_guide > 10 * floor_guide
+
+
+def test_straight_through_values_are_hard_with_relaxed_gradients():
+    logits = torch.randn(5, 4, requires_grad=True)
+    fn = dist.OneHotCategorical(logits=logits).to_event(1)
+    value = relaxed_sample(fn, 0.5, straight_through=True)
+    assert set(value.detach().unique().tolist()) <= {0.0, 1.0} and (value.sum(-1) == 1).all()
+    (value * torch.arange(4.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0
+    soft = relaxed_sample(dist.Bernoulli(logits=torch.zeros(1000)), 1.0, straight_through=False)
+    assert ((soft > 0) & (soft < 1)).all()
+
+
+def test_relaxed_elbo_tends_to_the_elbo_as_the_temperature_falls():
+    vae, x = tiny_vae(), tiny_data().repeat(500, 1)
+    from pyro_vae.estimators import exact_elbo
+
+    exact = exact_elbo(vae.model, vae.guide, x).sum().item()
+    gaps = []
+    for t in (1.0, 0.1, 0.01):
+        values = torch.tensor([-RelaxedELBO(temperature=t).loss(vae.model, vae.guide, x) for _ in range(20)])
+        gaps.append((abs(values.mean().item() - exact), values.std().item() / math.sqrt(20)))
+    assert gaps[-1][0] < 3 * gaps[-1][1] + 1e-3 * abs(exact)
+    assert gaps[0][0] > gaps[-1][0]
+
+
+def test_temperature_schedule():
+    s = TemperatureSchedule(initial=1.0, minimum=0.5, rate=1e-3, every=100)
+    assert s(0) == 1.0 and s(99) == 1.0
+    assert s(100) == pytest.approx(math.exp(-0.1))
+    assert s(10**6) == 0.5
+    loss = RelaxedELBO(temperature=s)
+    vae, x = tiny_vae(), tiny_data()
+    for _ in range(100):
+        loss.loss_and_grads(vae.model, vae.guide, x)
+    assert loss.step == 100 and loss.temperature == pytest.approx(math.exp(-0.1))
+    with pytest.raises(InputError, match="temperature"):
+        RelaxedELBO(temperature=0.0)
+    with pytest.raises(InputError, match="rate"):
+        TemperatureSchedule(rate=-1.0)
+
+
+def test_categorical_index_sites_cannot_be_relaxed():
+    with pytest.raises(InputError, match="OneHotCategorical"):
+        relaxed_sample(dist.Categorical(logits=torch.zeros(3)), 1.0, straight_through=False)
