@@ -170,3 +170,50 @@ def plot_kl_per_dimension(kl: torch.Tensor, path: str | Path) -> Path:
     ax.set_ylabel("KL(q(z_j|x) || p(z_j)) [nats]")
     ax.set_title("KL per latent dimension")
     return save_figure(fig, path)
+
+
+def plot_gradient_variance(rows: Sequence[dict], path: str | Path) -> Path:
+    """Gradient variance (log scale) and SNR per estimator, one bar per parameter group."""
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    width = 0.8 / max(len(groups), 1)
+    for ax, key, title in zip(
+        axes,
+        ("variance", "snr"),
+        ("gradient variance, tr Cov (log scale)", "SNR = |E g| / sqrt(tr Cov)"),
+        strict=True,
+    ):
+        for i, group in enumerate(groups):
+            values = [
+                next((r[key] for r in rows if r["estimator"] == n and r["group"] == group), math.nan)
+                for n in names
+            ]
+            # exact estimators have zero variance (infinite SNR): no bar on a log scale
+            keep = [j for j, v in enumerate(values) if 0 < v < math.inf]
+            offset = (i - (len(groups) - 1) / 2) * width
+            ax.bar([j + offset for j in keep], [values[j] for j in keep], width, label=group, color=f"C{i}")
+        ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(title="parameters")
+    return save_figure(fig, path)
+
+
+def plot_estimator_curves(histories: dict[str, Sequence[dict[str, float]]], path: str | Path) -> Path:
+    """Held-out (solid) and training (dashed) ELBO per epoch for each estimator."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, history) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        steps = [h["step"] for h in history]
+        val = [h.get("val_elbo", math.nan) for h in history]
+        if not all(math.isnan(v) for v in val):
+            ax.plot(steps, val, "-", color=color, label=f"{name}")
+        ax.plot(steps, [h.get("train_elbo", math.nan) for h in history], "--", color=color, alpha=0.6)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("ELBO (nats / datapoint)")
+    ax.set_title("training curves: held-out (solid), training (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)

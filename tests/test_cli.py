@@ -121,7 +121,7 @@ def test_count_data_errors_name_rows_and_columns(tmp_path, capsys):
     assert "non-integer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["compare"]])
 def test_help_for_every_command(command):
     result = subprocess.run(
         [sys.executable, "-m", "pyro_vae", *command, "--help"], capture_output=True, text=True, check=False
@@ -159,3 +159,69 @@ def test_evaluate_prints_ordered_bounds_and_writes_results(tmp_path, capsys):
         assert (out / name).is_file()
     assert main(["evaluate", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+COMPARE_TINY = [
+    "--variables",
+    "2",
+    "--categories",
+    "3",
+    "--hidden",
+    "16",
+    "--epochs",
+    "1",
+    "--grad-samples",
+    "3",
+    "--warmup",
+    "2",
+    "--eval-particles",
+    "2",
+    "--quiet",
+]
+
+
+@pytest.mark.slow
+def test_compare_prints_the_table_and_writes_results(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    estimators = "score,score-avg,nvil,vimco,gumbel,st-gumbel,enum"
+    assert main(["compare", "--out", str(out), "--estimators", estimators, *COMPARE_TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "bias against: exact gradients by enumeration" in printed and "ms/step" in printed
+    for name in estimators.split(","):
+        assert f"\n{name} " in printed
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "comparison.csv",
+        "comparison.json",
+        "gradient_variance.png",
+        "training_curves.png",
+    }
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert len(rows) == 14 and all(r["bias"] == r["bias"] for r in rows)  # exact: no NaN bias
+    assert json.loads((out / "config.json").read_text())["estimators"] == estimators.split(",")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--estimators", "score,reinforce"], "unknown estimator 'reinforce'"),
+        (["--estimators", "score,score"], "repeated"),
+        (["--model", "bernoulli", "--units", "0"], "num units"),
+        (["--temperature", "0.1"], "below the minimum temperature"),
+        (["--particles", "1"], "vimco needs"),
+        (["--grad-samples", "1"], "gradient samples"),
+    ],
+)
+def test_compare_user_errors_exit_2_and_write_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), *args, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyro-vae: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_compare_refuses_a_non_empty_directory(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["compare", "--out", str(tmp_path), *COMPARE_TINY]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

@@ -27,3 +27,24 @@ def test_elbo_gap(tmp_path, monkeypatch, capsys):
     _run("elbo_gap.py", argv, monkeypatch)
     assert "ELBO gap" in capsys.readouterr().out
     assert (tmp_path / "run" / "bounds_vs_k.png").is_file()
+
+
+@pytest.mark.slow
+def test_semi_supervised_digits(monkeypatch, capsys):
+    _run("semi_supervised_digits.py", ["--epochs", "1", "--labels", "20", "--quiet"], monkeypatch)
+    out = capsys.readouterr().out
+    assert out.count("test accuracy") == 2
+
+
+@pytest.mark.slow
+def test_gumbel_softmax_table(tmp_path, monkeypatch, capsys):
+    _run(
+        "gumbel_softmax_table.py",
+        ["--epochs", "1", "--grad-samples", "2", "--out", str(tmp_path), "--quiet"],
+        monkeypatch,
+    )
+    out = capsys.readouterr().out
+    assert "paper (MNIST)" in out and "101.5" in out
+    assert (tmp_path / "categorical" / "gradient_variance.png").is_file() and (
+        tmp_path / "table.json"
+    ).is_file()

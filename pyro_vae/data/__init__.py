@@ -8,6 +8,7 @@ from pyro_vae.data.binarize import DynamicBinarization, binarize
 from pyro_vae.data.dataset import Dataset
 from pyro_vae.data.digits import load_digits
 from pyro_vae.data.idx import FASHION_MNIST_DIR, load_idx, read_idx
+from pyro_vae.data.semi_supervised import hide_labels
 from pyro_vae.data.splits import Splits, split
 from pyro_vae.data.synthetic import (
     CountTruth,
@@ -27,6 +28,7 @@ __all__ = [
     "binarize",
     "count_data",
     "count_log_likelihood",
+    "hide_labels",
     "linear_gaussian",
     "load_array",
     "load_digits",

@@ -107,20 +107,44 @@ class EnumeratedTerms:
         """:math:`\\sum_m q_m \\log w_m` per datapoint, ``(B,)``, differentiable."""
         return (self.log_q_discrete.exp() * self.log_weight).sum(0)
 
-    def iwae(self, num_particles: int, *, max_tuples: int = 2**18) -> torch.Tensor:
-        """:math:`\\mathcal L_K = \\sum_{m_1..m_K} \\prod_k q_{m_k} \\log \\frac1K \\sum_k w_{m_k}`
-        per datapoint, by summing over all :math:`M^K` tuples, ``(B,)``, differentiable."""
+    def iwae(self, num_particles: int, *, max_multisets: int = 100_000, chunk: int = 4096) -> torch.Tensor:
+        """:math:`\\mathcal L_K = E\\big[\\log \\frac1K \\sum_k w_{m_k}\\big]`, :math:`m_k \\sim q`
+        i.i.d., per datapoint, exactly and differentiably, ``(B,)``.
+
+        The bound depends on the :math:`K` draws only through how often each configuration
+        occurs, so the sum runs over the :math:`\\binom{M + K - 1}{K}` count vectors
+        :math:`n` with multinomial probabilities
+        :math:`\\frac{K!}{\\prod_m n_m!} \\prod_m q_m^{n_m}` rather than over all
+        :math:`M^K` ordered tuples.
+        """
         check_positive_int(num_particles, "num_particles")
         m = self.log_weight.shape[0]
-        if m**num_particles > max_tuples:
+        count = math.comb(m + num_particles - 1, num_particles)
+        if count > max_multisets:
             raise InputError(
-                f"the exact L_K sums over M^K = {m}^{num_particles} tuples, more than max_tuples={max_tuples}"
+                f"the exact L_K sums over C(M + K - 1, K) = {count} multisets of the M = {m} "
+                f"configurations (K = {num_particles}), more than max_multisets={max_multisets}"
             )
-        tuples = torch.cartesian_prod(*[torch.arange(m, device=self.log_weight.device)] * num_particles)
-        tuples = tuples.reshape(-1, num_particles)
-        log_prob = self.log_q_discrete[tuples].sum(1)  # (T, B)
-        bound = self.log_weight[tuples].logsumexp(1) - math.log(num_particles)  # (T, B)
-        return (log_prob.exp() * bound).sum(0)
+        dtype, device = self.log_weight.dtype, self.log_weight.device
+        total = torch.zeros_like(self.log_weight[0])
+        combos = itertools.combinations_with_replacement(range(m), num_particles)
+        while block := list(itertools.islice(combos, chunk)):
+            idx = torch.tensor(block, device=device)
+            counts = torch.zeros(len(block), m, dtype=dtype, device=device)
+            counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=dtype))
+            log_coef = math.lgamma(num_particles + 1) - torch.lgamma(counts + 1).sum(1)  # (T,)
+            present = (
+                counts.unsqueeze(2) > 0
+            )  # a configuration with q = 0 that is never drawn adds 0, not NaN
+            weighted = torch.where(present, counts.unsqueeze(2) * self.log_q_discrete.unsqueeze(0), 0.0)
+            log_prob = log_coef.unsqueeze(1) + weighted.sum(1)  # (T, B)
+            bound = (counts.log().unsqueeze(2) + self.log_weight.unsqueeze(0)).logsumexp(1)  # (T, B)
+            total = total + (log_prob.exp() * (bound - math.log(num_particles))).sum(0)
+        return total
+
+
+def _count(n: int) -> str:
+    return str(n) if n < 10**6 else f"{n:.3g}"
 
 
 def _latent_sites(guide: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, Distribution], bool]:
@@ -166,9 +190,9 @@ def enumerate_terms(
         counts[name] = support.shape[0] ** math.prod(positions)
     total = math.prod(counts.values())
     if total > max_configurations:
-        detail = ", ".join(f"'{k}': {v}" for k, v in counts.items())
+        detail = ", ".join(f"'{k}': {_count(v)}" for k, v in counts.items())
         raise InputError(
-            f"exact enumeration needs {total} joint configurations per datapoint ({detail}), "
+            f"exact enumeration needs {_count(total)} joint configurations per datapoint ({detail}), "
             f"more than max_configurations={max_configurations}"
         )
     per_site = {name: site_configurations(fn) for name, fn in sites.items()}

@@ -111,28 +111,32 @@ def exact_gradient(
 
 @dataclass
 class GradientMoments:
-    """Running first and second moments of flat gradient estimates (float64 sums)."""
+    """Running mean and variance of flat gradient estimates (Welford's update, float64)."""
 
     count: int = 0
-    total: torch.Tensor | None = None
-    total_sq: torch.Tensor | None = None
+    _mean: torch.Tensor | None = None
+    _m2: torch.Tensor | None = None
 
     def update(self, sample: torch.Tensor) -> None:
         s = sample.detach().double()
-        self.total = s.clone() if self.total is None else self.total + s
-        self.total_sq = s * s if self.total_sq is None else self.total_sq + s * s
         self.count += 1
+        if self._mean is None or self._m2 is None:
+            self._mean, self._m2 = s.clone(), torch.zeros_like(s)
+            return
+        delta = s - self._mean
+        self._mean = self._mean + delta / self.count
+        self._m2 = self._m2 + delta * (s - self._mean)
 
     @property
     def mean(self) -> torch.Tensor:
-        assert self.total is not None
-        return self.total / self.count
+        assert self._mean is not None
+        return self._mean
 
     @property
     def variance(self) -> torch.Tensor:
         """Unbiased per-coordinate variance of one estimate."""
-        assert self.total_sq is not None and self.count > 1
-        return ((self.total_sq - self.count * self.mean**2) / (self.count - 1)).clamp(min=0)
+        assert self._m2 is not None and self.count > 1
+        return self._m2 / (self.count - 1)
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,12 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae._checks import check_matrix, check_nonnegative, check_positive_int
+from pyro_vae.data.semi_supervised import UNLABELLED
 from pyro_vae.errors import InputError
 from pyro_vae.infer.per_datapoint import AUXILIARY
 from pyro_vae.likelihoods.base import Likelihood
 from pyro_vae.networks import GaussianEncoder, mlp
 from pyro_vae.priors import StandardNormal
-
-UNLABELLED = -1
-"""Label value marking an unlabelled datapoint."""
 
 
 def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -138,7 +138,7 @@ def test_m2_enumeration_equals_the_explicit_sum_over_labels():
 
 def test_too_many_configurations_is_refused_before_work():
     vae = DiscreteVAE(Bernoulli(6), CategoricalLatent(20, 10), hidden=(8,))
-    with pytest.raises(InputError, match=r"10\^20|100000000000000000000 joint configurations"):
+    with pytest.raises(InputError, match=r"1e\+20 joint configurations"):
         exact_elbo(vae.model, vae.guide, torch.zeros(2, 6))
 
 
