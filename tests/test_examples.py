@@ -40,11 +40,11 @@ def test_semi_supervised_digits(monkeypatch, capsys):
 def test_gumbel_softmax_table(tmp_path, monkeypatch, capsys):
     _run(
         "gumbel_softmax_table.py",
-        ["--epochs", "1", "--grad-samples", "2", "--out", str(tmp_path), "--quiet"],
+        ["--epochs", "1", "--seeds", "0", "--grad-samples", "2", "--out", str(tmp_path), "--quiet"],
         monkeypatch,
     )
     out = capsys.readouterr().out
     assert "paper (MNIST)" in out and "101.5" in out
-    assert (tmp_path / "categorical" / "gradient_variance.png").is_file() and (
+    assert (tmp_path / "categorical" / "seed-0" / "gradient_variance.png").is_file() and (
         tmp_path / "table.json"
     ).is_file()

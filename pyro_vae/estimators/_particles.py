@@ -7,12 +7,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_vae._checks import check_positive_int
-from pyro_vae.infer.per_datapoint import data_frame, max_plate_nesting, particle_traces, site_terms
+from pyro_vae.errors import InputError
+from pyro_vae.infer.per_datapoint import (
+    check_in_plate,
+    data_frame,
+    is_auxiliary,
+    max_plate_nesting,
+    particle_traces,
+    reduce_to_datapoints,
+)
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,6 @@ class ParticleTerms:
         return self.log_p - self.log_q
 
 
-def _score_log_prob(site: dict) -> torch.Tensor:
-    fn = site["fn"]
-    if fn.has_rsample:
-        return torch.zeros((), dtype=site["value"].dtype if site["value"].is_floating_point() else None)
-    return fn.log_prob(site["value"])
-
-
 def _scaled_log_prob(site: dict) -> torch.Tensor:
     return scale_and_mask(site["fn"].log_prob(site["value"]), scale=site["scale"])
 
@@ -61,6 +63,14 @@ def has_score_sites(trace: object) -> bool:
     )
 
 
+def _sites(trace: poutine.Trace) -> list[tuple[str, dict]]:
+    return [
+        (name, site)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample)
+    ]
+
+
 def particle_terms(
     model: Callable,
     guide: Callable,
@@ -72,24 +82,33 @@ def particle_terms(
     plate_name: str,
 ) -> ParticleTerms:
     """Trace ``num_particles`` draws per datapoint (one vectorized pass) and collect
-    :class:`ParticleTerms`."""
+    :class:`ParticleTerms`, computing each site's log-density once."""
     model_trace, guide_trace = particle_traces(model, guide, args, kwargs, num_particles, nesting)
     frame = data_frame(model_trace, plate_name)
-    common = (plate_name, frame.dim, frame.size, num_particles, nesting + 1)
-    log_p = site_terms(model_trace, *common, observed=None)
-    log_q = site_terms(guide_trace, *common, observed=None)
-    log_q_score = (
-        site_terms(guide_trace, *common, observed=None, log_prob=_score_log_prob)
-        if has_score_sites(guide_trace)
-        else None
-    )
-    aux = site_terms(model_trace, *common, observed=True, log_prob=_scaled_log_prob, auxiliary=True)
-    assert log_p is not None
+    shape = (frame.dim, frame.size, num_particles, nesting + 1)
+    log_p: torch.Tensor | float = 0.0
+    aux: torch.Tensor | float = 0.0
+    for name, site in _sites(model_trace):
+        check_in_plate(name, site, plate_name)
+        if is_auxiliary(site):
+            aux = aux + reduce_to_datapoints(_scaled_log_prob(site), site["mask"], *shape).sum()
+        else:
+            log_p = log_p + reduce_to_datapoints(site["fn"].log_prob(site["value"]), site["mask"], *shape)
+    log_q: torch.Tensor | float = 0.0
+    log_q_score: torch.Tensor | None = None
+    for name, site in _sites(guide_trace):
+        check_in_plate(name, site, plate_name)
+        lp = reduce_to_datapoints(site["fn"].log_prob(site["value"]), site["mask"], *shape)
+        log_q = log_q + lp
+        if not site["fn"].has_rsample:
+            log_q_score = lp if log_q_score is None else log_q_score + lp
+    if not isinstance(log_p, torch.Tensor):
+        raise InputError("the model has no sample sites")
     return ParticleTerms(
         log_p=log_p,
-        log_q=log_q if log_q is not None else torch.zeros_like(log_p),
+        log_q=log_q if isinstance(log_q, torch.Tensor) else torch.zeros_like(log_p),
         log_q_score=log_q_score,
-        auxiliary=aux.sum() / num_particles if aux is not None else 0.0,
+        auxiliary=aux / num_particles,
         scale=(frame.full_size or frame.size) / frame.size,
     )
 

@@ -53,6 +53,8 @@ COLUMNS = (
     "val_elbo_se",
     "val_iwae",
     "val_iwae_se",
+    "val_elbo_vs_first",
+    "val_elbo_vs_first_se",
     "train_seconds",
 )
 
@@ -68,6 +70,8 @@ class EstimatorResult:
     :ivar val_elbo, val_iwae: held-out ELBO and :math:`\\mathcal L_K` per datapoint after
         training (NaN without validation data), with standard errors over datapoints.
     :ivar params: the trained parameters (unconstrained values by store name).
+    :ivar val_elbo_points: the held-out ELBO of each datapoint (``None`` without validation
+        data), for paired comparisons between estimators.
     """
 
     name: str
@@ -83,6 +87,7 @@ class EstimatorResult:
     val_iwae_se: float
     train_seconds: float
     params: dict[str, torch.Tensor] = field(repr=False)
+    val_elbo_points: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -100,9 +105,18 @@ class Comparison:
     eval_particles: int
 
     def rows(self) -> list[dict[str, Any]]:
-        """The tidy table: one row per estimator and parameter group (:data:`COLUMNS`)."""
+        """The tidy table: one row per estimator and parameter group (:data:`COLUMNS`).
+
+        ``val_elbo_vs_first`` is the held-out ELBO minus that of the first estimator, averaged
+        over the same datapoints, with its paired standard error: differences between
+        estimators are much more precise than the ELBOs themselves.
+        """
         out = []
+        first = self.results[0].val_elbo_points if self.results else None
         for r in self.results:
+            diff = (math.nan, math.nan)
+            if first is not None and r.val_elbo_points is not None:
+                diff = mean_and_se(r.val_elbo_points - first)
             for group, g in r.gradients.items():
                 out.append(
                     {
@@ -116,6 +130,8 @@ class Comparison:
                         "val_elbo_se": r.val_elbo_se,
                         "val_iwae": r.val_iwae,
                         "val_iwae_se": r.val_iwae_se,
+                        "val_elbo_vs_first": diff[0],
+                        "val_elbo_vs_first_se": diff[1],
                         "train_seconds": r.train_seconds,
                     }
                 )
@@ -143,7 +159,8 @@ class Comparison:
         k = self.eval_particles
         head = (
             f"{'estimator':<11} {'group':<6} {'objective':<9} {'bias':>10} {'bias SE':>9} "
-            f"{'variance':>10} {'SNR':>7} {'ms/step':>8} {'val ELBO':>16} {f'val L_{k}':>16}"
+            f"{'variance':>10} {'SNR':>7} {'ms/step':>8} {'val ELBO':>16} {f'val L_{k}':>16} "
+            f"{'ELBO vs first':>16}"
         )
         lines = [
             f"gradients: {self.num_gradient_samples} estimates on a batch of {self.gradient_batch_size}; "
@@ -156,10 +173,11 @@ class Comparison:
             bias_se = "" if math.isnan(row["bias_se"]) else f"{row['bias_se']:.2g}"
             val_elbo = _pm(row["val_elbo"], row["val_elbo_se"])
             val_iwae = _pm(row["val_iwae"], row["val_iwae_se"])
+            vs_first = _pm(row["val_elbo_vs_first"], row["val_elbo_vs_first_se"])
             lines.append(
                 f"{row['estimator']:<11} {row['group']:<6} {row['objective']:<9} {bias:>10} {bias_se:>9} "
                 f"{row['variance']:>10.3g} {row['snr']:>7.3f} {row['ms_per_step']:>8.2f} "
-                f"{val_elbo:>16} {val_iwae:>16}"
+                f"{val_elbo:>16} {val_iwae:>16} {vs_first:>16}"
             )
         return "\n".join(lines)
 
@@ -180,7 +198,9 @@ class Comparison:
 
 
 def _pm(mean: float, se: float) -> str:
-    return "n/a" if math.isnan(mean) else f"{mean:.3f} ± {se:.3f}"
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f}" if math.isnan(se) else f"{mean:.3f} ± {se:.3f}"
 
 
 def _snapshot() -> dict[str, torch.Tensor]:
@@ -371,9 +391,11 @@ def compare(
                 )
                 seconds = time.perf_counter() - tic
                 elbo = iwae_mean = (math.nan, math.nan)
+                points = None
                 if val is not None:
                     with store.scope(result.param_state):
-                        elbo = mean_and_se(elbo_bound(model, guide, *val, num_particles=eval_particles))
+                        points = elbo_bound(model, guide, *val, num_particles=eval_particles).detach()
+                        elbo = mean_and_se(points)
                         iwae_mean = mean_and_se(iwae(model, guide, *val, num_particles=eval_particles))
                 trained = {k: v.detach().clone() for k, v in result.param_state["params"].items()}
                 results.append(
@@ -393,6 +415,7 @@ def compare(
                         val_iwae_se=iwae_mean[1],
                         train_seconds=seconds,
                         params=trained,
+                        val_elbo_points=points,
                     )
                 )
         finally:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
@@ -53,24 +52,41 @@ def _unwrap(fn: Distribution) -> Distribution:
 
 def relaxed_sample(fn: Distribution, temperature: float, *, straight_through: bool) -> torch.Tensor:
     """A reparameterized relaxed draw for a ``OneHotCategorical`` or ``Bernoulli`` site
-    (possibly inside ``Independent``): Gumbel-softmax / Concrete [1, 2], or with
-    ``straight_through`` the hard value in the forward pass and the relaxed gradient [1]."""
+    (possibly inside ``Independent``) with logits :math:`\\alpha`:
+
+    - one-hot: :math:`y = \\operatorname{softmax}((\\alpha + g) / \\tau)`,
+      :math:`g = -\\log E`, :math:`E \\sim \\mathrm{Exp}(1)` (Gumbel noise) [1, 2];
+    - binary: :math:`y = \\sigma((\\alpha + \\log U - \\log(1 - U)) / \\tau)`,
+      :math:`U \\sim \\mathcal U(0, 1)` (the binary Concrete) [2];
+
+    the distributions of Pyro's ``RelaxedOneHotCategorical`` and ``RelaxedBernoulli``,
+    written with a few tensor operations (tested against the exact distributions: the
+    argmax is categorical with probabilities :math:`\\operatorname{softmax}(\\alpha)`, and the
+    binary Concrete has CDF :math:`\\sigma(\\tau \\operatorname{logit}(y) - \\alpha)`). With
+    ``straight_through`` the value is the hard one-hot (or 0/1) of :math:`y` and the gradient
+    that of :math:`y` [1, 3] (Pyro's ``...StraightThrough`` forms).
+    """
     base = _unwrap(fn)
-    tau = torch.tensor(temperature, dtype=base.logits.dtype, device=base.logits.device)
-    if isinstance(base, OneHotCategorical):
-        cls = (
-            dist.RelaxedOneHotCategoricalStraightThrough
-            if straight_through
-            else dist.RelaxedOneHotCategorical
-        )
-    elif isinstance(base, Bernoulli):
-        cls = dist.RelaxedBernoulliStraightThrough if straight_through else dist.RelaxedBernoulli
-    else:
+    if not isinstance(base, OneHotCategorical | Bernoulli):
         raise InputError(
             f"only OneHotCategorical and Bernoulli sites can be relaxed, not {type(base).__name__} "
             "(write a categorical latent as OneHotCategorical so that it can take relaxed values)"
         )
-    return cls(tau, logits=base.logits).rsample()
+    logits = base.logits
+    if isinstance(base, OneHotCategorical):
+        gumbel = -torch.empty_like(logits).exponential_().log()
+        soft = ((logits + gumbel) / temperature).softmax(-1)
+        if not straight_through:
+            return soft
+        hard = torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft)
+    else:
+        finfo = torch.finfo(logits.dtype)
+        u = torch.rand_like(logits).clamp(min=finfo.tiny, max=1 - finfo.eps)
+        soft = torch.sigmoid((logits + u.log() - (-u).log1p()) / temperature)
+        if not straight_through:
+            return soft
+        hard = (soft > 0.5).to(soft)
+    return hard + (soft - soft.detach())
 
 
 class _Relax(Messenger):

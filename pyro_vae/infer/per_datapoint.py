@@ -126,6 +126,31 @@ def replay_model(
         ).get_trace(*args, **kwargs)
 
 
+def reduce_to_datapoints(
+    lp: torch.Tensor | float, mask: Any, data_dim: int, batch: int, num_particles: int, ndim: int
+) -> torch.Tensor:
+    """A site's log-density, masked and summed over every dimension but the particle
+    plate (dim 0) and the data plate (``ndim + data_dim``): ``(particles, batch)``."""
+    lp = scale_and_mask(lp, mask=mask)
+    if not isinstance(lp, torch.Tensor):
+        lp = torch.as_tensor(lp)
+    lp = lp.reshape((1,) * (ndim - lp.dim()) + lp.shape)
+    keep = {0, ndim + data_dim}
+    other = [d for d in range(ndim) if d not in keep]
+    if other:
+        lp = lp.sum(other, keepdim=True)
+    return lp.reshape(lp.shape[0], lp.shape[ndim + data_dim]).expand(num_particles, batch)
+
+
+def check_in_plate(name: str, site: dict, plate_name: str) -> None:
+    if not any(f.name == plate_name for f in site["cond_indep_stack"]):
+        raise InputError(
+            f"sample site '{name}' is outside the plate '{plate_name}', so its log-density "
+            "is not a per-datapoint quantity; per-datapoint evaluation needs every sample site "
+            "inside the data plate (global latents are not supported here)"
+        )
+
+
 def site_terms(
     trace: poutine.Trace,
     plate_name: str,
@@ -150,22 +175,9 @@ def site_terms(
             continue
         if observed is not None and bool(site["is_observed"]) != observed:
             continue
-        if not any(f.name == plate_name for f in site["cond_indep_stack"]):
-            raise InputError(
-                f"sample site '{name}' is outside the plate '{plate_name}', so its log-density "
-                "is not a per-datapoint quantity; per-datapoint evaluation needs every sample site "
-                "inside the data plate (global latents are not supported here)"
-            )
+        check_in_plate(name, site, plate_name)
         raw = log_prob(site) if log_prob is not None else site["fn"].log_prob(site["value"])
-        lp = scale_and_mask(raw, mask=site["mask"])
-        if not isinstance(lp, torch.Tensor):
-            lp = torch.as_tensor(lp)
-        lp = lp.reshape((1,) * (ndim - lp.dim()) + lp.shape)
-        keep = {0, ndim + data_dim}
-        other = [d for d in range(ndim) if d not in keep]
-        if other:
-            lp = lp.sum(other, keepdim=True)
-        lp = lp.reshape(lp.shape[0], lp.shape[ndim + data_dim]).expand(num_particles, batch)
+        lp = reduce_to_datapoints(raw, site["mask"], data_dim, batch, num_particles, ndim)
         total = lp if total is None else total + lp
     return total
 

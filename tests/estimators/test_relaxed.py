@@ -87,3 +87,39 @@ def test_temperature_schedule():
 def test_categorical_index_sites_cannot_be_relaxed():
     with pytest.raises(InputError, match="OneHotCategorical"):
         relaxed_sample(dist.Categorical(logits=torch.zeros(3)), 1.0, straight_through=False)
+
+
+def test_gumbel_softmax_argmax_is_the_categorical():
+    """The Gumbel-max property: argmax of the relaxed draw ~ Categorical(softmax(alpha)), any tau."""
+    logits = torch.tensor([0.5, -1.0, 1.5, 0.0], dtype=torch.float64)
+    n = 40_000
+    fn = dist.OneHotCategorical(logits=logits.expand(n, 4))
+    counts = torch.bincount(relaxed_sample(fn, 0.7, straight_through=False).argmax(-1), minlength=4)
+    p = logits.softmax(0)
+    z = (counts / n - p) / (p * (1 - p) / n).sqrt()
+    assert z.abs().max() < 4, z
+
+
+@pytest.mark.parametrize("tau", [0.3, 1.0, 2.0])
+def test_binary_concrete_has_the_exact_cdf(tau):
+    """Maddison et al.: P(Y <= y) = sigmoid(tau * logit(y) - alpha); also the two-category
+    Gumbel-softmax, whose first coordinate is binary Concrete with alpha = alpha_1 - alpha_2."""
+    from scipy import stats
+
+    alpha = 0.8
+    n = 20_000
+    binary = relaxed_sample(
+        dist.Bernoulli(logits=torch.full((n,), alpha, dtype=torch.float64)), tau, straight_through=False
+    )
+    two = relaxed_sample(
+        dist.OneHotCategorical(logits=torch.tensor([alpha, 0.0], dtype=torch.float64).expand(n, 2)),
+        tau,
+        straight_through=False,
+    )[:, 0]
+
+    def cdf(y):
+        y = torch.as_tensor(y, dtype=torch.float64)
+        return torch.sigmoid(tau * torch.logit(y) - alpha).numpy()
+
+    for sample in (binary, two):
+        assert stats.kstest(sample.numpy(), cdf).pvalue > 1e-3
