@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from pyro_vae.cli import main
+from pyro_vae.data import FASHION_MNIST_DIR
 
 TINY = ["--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--quiet", "--eval-particles", "2"]
 
@@ -225,3 +226,12 @@ def test_compare_refuses_a_non_empty_directory(tmp_path, capsys):
     assert main(["compare", "--out", str(tmp_path), *COMPARE_TINY]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_compare_on_fashion_mnist(tmp_path, capsys):
+    args = ["--data", "fashion-mnist", "--estimators", "score,gumbel", "--epochs", "1", "--batch-size", "500"]
+    tiny = ["--hidden", "32", "--grad-samples", "2", "--warmup", "1", "--eval-particles", "1", "--quiet"]
+    assert main(["compare", "--out", str(tmp_path / "cmp"), *args, *tiny]) == 0
+    assert "gumbel" in capsys.readouterr().out
