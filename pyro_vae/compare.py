@@ -20,6 +20,7 @@ from pyro_vae._io import atomic_write_json
 from pyro_vae.data import split
 from pyro_vae.errors import InputError
 from pyro_vae.estimators import ESTIMATORS, Comparison, TemperatureSchedule, compare, get_estimator
+from pyro_vae.estimators.enumeration import DEFAULT_MAX_CONFIGURATIONS
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import BernoulliLatent, CategoricalLatent, DiscreteVAE
 from pyro_vae.run import TrainConfig, load_dataset
@@ -80,6 +81,15 @@ class CompareConfig:
         if self.temperature < self.min_temperature:
             raise InputError(
                 f"temperature {self.temperature} is below the minimum temperature {self.min_temperature}"
+            )
+        if "arm" in self.estimators and self.model != "bernoulli":
+            raise InputError("the arm estimator is for Bernoulli codes; use --model bernoulli or drop arm")
+        codes = self.num_categories**self.num_variables if self.model == "categorical" else 2**self.num_units
+        if "enum" in self.estimators and codes > DEFAULT_MAX_CONFIGURATIONS:
+            raise InputError(
+                f"enum sums over every code, and this {self.model} code has {codes:.3g}, more than "
+                f"{DEFAULT_MAX_CONFIGURATIONS}; use a smaller code (e.g. --variables 2 --categories 4) "
+                "or drop enum"
             )
         if "vimco" in self.estimators and self.num_particles < 2:
             raise InputError(f"vimco needs --particles >= 2, got {self.num_particles}")

@@ -211,6 +211,8 @@ def test_compare_prints_the_table_and_writes_results(tmp_path, capsys):
         (["--temperature", "0.1"], "below the minimum temperature"),
         (["--particles", "1"], "vimco needs"),
         (["--grad-samples", "1"], "gradient samples"),
+        (["--estimators", "score,arm"], "arm estimator is for Bernoulli codes"),
+        (["--estimators", "score,enum"], "enum sums over every code"),
     ],
 )
 def test_compare_user_errors_exit_2_and_write_nothing(tmp_path, capsys, args, message):

@@ -1,5 +1,6 @@
 """Gradient estimators for discrete latents, exact enumeration, and a harness to compare them."""
 
+from pyro_vae.estimators.arm import ARM
 from pyro_vae.estimators.baselines import Baseline, DecayingAverageBaseline, NeuralBaseline
 from pyro_vae.estimators.compare import COLUMNS, Comparison, EstimatorResult, compare
 from pyro_vae.estimators.enumeration import (
@@ -16,6 +17,7 @@ from pyro_vae.estimators.score_function import ScoreFunctionELBO
 from pyro_vae.estimators.vimco import VIMCO, leave_one_out_bounds
 
 __all__ = [
+    "ARM",
     "COLUMNS",
     "ESTIMATORS",
     "VIMCO",

@@ -208,10 +208,28 @@ def _snapshot() -> dict[str, torch.Tensor]:
 
 
 def _restore(snapshot: dict[str, torch.Tensor]) -> None:
-    params = dict(pyro.get_param_store().named_parameters())
+    """Reset the program's parameters and drop any an estimator added (baseline networks),
+    so that the next estimator registers its own."""
+    store = pyro.get_param_store()
+    for name in [n for n in store.keys() if n not in snapshot]:
+        del store[name]
+    params = dict(store.named_parameters())
     with torch.no_grad():
         for name, value in snapshot.items():
             params[name].copy_(value)
+
+
+def _preflight(
+    model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], specs: list[Estimator]
+) -> None:
+    """One loss evaluation per estimator, so that an estimator that does not apply to the
+    program (ARM on a categorical code, enumeration of a large code) fails before any work."""
+    for spec in specs:
+        try:
+            with torch.no_grad():
+                spec.make_loss().loss(model, guide, *batch)
+        except InputError as e:
+            raise InputError(f"estimator '{spec.name}' does not apply to this program: {e}") from None
 
 
 def _exact_gradients(
@@ -349,6 +367,8 @@ def compare(
         if not any(groups.values()):
             raise InputError("model and guide have no parameters to compare gradients of")
         initial = _snapshot()
+        _preflight(model, guide, batch, specs)
+        _restore(initial)
         exact, exact_reason = _exact_gradients(
             model, guide, batch, groups, {s.objective_particles for s in specs}, max_configurations
         )

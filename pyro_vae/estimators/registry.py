@@ -10,6 +10,7 @@ from pyro.infer import Trace_ELBO
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
+from pyro_vae.estimators.arm import ARM
 from pyro_vae.estimators.baselines import DecayingAverageBaseline, NeuralBaseline
 from pyro_vae.estimators.enumeration import DEFAULT_MAX_CONFIGURATIONS, EnumerationELBO
 from pyro_vae.estimators.relaxed import RelaxedELBO, TemperatureSchedule
@@ -37,7 +38,7 @@ class Estimator:
     description: str = ""
 
 
-ESTIMATORS = ("score", "score-avg", "nvil", "vimco", "gumbel", "st-gumbel", "enum")
+ESTIMATORS = ("score", "score-avg", "nvil", "vimco", "arm", "gumbel", "st-gumbel", "enum")
 """The names :func:`get_estimator` knows."""
 
 
@@ -54,6 +55,7 @@ def get_estimator(
     - ``score-avg``: score function with a decaying-average baseline;
     - ``nvil``: score function with NVIL's input-dependent neural baseline;
     - ``vimco``: VIMCO with ``num_particles`` samples (gradient of :math:`\\mathcal L_K`);
+    - ``arm``: ARM, for Bernoulli codes (two antithetic evaluations per step);
     - ``gumbel`` / ``st-gumbel``: Gumbel-softmax / straight-through at ``temperature``
       (default: Jang et al.'s annealing, :class:`TemperatureSchedule`);
     - ``enum``: exact enumeration, for codes with at most ``max_configurations`` values.
@@ -83,6 +85,8 @@ def get_estimator(
             objective_particles=num_particles,
             description=f"VIMCO, K={num_particles} (gradient of L_{num_particles})",
         )
+    if name == "arm":
+        return Estimator(name, ARM, description="ARM (Bernoulli codes)")
     if name in ("gumbel", "st-gumbel"):
         straight = name == "st-gumbel"
         return Estimator(

@@ -132,3 +132,12 @@ def test_schedule_is_passed_to_relaxed_estimators():
     loss = spec.make_loss()
     assert loss.temperature == 2.0 and not spec.unbiased
     assert spec.make_loss() is not loss  # fresh state per use
+
+
+def test_an_estimator_that_does_not_apply_fails_before_any_work():
+    vae, x = tiny_vae("categorical"), tiny_data()
+    with pytest.raises(
+        InputError, match="estimator 'arm' does not apply to this program: ARM is for Bernoulli"
+    ):
+        compare(vae.model, vae.guide, x, ["score", "arm"], progress=False)
+    assert len(pyro.get_param_store()) == 0
