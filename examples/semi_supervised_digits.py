@@ -1,5 +1,5 @@
-"""Semi-supervised learning with the M2 model (Kingma et al. 2014) on the bundled digits:
-a few labels per class, the rest of the training set unlabelled.
+"""Semi-supervised learning with the M2 model (Kingma et al. 2014) on the bundled digits
+(or Fashion-MNIST): a few labels per class, the rest of the training set unlabelled.
 
     python examples/semi_supervised_digits.py [--labels 100] [--estimator enum] [--epochs 100]
 
@@ -16,16 +16,20 @@ import argparse
 import torch
 
 from pyro_vae.bounds import elbo
-from pyro_vae.data import hide_labels, load_digits, split
+from pyro_vae.data import hide_labels, split
 from pyro_vae.estimators import ESTIMATORS, get_estimator
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import M2
+from pyro_vae.run import TrainConfig, load_dataset
 from pyro_vae.train import fit
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", default="digits", help="'digits', 'fashion-mnist' (Debian package) or an IDX dir"
     )
     parser.add_argument("--labels", type=int, default=100, help="labelled training points (balanced)")
     parser.add_argument("--estimator", choices=ESTIMATORS, default="enum")
@@ -35,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
-    splits = split(load_digits(binarize=True, seed=args.seed), seed=args.seed)
+    dataset = load_dataset(TrainConfig(data=args.data, binarization="static", seed=args.seed))
+    splits = split(dataset, seed=args.seed)
     train, test = splits.train, splits.test
     labels = hide_labels(train.y, args.labels, num_classes=train.num_classes, seed=args.seed)
     alpha = args.alpha if args.alpha is not None else 0.1 * len(train)
