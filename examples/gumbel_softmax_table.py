@@ -27,7 +27,10 @@ PAPER = {
     "categorical": {"score": 110.6, "st-gumbel": 107.8, "gumbel": 101.5},
     "bernoulli": {"score": 112.2, "st-gumbel": 111.5, "gumbel": 105.0},
 }
-ESTIMATORS = ("score", "score-avg", "nvil", "vimco", "st-gumbel", "gumbel")
+ESTIMATORS = {
+    "categorical": ("score", "score-avg", "nvil", "vimco", "st-gumbel", "gumbel"),
+    "bernoulli": ("score", "score-avg", "nvil", "vimco", "arm", "st-gumbel", "gumbel"),
+}
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -49,12 +52,12 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for model in PAPER:
-        per_seed: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ESTIMATORS}
+        per_seed: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ESTIMATORS[model]}
         for seed in seeds:
             config = dataclasses.replace(
                 CompareConfig(),
                 model=model,
-                estimators=ESTIMATORS,
+                estimators=ESTIMATORS[model],
                 epochs=args.epochs,
                 gradient_samples=args.grad_samples,
                 seed=seed,
