@@ -10,17 +10,18 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import Message
 from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
 from pyro_vae.infer.per_datapoint import (
     check_in_plate,
-    data_frame,
     is_auxiliary,
     max_plate_nesting,
-    particle_traces,
     reduce_to_datapoints,
+    with_particles,
 )
 
 
@@ -63,12 +64,61 @@ def has_score_sites(trace: object) -> bool:
     )
 
 
-def _sites(trace: poutine.Trace) -> list[tuple[str, dict]]:
-    return [
-        (name, site)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample)
-    ]
+_KEYS = ("fn", "value", "scale", "mask", "is_observed", "infer", "cond_indep_stack")
+
+
+class _Record(Messenger):
+    """Records the sample sites of one run (the fields :func:`particle_terms` needs, not a
+    full Pyro trace) and optionally replays latent values from another record: the
+    cheap stand-in for ``poutine.trace`` + ``poutine.replay`` on the training path."""
+
+    def __init__(self, replay: dict[str, dict] | None = None) -> None:
+        super().__init__()
+        self.sites: dict[str, dict] = {}
+        self.replay = replay
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if self.replay is not None and not msg["is_observed"]:
+            site = self.replay.get(msg["name"])  # type: ignore[arg-type]
+            if site is not None:
+                msg["value"] = site["value"]
+                msg["done"] = True
+
+    def _pyro_post_sample(self, msg: Message) -> None:
+        if isinstance(msg["fn"], _Subsample):
+            return
+        name = msg["name"]
+        if name in self.sites:
+            raise RuntimeError(f"sample site '{name}' appears twice")
+        self.sites[name] = {k: msg[k] for k in _KEYS}  # type: ignore[literal-required]
+
+
+def _data_frame(sites: dict[str, dict], plate_name: str) -> Any:
+    for site in sites.values():
+        for frame in site["cond_indep_stack"]:
+            if frame.name == plate_name:
+                if frame.dim is None:
+                    raise InputError(
+                        f"plate '{plate_name}' must be vectorized (a `with pyro.plate(...)` block)"
+                    )
+                return frame
+    raise InputError(
+        f"the program has no plate named '{plate_name}' around its sample sites; per-datapoint "
+        "estimators need the observations in a plate (pass plate_name=... if it has another name)"
+    )
+
+
+def record_particles(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, nesting: int
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Sites of the guide and of the replayed model with ``num_particles`` draws in a plate
+    at ``dim = -(nesting + 1)``; gradients flow as in the program."""
+    with poutine.block():
+        with _Record() as g:
+            with_particles(guide, num_particles, nesting)(*args, **kwargs)
+        with _Record(replay=g.sites) as m:
+            with_particles(model, num_particles, nesting)(*args, **kwargs)
+    return m.sites, g.sites
 
 
 def particle_terms(
@@ -81,14 +131,14 @@ def particle_terms(
     nesting: int,
     plate_name: str,
 ) -> ParticleTerms:
-    """Trace ``num_particles`` draws per datapoint (one vectorized pass) and collect
+    """Run ``num_particles`` draws per datapoint (one vectorized pass) and collect
     :class:`ParticleTerms`, computing each site's log-density once."""
-    model_trace, guide_trace = particle_traces(model, guide, args, kwargs, num_particles, nesting)
-    frame = data_frame(model_trace, plate_name)
+    model_sites, guide_sites = record_particles(model, guide, args, kwargs, num_particles, nesting)
+    frame = _data_frame(model_sites, plate_name)
     shape = (frame.dim, frame.size, num_particles, nesting + 1)
     log_p: torch.Tensor | float = 0.0
     aux: torch.Tensor | float = 0.0
-    for name, site in _sites(model_trace):
+    for name, site in model_sites.items():
         check_in_plate(name, site, plate_name)
         if is_auxiliary(site):
             aux = aux + reduce_to_datapoints(_scaled_log_prob(site), site["mask"], *shape).sum()
@@ -96,7 +146,7 @@ def particle_terms(
             log_p = log_p + reduce_to_datapoints(site["fn"].log_prob(site["value"]), site["mask"], *shape)
     log_q: torch.Tensor | float = 0.0
     log_q_score: torch.Tensor | None = None
-    for name, site in _sites(guide_trace):
+    for name, site in guide_sites.items():
         check_in_plate(name, site, plate_name)
         lp = reduce_to_datapoints(site["fn"].log_prob(site["value"]), site["mask"], *shape)
         log_q = log_q + lp
