@@ -211,6 +211,16 @@ def plot_estimator_curves(histories: dict[str, Sequence[dict[str, float]]], path
         if not all(math.isnan(v) for v in val):
             ax.plot(steps, val, "-", color=color, label=f"{name}")
         ax.plot(steps, [h.get("train_elbo", math.nan) for h in history], "--", color=color, alpha=0.6)
+    values = [
+        h.get(key, math.nan)
+        for hs in histories.values()
+        for h in hs[len(hs) // 20 :]
+        for key in ("val_elbo", "train_elbo")
+    ]
+    finite = [v for v in values if math.isfinite(v)]
+    if finite:  # leave out the first few epochs' steep climb, which would flatten the rest
+        low, high = min(finite), max(finite)
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("ELBO (nats / datapoint)")
     ax.set_title("training curves: held-out (solid), training (dashed)")
