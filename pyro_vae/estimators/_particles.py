@@ -113,7 +113,7 @@ def record_particles(
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Sites of the guide and of the replayed model with ``num_particles`` draws in a plate
     at ``dim = -(nesting + 1)``; gradients flow as in the program."""
-    with poutine.block():
+    with poutine.block(hide_types=["sample"]):  # parameters stay visible to SVI's param capture
         with _Record() as g:
             with_particles(guide, num_particles, nesting)(*args, **kwargs)
         with _Record(replay=g.sites) as m:
@@ -180,6 +180,14 @@ class ParticleELBO(ELBO):
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Any:
         raise NotImplementedError(f"{type(self).__name__} traces all particles at once")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The estimator's own state (none here; baselines add theirs), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
     def terms(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ParticleTerms:
         if self._nesting is None:

@@ -47,19 +47,25 @@ class DecayingAverageBaseline(Baseline):
         if not 0.0 <= beta < 1.0:
             raise InputError(f"beta must lie in [0, 1), got {beta}")
         self.beta = beta
-        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))  # float64 whatever the data
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def forward(self, signal: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         signal = signal.detach()
-        batch_mean = signal.mean()
-        if self.count == 0:
-            self.mean = batch_mean.clone()
-            baseline = torch.zeros_like(batch_mean)
-        else:
-            baseline = self.mean.to(signal)
-            self.mean = self.beta * baseline + (1 - self.beta) * batch_mean
-        self.count += 1
+        if self.mean.device != signal.device:
+            self.mean, self.count = self.mean.to(signal.device), self.count.to(signal.device)
+        batch_mean = signal.mean().to(self.mean)
+        baseline = (
+            self.mean.to(signal)
+            if self.count > 0
+            else torch.zeros((), dtype=signal.dtype, device=signal.device)
+        )
+        with torch.no_grad():
+            if self.count == 0:
+                self.mean.copy_(batch_mean)
+            else:
+                self.mean.mul_(self.beta).add_((1 - self.beta) * batch_mean)
+            self.count += 1
         return baseline, 0.0
 
 

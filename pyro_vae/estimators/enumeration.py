@@ -205,7 +205,7 @@ def enumerate_terms(
         with _Fix(values), pyro.plate(_PARTICLES, total, dim=-(nesting + 1)):
             return guide(*a, **k)
 
-    with poutine.block():
+    with poutine.block(hide_types=["sample"]):  # parameters stay visible to SVI's param capture
         guide_trace = poutine.trace(fixed_guide).get_trace(*args, **kwargs)
     model_trace = replay_model(model, guide_trace, args, kwargs, total, nesting)
     frame = data_frame(model_trace, plate_name)

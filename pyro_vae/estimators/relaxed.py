@@ -174,6 +174,13 @@ class RelaxedELBO(MeanFieldELBO):
             self._names = relax.names
             return super()._particle(model, guide, args, kwargs)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The number of steps taken (which sets the scheduled temperature), for checkpoints."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         value = super().loss_and_grads(model, guide, *args, **kwargs)
         self.step += 1

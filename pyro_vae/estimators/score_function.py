@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -55,6 +56,14 @@ class ScoreFunctionELBO(ParticleELBO):
         if baseline is not None and not isinstance(baseline, Baseline):
             raise InputError(f"baseline must be a pyro_vae Baseline, got {type(baseline).__name__}")
         self.baseline = baseline
+
+    def state_dict(self) -> dict[str, Any]:
+        """The baseline's state (running averages; a network's weights), for checkpoints."""
+        return {"baseline": self.baseline.state_dict()} if self.baseline is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.baseline is not None and "baseline" in state:
+            self.baseline.load_state_dict(state["baseline"])
 
     def surrogate(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict

@@ -61,8 +61,10 @@ class LogTerms:
 
 
 def max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> int:
-    """Number of batch dimensions the program's plates use (traced once, without gradients)."""
-    with torch.no_grad(), poutine.block():
+    """Number of batch dimensions the program's plates use (traced once, without gradients,
+    with the random number generators forked: finding it does not change any later draw)."""
+    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     dims = [
@@ -100,7 +102,7 @@ def particle_traces(
     """Traces of guide and replayed model with ``num_particles`` draws in a plate at
     ``dim = -(nesting + 1)``; gradients flow as in the program."""
 
-    with poutine.block():
+    with poutine.block(hide_types=["sample"]):  # parameters stay visible to SVI's param capture
         guide_trace = poutine.trace(with_particles(guide, num_particles, nesting)).get_trace(*args, **kwargs)
         model_trace = replay_model(model, guide_trace, args, kwargs, num_particles, nesting)
     return model_trace, guide_trace
@@ -120,7 +122,7 @@ def replay_model(
     model: Callable, guide_trace: poutine.Trace, args: tuple, kwargs: dict, num_particles: int, nesting: int
 ) -> poutine.Trace:
     """Trace of the particle-vectorized model with its latents replayed from ``guide_trace``."""
-    with poutine.block():
+    with poutine.block(hide_types=["sample"]):
         return poutine.trace(
             poutine.replay(with_particles(model, num_particles, nesting), trace=guide_trace)
         ).get_trace(*args, **kwargs)

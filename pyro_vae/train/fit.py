@@ -148,7 +148,9 @@ def fit(
     Determinism and resumption: with a ``seed`` the run is reproducible. With a
     ``checkpoint`` path the full training state (parameters, optimizer, RNG, history)
     is written atomically after every epoch; ``resume=True`` continues from it and ends
-    with the same parameters as an uninterrupted run.
+    with the same parameters as an uninterrupted run. A loss with state of its own (the
+    baselines and temperature schedules of :mod:`pyro_vae.estimators`) exposes
+    ``state_dict``/``load_state_dict``, and that state is checkpointed too.
 
     :param data: ``x`` or a tuple ``(x, y, ...)`` of tensors with one row per datapoint.
     :param validation: held-out data in the same form.
@@ -213,11 +215,24 @@ def fit(
         start_epoch, step = 0, 0
         if resume:
             state = load_checkpoint(checkpoint, map_location=train[0].device)
+            if set(state["params"]) - set(params):
+                # parameters the loss creates on its first step (a baseline network): create
+                # them the same way, in a second parameter group as during training
+                with torch.random.fork_rng(devices=devices):
+                    loss.loss_and_grads(model, guide, *first, **base_kwargs)
+                new = {k: v for k, v in _store_params().items() if k not in params}
+                for p in _store_params().values():
+                    p.grad = None
+                if new:
+                    opt.add_param_group({"params": list(new.values())})
+                    params.update(new)
             check_compatible(state, params, checkpoint)
             with torch.no_grad():
                 for name, value in state["params"].items():
                     params[name].copy_(value)
             opt.load_state_dict(state["optimizer"])
+            if state.get("loss_state") is not None and hasattr(loss, "load_state_dict"):
+                loss.load_state_dict(state["loss_state"])
             torch.set_rng_state(state["rng"])
             if devices and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -290,6 +305,7 @@ def fit(
                             "rng": torch.get_rng_state(),
                             "cuda_rng": torch.cuda.get_rng_state_all() if devices else None,
                             "history": history,
+                            "loss_state": loss.state_dict() if hasattr(loss, "state_dict") else None,
                         },
                     )
     return FitResult(history=history, param_state=param_state, num_steps=step)

@@ -117,3 +117,17 @@ def test_training_with_dreg_through_fit_raises_the_bound():
     # a lower bound of the trained model's own exact log p(x), up to Monte Carlo error
     se_of_mean = (after.standard_error**2).sum().sqrt() / len(exact)
     assert after.value.mean() <= exact.mean() + 4 * se_of_mean
+
+
+@pytest.mark.parametrize("gradient", ["standard", "dreg"])
+def test_iwae_trains_with_pyro_svi(gradient):
+    """SVI finds the parameters by tracing the loss call; the objective must not hide them."""
+    m, x = _lg()
+    svi = pyro.infer.SVI(
+        m.model, m.guide, pyro.optim.Adam({"lr": 0.05}), IWAE(num_particles=3, gradient=gradient)
+    )
+    svi.step(x)
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    for _ in range(5):
+        svi.step(x)
+    assert any(not torch.equal(before[k], v) for k, v in pyro.get_param_store().items())
