@@ -148,8 +148,10 @@ def _count(n: int) -> str:
 
 
 def _latent_sites(guide: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, Distribution], bool]:
-    """The guide's discrete latent sites, and whether it has reparameterized ones too."""
-    with torch.no_grad(), poutine.block():
+    """The guide's discrete latent sites, and whether it has reparameterized ones too (one
+    pass without gradients, with the random number generators forked)."""
+    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
         trace = poutine.trace(guide).get_trace(*args, **kwargs)
     sites, continuous = {}, False
     for name, site in trace.nodes.items():
@@ -168,10 +170,12 @@ def enumerate_terms(
     *args: Any,
     plate_name: str = "data",
     max_configurations: int = DEFAULT_MAX_CONFIGURATIONS,
+    nesting: int | None = None,
     **kwargs: Any,
 ) -> EnumeratedTerms:
     """Run model and guide once for every joint configuration of the discrete guide sites
     (vectorized: the configurations fill a plate left of the program's plates).
+    ``nesting`` is the program's ``max_plate_nesting`` (found by tracing when omitted).
 
     Works for any program whose discrete latents are inside the data plate, including
     ``Independent`` sites (e.g. 20 one-hot variables in one site) and guides where one
@@ -199,7 +203,8 @@ def enumerate_terms(
     grids = torch.meshgrid(*[torch.arange(counts[n]) for n in sites], indexing="ij")
     values = {n: per_site[n][g.reshape(-1).to(per_site[n].device)] for n, g in zip(sites, grids, strict=True)}
 
-    nesting = max_plate_nesting(model, guide, *args, **kwargs)
+    if nesting is None:
+        nesting = max_plate_nesting(model, guide, *args, **kwargs)
 
     def fixed_guide(*a: Any, **k: Any) -> Any:
         with _Fix(values), pyro.plate(_PARTICLES, total, dim=-(nesting + 1)):
@@ -271,12 +276,15 @@ class EnumerationELBO(ParticleELBO):
     def surrogate(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._nesting is None:
+            self._nesting = max_plate_nesting(model, guide, *args, **kwargs)
         t = enumerate_terms(
             model,
             guide,
             *args,
             plate_name=self.plate_name,
             max_configurations=self.max_configurations,
+            nesting=self._nesting,
             **kwargs,
         )
         objective = t.scale * t.elbo.sum()
