@@ -204,6 +204,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=default.lr)
     p.add_argument("--seed", type=int, default=default.seed)
     p.add_argument("--eval-particles", type=int, default=default.eval_particles, help="K of the held-out L_K")
+    p.add_argument(
+        "--trained-gradients",
+        action="store_true",
+        help="measure the gradients again at each estimator's trained parameters",
+    )
     p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/compare-<time>)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_compare)
@@ -229,6 +234,7 @@ def _compare(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         eval_particles=args.eval_particles,
+        trained_gradients=args.trained_gradients,
     )
     out = args.out or Path("runs") / f"compare-{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
     result = compare_run(config, out, progress=not args.quiet)

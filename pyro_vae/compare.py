@@ -55,6 +55,7 @@ class CompareConfig:
     lr: float = 1e-3
     seed: int = 0
     eval_particles: int = 100
+    trained_gradients: bool = False
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -116,9 +117,9 @@ def build_discrete_vae(config: CompareConfig, num_features: int) -> DiscreteVAE:
 def compare_run(config: CompareConfig, out_dir: str | Path, *, progress: bool = True) -> Comparison:
     """Compare the configured estimators on a discrete VAE for binarized ``config.data``
     (training split for training and gradients, validation split held out) and write
-    ``config.json``, ``comparison.csv``, ``comparison.json``, ``gradient_variance.png`` and
-    ``training_curves.png`` into ``out_dir``, which must be new or empty. Everything is
-    checked before anything is written."""
+    ``config.json``, ``comparison.csv``, ``comparison.json``, ``gradient_variance.png``
+    (and ``gradient_variance_trained.png``) and ``training_curves.png`` into ``out_dir``,
+    which must be new or empty. Everything is checked before anything is written."""
     config.validate()
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -150,6 +151,7 @@ def compare_run(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
         lr=config.lr,
         seed=config.seed,
         eval_particles=config.eval_particles,
+        trained_gradients=config.trained_gradients,
         progress=progress,
     )
     result.save(out_dir)

@@ -172,8 +172,10 @@ def plot_kl_per_dimension(kl: torch.Tensor, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_gradient_variance(rows: Sequence[dict], path: str | Path) -> Path:
-    """Gradient variance (log scale) and SNR per estimator, one bar per parameter group."""
+def plot_gradient_variance(rows: Sequence[dict], path: str | Path, *, point: str = "initial") -> Path:
+    """Gradient variance (log scale) and SNR per estimator, one bar per parameter group, at
+    the ``point`` (``"initial"`` or ``"trained"``) parameters."""
+    rows = [r for r in rows if r.get("point", "initial") == point]
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     groups = list(dict.fromkeys(r["group"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -181,7 +183,7 @@ def plot_gradient_variance(rows: Sequence[dict], path: str | Path) -> Path:
     for ax, key, title in zip(
         axes,
         ("variance", "snr"),
-        ("gradient variance, tr Cov (log scale)", "SNR = |E g| / sqrt(tr Cov)"),
+        (f"gradient variance, tr Cov (log scale), {point} parameters", "SNR = |E g| / sqrt(tr Cov)"),
         strict=True,
     ):
         for i, group in enumerate(groups):
@@ -208,9 +210,11 @@ def plot_estimator_curves(histories: dict[str, Sequence[dict[str, float]]], path
         color = f"C{i % 10}"
         steps = [h["step"] for h in history]
         val = [h.get("val_elbo", math.nan) for h in history]
-        if not all(math.isnan(v) for v in val):
-            ax.plot(steps, val, "-", color=color, label=f"{name}")
-        ax.plot(steps, [h.get("train_elbo", math.nan) for h in history], "--", color=color, alpha=0.6)
+        has_val = not all(math.isnan(v) for v in val)
+        if has_val:
+            ax.plot(steps, val, "-", color=color, label=name)
+        train = [h.get("train_elbo", math.nan) for h in history]
+        ax.plot(steps, train, "--", color=color, alpha=0.6, label=None if has_val else name)
     values = [
         h.get(key, math.nan)
         for hs in histories.values()

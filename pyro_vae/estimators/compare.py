@@ -39,6 +39,7 @@ from pyro_vae.train.fit import _as_tuple
 COLUMNS = (
     "estimator",
     "group",
+    "point",
     "objective",
     "unbiased",
     "bias",
@@ -64,7 +65,9 @@ class EstimatorResult:
     """One estimator's row group in a :class:`Comparison`.
 
     :ivar gradients: :class:`~pyro_vae.estimators.gradients.GradientSummary` per parameter
-        group (``"guide"``: encoder, ``"model"``: decoder).
+        group (``"guide"``: encoder, ``"model"``: decoder), at the common initial parameters.
+    :ivar trained_gradients: the same at the estimator's own trained parameters (empty
+        unless asked for).
     :ivar ms_per_step: median wall time of one ``loss_and_grads`` on the gradient batch.
     :ivar history: :func:`~pyro_vae.train.fit`'s per-epoch records of the training run.
     :ivar val_elbo, val_iwae: held-out ELBO and :math:`\\mathcal L_K` per datapoint after
@@ -88,6 +91,7 @@ class EstimatorResult:
     train_seconds: float
     params: dict[str, torch.Tensor] = field(repr=False)
     val_elbo_points: torch.Tensor | None = field(default=None, repr=False)
+    trained_gradients: dict[str, GradientSummary] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,13 @@ class Comparison:
             diff = (math.nan, math.nan)
             if first is not None and r.val_elbo_points is not None:
                 diff = mean_and_se(r.val_elbo_points - first)
-            for group, g in r.gradients.items():
+            points = [("initial", r.gradients), ("trained", r.trained_gradients)]
+            for point, group, g in [(p, k, v) for p, gs in points for k, v in gs.items()]:
                 out.append(
                     {
                         "estimator": r.name,
                         "group": group,
+                        "point": point,
                         "objective": r.objective,
                         "unbiased": r.unbiased,
                         **{k: v for k, v in asdict(g).items() if k != "num_samples"},
@@ -158,7 +164,7 @@ class Comparison:
         """The table as text: bias (where exact), variance, SNR, ms/step, held-out bounds."""
         k = self.eval_particles
         head = (
-            f"{'estimator':<11} {'group':<6} {'objective':<9} {'bias':>10} {'bias SE':>9} "
+            f"{'estimator':<11} {'group':<6} {'params':<8} {'objective':<9} {'bias':>10} {'bias SE':>9} "
             f"{'variance':>10} {'SNR':>7} {'ms/step':>8} {'val ELBO':>16} {f'val L_{k}':>16} "
             f"{'ELBO vs first':>16}"
         )
@@ -175,7 +181,8 @@ class Comparison:
             val_iwae = _pm(row["val_iwae"], row["val_iwae_se"])
             vs_first = _pm(row["val_elbo_vs_first"], row["val_elbo_vs_first_se"])
             lines.append(
-                f"{row['estimator']:<11} {row['group']:<6} {row['objective']:<9} {bias:>10} {bias_se:>9} "
+                f"{row['estimator']:<11} {row['group']:<6} {row['point']:<8} {row['objective']:<9} "
+                f"{bias:>10} {bias_se:>9} "
                 f"{row['variance']:>10.3g} {row['snr']:>7.3f} {row['ms_per_step']:>8.2f} "
                 f"{val_elbo:>16} {val_iwae:>16} {vs_first:>16}"
             )
@@ -187,14 +194,20 @@ class Comparison:
         from pyro_vae.plotting import plot_estimator_curves, plot_gradient_variance
 
         directory = Path(directory)
-        return {
+        rows = self.rows()
+        paths = {
             "csv": atomic_write_text(directory / "comparison.csv", self.to_csv()),
             "json": atomic_write_json(directory / "comparison.json", self.to_json()),
-            "variance": plot_gradient_variance(self.rows(), directory / "gradient_variance.png"),
+            "variance": plot_gradient_variance(rows, directory / "gradient_variance.png"),
             "curves": plot_estimator_curves(
                 {r.name: r.history for r in self.results}, directory / "training_curves.png"
             ),
         }
+        if any(r["point"] == "trained" for r in rows):
+            paths["variance_trained"] = plot_gradient_variance(
+                rows, directory / "gradient_variance_trained.png", point="trained"
+            )
+        return paths
 
 
 def _pm(mean: float, se: float) -> str:
@@ -265,9 +278,11 @@ def _measure(
     num_samples: int,
     warmup_steps: int,
     lr: float,
+    restart_schedule: bool = True,
 ) -> tuple[dict[str, GradientMoments], float]:
     """Warm up the loss's own state (baseline parameters, running averages) with the
-    program's parameters fixed, then accumulate ``num_samples`` gradient estimates."""
+    program's parameters fixed, then accumulate ``num_samples`` gradient estimates
+    (temperature schedules restarted at their first step, unless ``restart_schedule`` is off)."""
     program = {id(p) for g in groups.values() for p in g.values()}
     if warmup_steps:
         loss.loss_and_grads(model, guide, *batch)
@@ -279,7 +294,7 @@ def _measure(
             loss.loss_and_grads(model, guide, *batch)
             if opt is not None:
                 opt.step()
-    if hasattr(loss, "step"):
+    if restart_schedule and hasattr(loss, "step"):
         loss.step = 0  # temperature schedules are measured at their start
     moments = {g: GradientMoments() for g in groups}
     times = []
@@ -293,6 +308,49 @@ def _measure(
         for g, v in sample.items():
             moments[g].update(v)
     return moments, 1000 * statistics.median(times)
+
+
+def _trained_gradients(
+    model: Callable,
+    guide: Callable,
+    batch: tuple[torch.Tensor, ...],
+    loss: Any,
+    spec: Estimator,
+    *,
+    exact_possible: bool,
+    num_samples: int,
+    max_configurations: int,
+    seed: int,
+) -> dict[str, GradientSummary]:
+    """Gradient statistics at the current (trained) parameters with the training loss."""
+    groups = parameter_groups(model, guide, *batch)
+    target = None
+    if exact_possible:
+        target = exact_gradient(
+            model,
+            guide,
+            *batch,
+            groups=groups,
+            num_particles=spec.objective_particles,
+            max_configurations=max_configurations,
+        )
+    torch.manual_seed(seed)
+    moments, _ = _measure(
+        model,
+        guide,
+        batch,
+        groups,
+        loss,
+        num_samples=num_samples,
+        warmup_steps=0,
+        lr=0.0,
+        restart_schedule=False,
+    )
+    return {
+        g: summarize_gradients(moments[g], target[g] if target is not None else None)
+        for g in GROUPS
+        if groups[g]
+    }
 
 
 def compare(
@@ -311,6 +369,7 @@ def compare(
     seed: int = 0,
     eval_particles: int = 100,
     max_configurations: int = DEFAULT_MAX_CONFIGURATIONS,
+    trained_gradients: bool = False,
     progress: bool = True,
 ) -> Comparison:
     """Compare gradient estimators on any model/guide pair with discrete latents.
@@ -334,6 +393,9 @@ def compare(
        data, seed, optimizer and budget (``epochs`` of ``batch_size``), recording the
        held-out ELBO per epoch and, at the end, the held-out ELBO and
        :math:`\\mathcal L_{\\text{eval\\_particles}}` per datapoint.
+    3. With ``trained_gradients``, the gradient statistics again at the estimator's own
+       trained parameters, with the loss as training left it (trained baseline, final
+       temperature), against the exact gradient there where it is tractable.
 
     Everything runs in a private parameter store and forked RNG, and the program's
     parameters are restored to their initial values at the end: the caller's state is
@@ -396,13 +458,14 @@ def compare(
                 }
                 _restore(initial)
                 torch.manual_seed(seed)
+                fit_loss = spec.make_loss()
                 tic = time.perf_counter()
                 result = fit(
                     model,
                     guide,
                     train,
                     validation=val,
-                    loss=spec.make_loss(),
+                    loss=fit_loss,
                     epochs=epochs,
                     batch_size=batch_size,
                     lr=lr,
@@ -410,6 +473,20 @@ def compare(
                     progress=False,
                 )
                 seconds = time.perf_counter() - tic
+                at_trained: dict[str, GradientSummary] = {}
+                if trained_gradients:
+                    with store.scope(result.param_state):
+                        at_trained = _trained_gradients(
+                            model,
+                            guide,
+                            batch,
+                            fit_loss,
+                            spec,
+                            exact_possible=spec.objective_particles in exact,
+                            num_samples=num_gradient_samples,
+                            max_configurations=max_configurations,
+                            seed=seed,
+                        )
                 elbo = iwae_mean = (math.nan, math.nan)
                 points = None
                 if val is not None:
@@ -436,6 +513,7 @@ def compare(
                         train_seconds=seconds,
                         params=trained,
                         val_elbo_points=points,
+                        trained_gradients=at_trained,
                     )
                 )
         finally:

@@ -141,3 +141,30 @@ def test_an_estimator_that_does_not_apply_fails_before_any_work():
     ):
         compare(vae.model, vae.guide, x, ["score", "arm"], progress=False)
     assert len(pyro.get_param_store()) == 0
+
+
+def test_gradients_at_the_trained_parameters(tmp_path):
+    x = tiny_data(40, seed=2)
+    result = compare(
+        user_model,
+        user_guide,
+        x,
+        ["score-avg", "vimco", get_estimator("gumbel", temperature=1.0)],
+        num_gradient_samples=400,
+        gradient_batch_size=40,
+        warmup_steps=20,
+        epochs=20,
+        batch_size=40,
+        trained_gradients=True,
+        progress=False,
+    )
+    rows = {(r["estimator"], r["group"], r["point"]): r for r in result.rows()}
+    assert len(rows) == 12
+    for name in ("score-avg", "vimco"):
+        for group in ("guide", "model"):
+            trained = rows[name, group, "trained"]
+            assert trained["bias"] < 3 * trained["bias_se"], trained
+            assert trained["mean_norm"] != rows[name, group, "initial"]["mean_norm"]
+    assert rows["gumbel", "model", "trained"]["bias"] > 5 * rows["gumbel", "model", "trained"]["bias_se"]
+    paths = result.save(tmp_path)
+    assert paths["variance_trained"].is_file()
