@@ -47,6 +47,7 @@ COLUMNS = (
     "relative_bias",
     "variance",
     "snr",
+    "snr_median",
     "mean_norm",
     "num_parameters",
     "ms_per_step",

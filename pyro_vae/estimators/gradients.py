@@ -149,6 +149,9 @@ class GradientSummary:
         the signal-to-noise ratio of one estimate (Rainforth et al. [1] use the per-coordinate
         ratio; this is its norm-based aggregate, which is defined for parameters with zero
         variance too).
+    :ivar snr_median: the median over coordinates of the per-coordinate ratio
+        :math:`|E \\hat g_i| / \\mathrm{sd}(\\hat g_i)` [1] (coordinates with zero variance left
+        out; for an even count, the lower of the two middle values, as ``torch.median``).
     :ivar bias: :math:`\\lVert E \\hat g - g \\rVert` against the exact gradient, NaN when it
         is unknown; ``bias_se`` its Monte Carlo standard error
         :math:`\\sqrt{\\sum_i \\mathrm{Var}(\\hat g_i) / S}` (a bias below about two of these is
@@ -164,9 +167,17 @@ class GradientSummary:
     mean_norm: float
     variance: float
     snr: float
+    snr_median: float
     bias: float = math.nan
     bias_se: float = math.nan
     relative_bias: float = math.nan
+
+
+def _median_ratio(mean: torch.Tensor, var: torch.Tensor) -> float:
+    keep = var > 0
+    if not keep.any():
+        return math.inf
+    return (mean[keep].abs() / var[keep].sqrt()).median().item()
 
 
 def summarize_gradients(moments: GradientMoments, exact: torch.Tensor | None = None) -> GradientSummary:
@@ -180,6 +191,7 @@ def summarize_gradients(moments: GradientMoments, exact: torch.Tensor | None = N
         "mean_norm": mean_norm,
         "variance": total_var,
         "snr": mean_norm / math.sqrt(total_var) if total_var > 0 else math.inf,
+        "snr_median": _median_ratio(mean, var),
     }
     if exact is not None:
         bias = (mean - exact.double().to(mean.device)).norm().item()
