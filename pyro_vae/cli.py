@@ -239,7 +239,7 @@ def _compare(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"compare-{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
     result = compare_run(config, out, progress=not args.quiet)
     print(result.format())
-    print(f"written to {out}/comparison.csv, comparison.json, gradient_variance.png, training_curves.png")
+    print(f"written to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0
 
 

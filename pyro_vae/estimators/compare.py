@@ -162,11 +162,12 @@ class Comparison:
         }
 
     def format(self) -> str:
-        """The table as text: bias (where exact), variance, SNR, ms/step, held-out bounds."""
+        """The table as text: bias (where exact), variance, SNR (norm-based and per-coordinate
+        median), ms/step, held-out bounds."""
         k = self.eval_particles
         head = (
             f"{'estimator':<11} {'group':<6} {'params':<8} {'objective':<9} {'bias':>10} {'bias SE':>9} "
-            f"{'variance':>10} {'SNR':>7} {'ms/step':>8} {'val ELBO':>16} {f'val L_{k}':>16} "
+            f"{'variance':>10} {'SNR':>7} {'SNR med':>7} {'ms/step':>8} {'val ELBO':>16} {f'val L_{k}':>16} "
             f"{'ELBO vs first':>16}"
         )
         lines = [
@@ -184,7 +185,8 @@ class Comparison:
             lines.append(
                 f"{row['estimator']:<11} {row['group']:<6} {row['point']:<8} {row['objective']:<9} "
                 f"{bias:>10} {bias_se:>9} "
-                f"{row['variance']:>10.3g} {row['snr']:>7.3f} {row['ms_per_step']:>8.2f} "
+                f"{row['variance']:>10.3g} {row['snr']:>7.3f} {row['snr_median']:>7.3f} "
+                f"{row['ms_per_step']:>8.2f} "
                 f"{val_elbo:>16} {val_iwae:>16} {vs_first:>16}"
             )
         return "\n".join(lines)
