@@ -13,6 +13,7 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
 from pyro.poutine.subsample_messenger import _Subsample
+from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
@@ -67,21 +68,56 @@ def has_score_sites(trace: object) -> bool:
 _KEYS = ("fn", "value", "scale", "mask", "is_observed", "infer", "cond_indep_stack")
 
 
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel draws :math:`-\\log(-\\log U)`, :math:`U \\sim \\mathcal U(0, 1)` clamped
+    away from 0 (``torch.rand`` is several times faster than ``exponential_`` on CPU)."""
+    u = torch.rand_like(like).clamp_(min=torch.finfo(like.dtype).tiny)
+    return -(-u.log()).log()
+
+
+def gumbel_max_sample(fn: Distribution) -> torch.Tensor | None:
+    """A draw from a ``Categorical`` or ``OneHotCategorical`` site (possibly inside
+    ``Independent``) by the Gumbel-max trick, :math:`\\arg\\max_i(\\alpha_i + g_i)` with
+    :math:`g_i` standard Gumbel (:func:`gumbel_noise`): exactly the categorical
+    distribution, in a few vectorized operations (``torch.multinomial`` costs a call per row,
+    which dominates when a particle plate has expanded the distribution); ``None`` for
+    other distributions."""
+    base = fn
+    while isinstance(base, Independent):
+        base = base.base_dist
+    if not isinstance(base, Categorical | OneHotCategorical):
+        return None
+    logits = base.logits
+    index = (logits + gumbel_noise(logits)).argmax(-1)
+    if isinstance(base, Categorical):
+        return index
+    return torch.nn.functional.one_hot(index, logits.shape[-1]).to(logits)
+
+
 class _Record(Messenger):
     """Records the sample sites of one run (the fields :func:`particle_terms` needs, not a
     full Pyro trace) and optionally replays latent values from another record: the
-    cheap stand-in for ``poutine.trace`` + ``poutine.replay`` on the training path."""
+    cheap stand-in for ``poutine.trace`` + ``poutine.replay`` on the training path. With
+    ``gumbel_max``, categorical latent sites are drawn by :func:`gumbel_max_sample`."""
 
-    def __init__(self, replay: dict[str, dict] | None = None) -> None:
+    def __init__(self, replay: dict[str, dict] | None = None, *, gumbel_max: bool = False) -> None:
         super().__init__()
         self.sites: dict[str, dict] = {}
         self.replay = replay
+        self.gumbel_max = gumbel_max
 
     def _pyro_sample(self, msg: Message) -> None:
-        if self.replay is not None and not msg["is_observed"]:
+        if msg["is_observed"] or msg["done"]:
+            return
+        if self.replay is not None:
             site = self.replay.get(msg["name"])  # type: ignore[arg-type]
             if site is not None:
                 msg["value"] = site["value"]
+                msg["done"] = True
+        elif self.gumbel_max and not isinstance(msg["fn"], _Subsample):
+            value = gumbel_max_sample(msg["fn"])
+            if value is not None:
+                msg["value"] = value
                 msg["done"] = True
 
     def _pyro_post_sample(self, msg: Message) -> None:
@@ -112,9 +148,11 @@ def record_particles(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, nesting: int
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Sites of the guide and of the replayed model with ``num_particles`` draws in a plate
-    at ``dim = -(nesting + 1)``; gradients flow as in the program."""
+    at ``dim = -(nesting + 1)``; gradients flow as in the program. With several particles,
+    categorical guide sites are drawn by the Gumbel-max trick (the same distribution; one
+    particle keeps the distribution's own sampler, so the draws match Pyro's ELBOs)."""
     with poutine.block(hide_types=["sample"]):  # parameters stay visible to SVI's param capture
-        with _Record() as g:
+        with _Record(gumbel_max=num_particles > 1) as g:
             with_particles(guide, num_particles, nesting)(*args, **kwargs)
         with _Record(replay=g.sites) as m:
             with_particles(model, num_particles, nesting)(*args, **kwargs)

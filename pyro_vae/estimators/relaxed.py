@@ -15,6 +15,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, OneHotCate
 
 from pyro_vae._checks import check_positive, check_positive_int
 from pyro_vae.errors import InputError
+from pyro_vae.estimators._particles import gumbel_noise
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 
 
@@ -55,7 +56,7 @@ def relaxed_sample(fn: Distribution, temperature: float, *, straight_through: bo
     (possibly inside ``Independent``) with logits :math:`\\alpha`:
 
     - one-hot: :math:`y = \\operatorname{softmax}((\\alpha + g) / \\tau)`,
-      :math:`g = -\\log E`, :math:`E \\sim \\mathrm{Exp}(1)` (Gumbel noise) [1, 2];
+      :math:`g = -\\log(-\\log U)`, :math:`U \\sim \\mathcal U(0, 1)` (Gumbel noise) [1, 2];
     - binary: :math:`y = \\sigma((\\alpha + \\log U - \\log(1 - U)) / \\tau)`,
       :math:`U \\sim \\mathcal U(0, 1)` (the binary Concrete) [2];
 
@@ -74,8 +75,7 @@ def relaxed_sample(fn: Distribution, temperature: float, *, straight_through: bo
         )
     logits = base.logits
     if isinstance(base, OneHotCategorical):
-        gumbel = -torch.empty_like(logits).exponential_().log()
-        soft = ((logits + gumbel) / temperature).softmax(-1)
+        soft = ((logits + gumbel_noise(logits)) / temperature).softmax(-1)
         if not straight_through:
             return soft
         hard = torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft)
