@@ -10,17 +10,18 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
+from pyro_vae.infer.mean_field_elbo import _Sites
 from pyro_vae.infer.per_datapoint import (
     check_in_plate,
     is_auxiliary,
     max_plate_nesting,
+    plate_frame,
     reduce_to_datapoints,
     with_particles,
 )
@@ -94,54 +95,30 @@ def gumbel_max_sample(fn: Distribution) -> torch.Tensor | None:
     return torch.nn.functional.one_hot(index, logits.shape[-1]).to(logits)
 
 
-class _Record(Messenger):
-    """Records the sample sites of one run (the fields :func:`particle_terms` needs, not a
-    full Pyro trace) and optionally replays latent values from another record: the
-    cheap stand-in for ``poutine.trace`` + ``poutine.replay`` on the training path. With
+class _Record(_Sites):
+    """Records the sample sites of one run with the fields :func:`particle_terms` needs
+    (not a full Pyro trace) and optionally replays latent values from another record. With
     ``gumbel_max``, categorical latent sites are drawn by :func:`gumbel_max_sample`."""
 
     def __init__(self, replay: dict[str, dict] | None = None, *, gumbel_max: bool = False) -> None:
-        super().__init__()
-        self.sites: dict[str, dict] = {}
-        self.replay = replay
+        super().__init__(replay)  # type: ignore[arg-type]
         self.gumbel_max = gumbel_max
 
     def _pyro_sample(self, msg: Message) -> None:
-        if msg["is_observed"] or msg["done"]:
-            return
-        if self.replay is not None:
-            site = self.replay.get(msg["name"])  # type: ignore[arg-type]
-            if site is not None:
-                msg["value"] = site["value"]
-                msg["done"] = True
-        elif self.gumbel_max and not isinstance(msg["fn"], _Subsample):
+        super()._pyro_sample(msg)
+        if self.gumbel_max and not (msg["done"] or msg["is_observed"] or isinstance(msg["fn"], _Subsample)):
             value = gumbel_max_sample(msg["fn"])
             if value is not None:
                 msg["value"] = value
                 msg["done"] = True
 
-    def _pyro_post_sample(self, msg: Message) -> None:
-        if isinstance(msg["fn"], _Subsample):
-            return
-        name = msg["name"]
-        if name in self.sites:
-            raise RuntimeError(f"sample site '{name}' appears twice")
-        self.sites[name] = {k: msg[k] for k in _KEYS}  # type: ignore[literal-required]
+    @staticmethod
+    def _entry(msg: Message) -> dict:
+        return {k: msg[k] for k in _KEYS}  # type: ignore[literal-required]
 
-
-def _data_frame(sites: dict[str, dict], plate_name: str) -> Any:
-    for site in sites.values():
-        for frame in site["cond_indep_stack"]:
-            if frame.name == plate_name:
-                if frame.dim is None:
-                    raise InputError(
-                        f"plate '{plate_name}' must be vectorized (a `with pyro.plate(...)` block)"
-                    )
-                return frame
-    raise InputError(
-        f"the program has no plate named '{plate_name}' around its sample sites; per-datapoint "
-        "estimators need the observations in a plate (pass plate_name=... if it has another name)"
-    )
+    @staticmethod
+    def _value(site: Any) -> torch.Tensor:
+        return site["value"]
 
 
 def record_particles(
@@ -172,7 +149,7 @@ def particle_terms(
     """Run ``num_particles`` draws per datapoint (one vectorized pass) and collect
     :class:`ParticleTerms`, computing each site's log-density once."""
     model_sites, guide_sites = record_particles(model, guide, args, kwargs, num_particles, nesting)
-    frame = _data_frame(model_sites, plate_name)
+    frame = plate_frame(model_sites.values(), plate_name)
     shape = (frame.dim, frame.size, num_particles, nesting + 1)
     log_p: torch.Tensor | float = 0.0
     aux: torch.Tensor | float = 0.0

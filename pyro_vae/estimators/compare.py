@@ -281,11 +281,13 @@ def _measure(
     num_samples: int,
     warmup_steps: int,
     lr: float,
+    target: dict[str, torch.Tensor] | None,
     restart_schedule: bool = True,
-) -> tuple[dict[str, GradientMoments], float]:
+) -> tuple[dict[str, GradientSummary], float]:
     """Warm up the loss's own state (baseline parameters, running averages) with the
-    program's parameters fixed, then accumulate ``num_samples`` gradient estimates
-    (temperature schedules restarted at their first step, unless ``restart_schedule`` is off)."""
+    program's parameters fixed, then summarize ``num_samples`` gradient estimates per group,
+    with their bias against ``target`` if given (temperature schedules restarted at their
+    first step, unless ``restart_schedule`` is off). Also returns the median ms per estimate."""
     program = {id(p) for g in groups.values() for p in g.values()}
     if warmup_steps:
         loss.loss_and_grads(model, guide, *batch)
@@ -310,7 +312,12 @@ def _measure(
         times.append(time.perf_counter() - tic)
         for g, v in sample.items():
             moments[g].update(v)
-    return moments, 1000 * statistics.median(times)
+    summaries = {
+        g: summarize_gradients(moments[g], target[g] if target is not None else None)
+        for g in GROUPS
+        if groups[g]
+    }
+    return summaries, 1000 * statistics.median(times)
 
 
 def _trained_gradients(
@@ -338,7 +345,7 @@ def _trained_gradients(
             max_configurations=max_configurations,
         )
     torch.manual_seed(seed)
-    moments, _ = _measure(
+    summaries, _ = _measure(
         model,
         guide,
         batch,
@@ -347,13 +354,10 @@ def _trained_gradients(
         num_samples=num_samples,
         warmup_steps=0,
         lr=0.0,
+        target=target,
         restart_schedule=False,
     )
-    return {
-        g: summarize_gradients(moments[g], target[g] if target is not None else None)
-        for g in GROUPS
-        if groups[g]
-    }
+    return summaries
 
 
 def compare(
@@ -443,7 +447,7 @@ def compare(
                 bar.set_postfix(estimator=spec.name, refresh=True)
                 _restore(initial)
                 torch.manual_seed(seed)
-                moments, ms = _measure(
+                gradients, ms = _measure(
                     model,
                     guide,
                     batch,
@@ -452,13 +456,8 @@ def compare(
                     num_samples=num_gradient_samples,
                     warmup_steps=warmup_steps,
                     lr=lr,
+                    target=exact.get(spec.objective_particles),
                 )
-                target = exact.get(spec.objective_particles)
-                gradients = {
-                    g: summarize_gradients(moments[g], target[g] if target is not None else None)
-                    for g in GROUPS
-                    if groups[g]
-                }
                 _restore(initial)
                 torch.manual_seed(seed)
                 fit_loss = spec.make_loss()

@@ -22,6 +22,7 @@ from pyro_vae.estimators._particles import ParticleELBO, _scaled_log_prob
 from pyro_vae.infer.per_datapoint import (
     _PARTICLES,
     data_frame,
+    forked_rng,
     max_plate_nesting,
     replay_model,
     site_terms,
@@ -107,6 +108,16 @@ class EnumeratedTerms:
         """:math:`\\sum_m q_m \\log w_m` per datapoint, ``(B,)``, differentiable."""
         return (self.log_q_discrete.exp() * self.log_weight).sum(0)
 
+    def objective(self, num_particles: int = 1) -> torch.Tensor:
+        """The batch objective the estimators maximize, exactly: :math:`N/B` times the sum of
+        the per-datapoint ELBO (``num_particles=1``) or :math:`\\mathcal L_K`, plus the
+        expected auxiliary terms. Differentiable."""
+        per_point = self.elbo if num_particles == 1 else self.iwae(num_particles)
+        total = self.scale * per_point.sum()
+        if self.auxiliary is not None:
+            total = total + (self.log_q_discrete.exp() * self.auxiliary).sum()
+        return total
+
     def iwae(self, num_particles: int, *, max_multisets: int = 100_000, chunk: int = 4096) -> torch.Tensor:
         """:math:`\\mathcal L_K = E\\big[\\log \\frac1K \\sum_k w_{m_k}\\big]`, :math:`m_k \\sim q`
         i.i.d., per datapoint, exactly and differentiably, ``(B,)``.
@@ -150,8 +161,7 @@ def _count(n: int) -> str:
 def _latent_sites(guide: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, Distribution], bool]:
     """The guide's discrete latent sites, and whether it has reparameterized ones too (one
     pass without gradients, with the random number generators forked)."""
-    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+    with forked_rng(args), torch.no_grad(), poutine.block():
         trace = poutine.trace(guide).get_trace(*args, **kwargs)
     sites, continuous = {}, False
     for name, site in trace.nodes.items():
@@ -287,7 +297,5 @@ class EnumerationELBO(ParticleELBO):
             nesting=self._nesting,
             **kwargs,
         )
-        objective = t.scale * t.elbo.sum()
-        if t.auxiliary is not None:
-            objective = objective + (t.log_q_discrete.exp() * t.auxiliary).sum()
+        objective = t.objective()
         return objective, objective

@@ -97,10 +97,7 @@ def exact_gradient(
     terms = enumerate_terms(
         model, guide, *args, plate_name=plate_name, max_configurations=max_configurations, **kwargs
     )
-    per_point = terms.elbo if num_particles == 1 else terms.iwae(num_particles)
-    objective = terms.scale * per_point.sum()
-    if terms.auxiliary is not None:
-        objective = objective + (terms.log_q_discrete.exp() * terms.auxiliary).sum()
+    objective = terms.objective(num_particles)
     out = {}
     for name, g in groups.items():
         params = list(g.values())

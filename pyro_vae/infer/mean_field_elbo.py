@@ -35,7 +35,7 @@ class _Sites(Messenger):
         if self.replay is not None and not msg["is_observed"]:
             guide_site = self.replay.get(msg["name"])
             if guide_site is not None:
-                msg["value"] = guide_site[1]
+                msg["value"] = self._value(guide_site)
                 msg["done"] = True
 
     def _pyro_post_sample(self, msg: Message) -> None:
@@ -44,7 +44,16 @@ class _Sites(Messenger):
         name = msg["name"]
         if name in self.sites:
             raise RuntimeError(f"sample site '{name}' appears twice")
-        self.sites[name] = (msg["fn"], msg["value"], msg["scale"], msg["mask"], bool(msg["is_observed"]))
+        self.sites[name] = self._entry(msg)
+
+    @staticmethod
+    def _entry(msg: Message) -> Any:
+        """What is kept of a site (subclasses keep more)."""
+        return (msg["fn"], msg["value"], msg["scale"], msg["mask"], bool(msg["is_observed"]))
+
+    @staticmethod
+    def _value(site: Any) -> torch.Tensor:
+        return site[1]
 
 
 def _total(x: torch.Tensor | float, scale: Any, mask: Any) -> torch.Tensor | float:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +61,17 @@ class LogTerms:
         return -self.log_likelihood
 
 
+def forked_rng(args: Iterable[Any]) -> AbstractContextManager:
+    """Fork the CPU random number generator, and that of the GPU the data ``args`` are on:
+    for passes that discover a program's structure without changing any later draw."""
+    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
+    return torch.random.fork_rng(devices=devices)
+
+
 def max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> int:
     """Number of batch dimensions the program's plates use (traced once, without gradients,
     with the random number generators forked: finding it does not change any later draw)."""
-    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+    with forked_rng(args), torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     dims = [
@@ -80,9 +87,13 @@ def max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: An
 
 def data_frame(trace: poutine.Trace, plate_name: str) -> CondIndepStackFrame:
     """The frame of the data plate in a trace: its ``dim``, ``size`` (the batch) and ``full_size``."""
-    for site in trace.nodes.values():
-        if site["type"] != "sample":
-            continue
+    return plate_frame((site for site in trace.nodes.values() if site["type"] == "sample"), plate_name)
+
+
+def plate_frame(sites: Iterable[dict], plate_name: str) -> CondIndepStackFrame:
+    """The frame of the plate ``plate_name`` among sample sites (anything with a
+    ``cond_indep_stack``), with a clear error when it is missing or not vectorized."""
+    for site in sites:
         for frame in site["cond_indep_stack"]:
             if frame.name == plate_name:
                 if frame.dim is None:

@@ -8,7 +8,14 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch import nn
 
-from pyro_vae._checks import check_positive_int
+from pyro_vae._checks import check_matrix, check_positive_int
+from pyro_vae.errors import InputError
+
+
+def check_likelihood(likelihood: object) -> None:
+    """A model's ``likelihood`` argument must be a :class:`Likelihood`."""
+    if not isinstance(likelihood, Likelihood):
+        raise InputError(f"likelihood must be a pyro_vae Likelihood, got {type(likelihood).__name__}")
 
 
 class Likelihood(nn.Module, ABC):
@@ -45,6 +52,16 @@ class Likelihood(nn.Module, ABC):
     @abstractmethod
     def validate(self, x: torch.Tensor, *, name: str = "data") -> None:
         """Raise :class:`~pyro_vae.errors.InputError` if ``x`` is outside the support."""
+
+    def check_data(self, x: torch.Tensor, *, name: str = "data") -> None:
+        """Check observations against this likelihood before any work: a finite 2-D float
+        tensor, ``num_features`` columns, values in the support (:meth:`validate`)."""
+        check_matrix(x, name=name)
+        if x.shape[1] != self.num_features:
+            raise InputError(
+                f"{name} has {x.shape[1]} features (columns) but the model expects {self.num_features}"
+            )
+        self.validate(x, name=name)
 
     def _split(self, decoder_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return decoder_output.split(self.num_features, dim=-1)

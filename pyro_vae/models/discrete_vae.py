@@ -8,9 +8,8 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_vae._checks import check_matrix
 from pyro_vae.errors import InputError
-from pyro_vae.likelihoods.base import Likelihood
+from pyro_vae.likelihoods.base import Likelihood, check_likelihood
 from pyro_vae.models.discrete_latents import BernoulliLatent, CategoricalLatent
 from pyro_vae.networks import mlp
 
@@ -47,8 +46,7 @@ class DiscreteVAE(nn.Module):
         name: str = "dvae",
     ) -> None:
         super().__init__()
-        if not isinstance(likelihood, Likelihood):
-            raise InputError(f"likelihood must be a pyro_vae Likelihood, got {type(likelihood).__name__}")
+        check_likelihood(likelihood)
         if not isinstance(latent, CategoricalLatent | BernoulliLatent):
             raise InputError(
                 f"latent must be a CategoricalLatent or BernoulliLatent, got {type(latent).__name__}"
@@ -81,12 +79,7 @@ class DiscreteVAE(nn.Module):
 
     def validate_data(self, x: torch.Tensor, *, name: str = "data") -> None:
         """Check ``x`` against this model: shape, finiteness, the likelihood's support."""
-        check_matrix(x, name=name)
-        if x.shape[1] != self.num_features:
-            raise InputError(
-                f"{name} has {x.shape[1]} features (columns) but the model expects {self.num_features}"
-            )
-        self.likelihood.validate(x, name=name)
+        self.likelihood.check_data(x, name=name)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,11 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_vae._checks import check_matrix, check_nonnegative, check_positive_int
+from pyro_vae._checks import check_nonnegative, check_positive_int
 from pyro_vae.data.semi_supervised import UNLABELLED
 from pyro_vae.errors import InputError
 from pyro_vae.infer.per_datapoint import AUXILIARY
-from pyro_vae.likelihoods.base import Likelihood
+from pyro_vae.likelihoods.base import Likelihood, check_likelihood
 from pyro_vae.networks import GaussianEncoder, mlp
 from pyro_vae.priors import StandardNormal
 
@@ -75,8 +75,7 @@ class M2(nn.Module):
         name: str = "m2",
     ) -> None:
         super().__init__()
-        if not isinstance(likelihood, Likelihood):
-            raise InputError(f"likelihood must be a pyro_vae Likelihood, got {type(likelihood).__name__}")
+        check_likelihood(likelihood)
         check_positive_int(num_classes, "num_classes", minimum=2)
         check_positive_int(latent_dim, "latent_dim")
         check_nonnegative(alpha, "alpha")
@@ -149,12 +148,7 @@ class M2(nn.Module):
 
     def validate_data(self, x: torch.Tensor, y: torch.Tensor | None = None, *, name: str = "data") -> None:
         """Check ``x`` and the labels (integers in ``[0, C)`` or -1)."""
-        check_matrix(x, name=name)
-        if x.shape[1] != self.num_features:
-            raise InputError(
-                f"{name} has {x.shape[1]} features (columns) but the model expects {self.num_features}"
-            )
-        self.likelihood.validate(x, name=name)
+        self.likelihood.check_data(x, name=name)
         if y is None:
             return
         if y.shape != (x.shape[0],) or torch.is_floating_point(y):

@@ -11,9 +11,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_vae._checks import check_matrix, check_nonnegative, check_positive_int
+from pyro_vae._checks import check_nonnegative, check_positive_int
 from pyro_vae.errors import InputError
-from pyro_vae.likelihoods.base import Likelihood
+from pyro_vae.likelihoods.base import Likelihood, check_likelihood
 from pyro_vae.networks import GaussianEncoder, mlp
 from pyro_vae.priors import StandardNormal
 
@@ -76,8 +76,7 @@ class VAE(nn.Module):
         name: str = "vae",
     ) -> None:
         super().__init__()
-        if not isinstance(likelihood, Likelihood):
-            raise InputError(f"likelihood must be a pyro_vae Likelihood, got {type(likelihood).__name__}")
+        check_likelihood(likelihood)
         check_positive_int(latent_dim, "latent_dim")
         check_positive_int(num_classes, "num_classes", minimum=0)
         check_nonnegative(beta, "beta")
@@ -152,12 +151,7 @@ class VAE(nn.Module):
 
     def validate_data(self, x: torch.Tensor, y: torch.Tensor | None = None, *, name: str = "data") -> None:
         """Check ``x`` (and ``y``) against this model: shape, finiteness, the likelihood's support."""
-        check_matrix(x, name=name)
-        if x.shape[1] != self.num_features:
-            raise InputError(
-                f"{name} has {x.shape[1]} features (columns) but the model expects {self.num_features}"
-            )
-        self.likelihood.validate(x, name=name)
+        self.likelihood.check_data(x, name=name)
         if self.num_classes:
             if y is None:
                 raise InputError(
