@@ -77,3 +77,17 @@ def check_nonnegative(value: float, name: str) -> None:
 def check_positive(value: float, name: str) -> None:
     if not (isinstance(value, int | float) and value > 0 and value != float("inf")):
         raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def as_tensors(data: object, name: str) -> tuple[torch.Tensor, ...]:
+    """``x`` or ``(x, y, ...)`` as a tuple of tensors with one row per datapoint, ``x`` a
+    finite floating matrix; :class:`InputError` naming what is wrong otherwise."""
+    tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)  # type: ignore[arg-type]
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise InputError(f"{name} must be a tensor or a tuple of tensors (x, y, ...)")
+    check_matrix(tensors[0], name=name)
+    n = tensors[0].shape[0]
+    for i, t in enumerate(tensors[1:], 1):
+        if t.shape[0] != n:
+            raise InputError(f"{name}: tensor {i} has {t.shape[0]} rows but x has {n}")
+    return tensors

@@ -17,9 +17,10 @@ import torch
 from pyro_vae import __version__
 from pyro_vae._checks import check_positive, check_positive_int
 from pyro_vae._io import atomic_write_json
+from pyro_vae.comparison import Comparison, compare
 from pyro_vae.data import split
 from pyro_vae.errors import InputError
-from pyro_vae.estimators import ESTIMATORS, Comparison, TemperatureSchedule, compare, get_estimator
+from pyro_vae.estimators import ESTIMATORS, TemperatureSchedule, get_estimator
 from pyro_vae.estimators.enumeration import DEFAULT_MAX_CONFIGURATIONS
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import BernoulliLatent, CategoricalLatent, DiscreteVAE

@@ -14,7 +14,13 @@ def _blocks(path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("doc", "index"), [("README.md", 0), ("docs/writing-a-model.md", 1), ("docs/estimators.md", 0)]
+    ("doc", "index"),
+    [
+        ("README.md", 0),
+        ("docs/writing-a-model.md", 1),
+        ("docs/writing-a-model.md", 2),
+        ("docs/estimators.md", 0),
+    ],
 )
 def test_code_block_runs(doc, index, capsys):
     code = _blocks(ROOT / doc)[index]

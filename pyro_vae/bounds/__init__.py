@@ -4,7 +4,8 @@ importance-weighted bound :math:`\\mathcal L_K`, a :math:`\\log p(x)` estimate a
 from pyro_vae.bounds.amortization_gap import AmortizationGap, amortization_gap
 from pyro_vae.bounds.elbo import elbo
 from pyro_vae.bounds.elbo_gap import ELBOGap, elbo_gap
-from pyro_vae.bounds.iwae import BoundEstimate, iwae, log_marginal
+from pyro_vae.bounds.estimate import BoundEstimate
+from pyro_vae.bounds.iwae import iwae, log_marginal
 from pyro_vae.bounds.iwae_objective import IWAE
 
 __all__ = [

@@ -9,15 +9,18 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch.distributions import Independent, MultivariateNormal, Normal
 from tqdm.auto import trange
 
+from pyro_vae._checks import check_positive_int
 from pyro_vae._stats import summarize
 from pyro_vae.bounds.elbo import elbo as elbo_bound
 from pyro_vae.bounds.iwae import log_marginal
 from pyro_vae.errors import InputError
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
+from pyro_vae.infer.modes import evaluation_mode
+from pyro_vae.infer.particles import forked_rng
+from pyro_vae.infer.per_datapoint import evaluate_particles, num_rows, probe
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,12 @@ class AmortizationGap:
 
 
 class _LocalGaussian(torch.nn.Module):
-    """Free per-datapoint Gaussian parameters, initialized from the amortized guide's output."""
+    """Free per-datapoint Gaussian parameters, initialized from the amortized guide's output,
+    as a guide with the program's data plate (same name and dim)."""
 
-    def __init__(self, fn: Any, site: str, plate_name: str) -> None:
+    def __init__(self, fn: Any, site: str, plate_name: str, plate_dim: int) -> None:
         super().__init__()
-        self.site, self.plate_name = site, plate_name
+        self.site, self.plate_name, self.plate_dim = site, plate_name, plate_dim
         base, event = fn, 0
         while isinstance(base, Independent):
             event += base.reinterpreted_batch_ndims
@@ -63,14 +67,14 @@ class _LocalGaussian(torch.nn.Module):
         self.event = event
         if isinstance(base, MultivariateNormal):
             self.kind = "mvn"
-            tril = base.scale_tril.detach()
+            tril = base.scale_tril.detach().expand(base.batch_shape + base.event_shape + base.event_shape)
             self.loc = torch.nn.Parameter(base.loc.detach().clone())
             self.tril_off = torch.nn.Parameter(tril.tril(-1).clone())
             self.log_diag = torch.nn.Parameter(tril.diagonal(dim1=-2, dim2=-1).log().clone())
         elif isinstance(base, Normal):
             self.kind = "normal"
             self.loc = torch.nn.Parameter(base.loc.detach().clone())
-            self.log_scale = torch.nn.Parameter(base.scale.detach().log().clone())
+            self.log_scale = torch.nn.Parameter(base.scale.detach().expand_as(base.loc).log().clone())
         else:
             raise InputError(
                 f"the amortization gap needs a Normal or MultivariateNormal guide at '{site}', "
@@ -85,8 +89,31 @@ class _LocalGaussian(torch.nn.Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         q = self.distribution()
-        with pyro.plate(self.plate_name, q.batch_shape[-1], dim=-1):
+        size = q.batch_shape[self.plate_dim]
+        with pyro.plate(self.plate_name, size, dim=self.plate_dim):
             return pyro.sample(self.site, q)
+
+
+def _guide_site(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, site: str, plate_name: str | None
+) -> tuple[Any, str, int]:
+    """The guide's distribution at ``site`` and the data plate's name and dim (one evaluation
+    run: modules in eval mode, random number generators forked)."""
+    plan = probe(model, guide, args, kwargs, plate_name)
+    with forked_rng(args):
+        run, _ = evaluate_particles(model, guide, args, kwargs, num_particles=1, plan=plan)
+    guide_sites = run.passes[0][1]
+    if site not in guide_sites or guide_sites[site].is_observed:
+        raise InputError(f"the guide has no latent sample site '{site}'")
+    others = [n for n, s in guide_sites.items() if n != site and not s.is_observed]
+    if others:
+        raise InputError(
+            f"the amortization gap refits one Gaussian site per datapoint, and the guide has other "
+            f"latent sites {others}; it needs a guide whose only latent is '{site}'"
+        )
+    layout = run.layout
+    assert layout.data_plate is not None and layout.data_dim is not None
+    return guide_sites[site].fn, layout.data_plate, layout.data_dim
 
 
 def amortization_gap(
@@ -99,7 +126,7 @@ def amortization_gap(
     train_particles: int = 8,
     eval_particles: int = 1000,
     num_particles: int = 5000,
-    plate_name: str = "data",
+    plate_name: str | None = None,
     progress: bool = False,
     **kwargs: Any,
 ) -> AmortizationGap:
@@ -110,50 +137,43 @@ def amortization_gap(
     (``eval_particles`` samples) and :math:`\\log \\hat p(x)` (``num_particles`` importance
     samples from :math:`q^*`).
 
-    The guide's latent ``site`` must be a (diagonal) Normal or a MultivariateNormal inside the
-    data plate at ``dim=-1``; the model may be any program. No parameter of the model or the
-    amortized guide is changed.
+    The guide's only latent ``site`` must be a (diagonal) Normal or a MultivariateNormal
+    inside the data plate; the model may be any program. No parameter of the model or the
+    amortized guide is changed, and modules run in eval mode.
 
     References:
         [1] Cremer, Li & Duvenaud (2018), "Inference suboptimality in variational
         autoencoders", ICML.
     """
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    if site not in trace.nodes:
-        raise InputError(f"the guide has no sample site '{site}'")
-    local = _LocalGaussian(trace.nodes[site]["fn"], site, plate_name)
+    check_positive_int(steps, "steps", minimum=0)
+    fn, plate, dim = _guide_site(model, guide, args, kwargs, site, plate_name)
+    local = _LocalGaussian(fn, site, plate, dim)
     params = list(local.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    loss = MeanFieldELBO(num_particles=train_particles)
-    for _ in trange(steps, disable=not progress, desc="local ELBO", unit="step"):
-        grads = torch.autograd.grad(loss.differentiable_loss(model, local, *args, **kwargs), params)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        opt.step()
-    with torch.no_grad():
-        n = args[0].shape[0]  # q* holds parameters for exactly these rows: never split them
-        lm = log_marginal(
-            model, local, *args, num_particles=num_particles, plate_name=plate_name, data_chunk=n, **kwargs
-        )
-        opt_elbo = elbo_bound(
-            model,
-            local,
-            *args,
-            num_particles=eval_particles,
-            plate_name=plate_name,
-            return_error=True,
-            **kwargs,
-        )
-        amo_elbo = elbo_bound(
-            model,
-            guide,
-            *args,
-            num_particles=eval_particles,
-            plate_name=plate_name,
-            return_error=True,
-            **kwargs,
-        )
+    loss = MeanFieldELBO(num_particles=train_particles, plate_name=plate)
+    with evaluation_mode():
+        for _ in trange(steps, disable=not progress, desc="local ELBO", unit="step"):
+            grads = torch.autograd.grad(loss.differentiable_loss(model, local, *args, **kwargs), params)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            opt.step()
+    n = num_rows(args)  # q* holds parameters for exactly these rows: never split them
+    lm = log_marginal(
+        model, local, *args, num_particles=num_particles, plate_name=plate, data_chunk=n, **kwargs
+    )
+    opt_elbo = elbo_bound(
+        model,
+        local,
+        *args,
+        num_particles=eval_particles,
+        plate_name=plate,
+        data_chunk=n,
+        return_error=True,
+        **kwargs,
+    )
+    amo_elbo = elbo_bound(
+        model, guide, *args, num_particles=eval_particles, plate_name=plate, return_error=True, **kwargs
+    )
     return AmortizationGap(
         log_marginal=lm.value,
         log_marginal_se=lm.standard_error,

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from pyro import poutine
-from pyro.infer import ELBO
-from pyro.poutine.subsample_messenger import _Subsample
 
-from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
 from pyro_vae.infer.detach import detach_distribution
-from pyro_vae.infer.per_datapoint import (
-    data_frame,
-    max_plate_nesting,
-    particle_traces,
-    replay_model,
-    site_terms,
-)
+from pyro_vae.infer.log_mean_exp import log_mean_exp
+from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.particles import VECTORIZED, ParticleRun, record_model
+from pyro_vae.infer.terms import Terms, collect_terms
 
 GRADIENTS = ("standard", "stl", "dreg")
 
 
-class IWAE(ELBO):
+class IWAE(ParticleLoss):
     """Maximize :math:`\\sum_n \\mathcal L_K(x_n)`, the importance-weighted bound [1], as a Pyro loss.
 
     With a minibatch :math:`B` of :math:`N` datapoints (``pyro.plate("data", N, subsample=...)``)
@@ -60,85 +51,78 @@ class IWAE(ELBO):
         estimators for Monte Carlo objectives", ICLR.
     """
 
+    gumbel_max = False
+
     def __init__(
-        self, *, num_particles: int = 5, gradient: str = "standard", plate_name: str = "data"
+        self,
+        *,
+        num_particles: int = 5,
+        gradient: str = "standard",
+        plate_name: str | None = None,
+        vectorize_particles: bool | None = None,
+        max_plate_nesting: int | None = None,
     ) -> None:
-        check_positive_int(num_particles, "num_particles")
         if gradient not in GRADIENTS:
             raise InputError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
-        super().__init__(num_particles=num_particles)
-        self.gradient = gradient
-        self.plate_name = plate_name
-        self._nesting: int | None = None
-
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Any:
-        raise NotImplementedError("IWAE traces all particles at once; it has no per-particle traces")
-
-    def differentiable_loss(
-        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
-    ) -> torch.Tensor:
-        """:math:`-\\frac NB \\sum_{n \\in B} \\widehat{\\mathcal L}_K(x_n)`, whose gradient is the
-        chosen estimator."""
-        return self._objective(model, guide, args, kwargs, self.gradient)
-
-    def _objective(
-        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, gradient: str
-    ) -> torch.Tensor:
-        if self._nesting is None:
-            self._nesting = max_plate_nesting(model, guide, *args, **kwargs)
-        k, nesting = self.num_particles, self._nesting
-        model_trace, guide_trace = particle_traces(model, guide, args, kwargs, k, nesting)
-        frame = data_frame(model_trace, self.plate_name)
-        common = (self.plate_name, frame.dim, frame.size, k, nesting + 1)
-        log_p = site_terms(model_trace, *common, observed=True)
-        log_prior = site_terms(model_trace, *common, observed=False)
-        if log_prior is not None:
-            log_p = log_p + log_prior
-        log_q = site_terms(guide_trace, *common, observed=None)
-        log_w = log_p - log_q if log_q is not None else log_p
-        bound = log_w.logsumexp(0) - math.log(k)  # one value per datapoint
-        if gradient != "standard" and log_q is not None:
-            bound = self._path_surrogate(
-                model, args, kwargs, guide_trace, log_w, log_p, common, bound, gradient
-            )
-        scale = (frame.full_size or frame.size) / frame.size
-        return -scale * bound.sum()
-
-    def _path_surrogate(self, model, args, kwargs, guide_trace, log_w, log_p, common, bound, gradient):
-        """Same value as ``bound``; gradients: standard for θ, STL or DReG for φ."""
-        for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
-                continue
-            if not site["fn"].has_rsample:
-                raise InputError(f"{gradient} gradients need reparameterized guide sites; '{name}' is not")
-        detached = poutine.Trace()
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample":
-                detached.add_node(name, **{**site, "value": site["value"].detach()})
-        model_trace_sg = replay_model(model, detached, args, kwargs, self.num_particles, self._nesting)
-        log_p_sgz = site_terms(model_trace_sg, *common, observed=None)  # log p(x, sg(z))
-        log_q_stop = site_terms(
-            guide_trace,
-            *common,
-            observed=None,
-            log_prob=lambda s: detach_distribution(s["fn"]).log_prob(s["value"]),
+        super().__init__(
+            num_particles=num_particles,
+            plate_name=plate_name,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
         )
-        log_q = log_p - log_w
-        weights = torch.softmax(log_w.detach(), dim=0)
-        if gradient == "dreg":
+        self.gradient = gradient
+
+    def objective_and_surrogate(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        run = self.particles(model, guide, args, kwargs)
+        terms = collect_terms(run, scaled=True)
+        objective, surrogate = self.surrogate(terms)
+        if self.gradient != "standard" and torch.is_grad_enabled():
+            for name, site in run.passes[0][1].items():
+                if not site.is_observed and not site.reparameterized:
+                    raise InputError(
+                        f"{self.gradient} gradients need reparameterized guide sites; '{name}' is not"
+                    )
+            bound = self._path_surrogate(model, args, kwargs, run, terms)
+            extra = terms.extra.mean(0) if terms.extra is not None else 0.0
+            surrogate = terms.batch_objective(bound + extra)
+        return objective, surrogate
+
+    def surrogate(self, terms: Terms) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`\\frac NB \\sum_{n \\in B} \\widehat{\\mathcal L}_K(x_n)` with the standard
+        gradient (STL and DReG are added by :meth:`objective_and_surrogate`)."""
+        terms.require_per_datapoint()
+        extra = terms.extra.mean(0) if terms.extra is not None else 0.0
+        objective = terms.batch_objective(log_mean_exp(terms.log_weight) + extra)
+        return objective, objective
+
+    def _path_surrogate(
+        self, model: Callable, args: tuple, kwargs: dict, run: ParticleRun, terms: Terms
+    ) -> torch.Tensor:
+        """Same value as ``bound``; gradients: standard for θ, STL or DReG for φ. Runs the
+        model once more on the detached draws, :math:`\\log p(x, \\bot z)`, and scores the
+        draws under the guide with its parameters detached, :math:`\\log q_{\\bot\\phi}(z)`."""
+        bound = log_mean_exp(terms.log_weight)
+        particles = (run.num_particles, -(run.layout.nesting + 1)) if run.mode == VECTORIZED else None
+        passes = []
+        for _, guide_sites in run.passes:
+            detached = {n: s.replace(value=s.value.detach()) for n, s in guide_sites.items()}
+            model_sg = record_model(model, args, kwargs, detached, particles=particles).sites
+            stopped = {
+                n: s.replace(fn=detach_distribution(s.fn))
+                for n, s in guide_sites.items()
+                if not s.is_observed
+            }
+            passes.append((model_sg, stopped))
+        sg = collect_terms(ParticleRun(tuple(passes), run.layout, run.num_particles, run.mode), scaled=True)
+        log_p = terms.log_likelihood + terms.log_prior
+        log_p_sgz = sg.log_likelihood + sg.log_prior  # log p(x, sg(z))
+        log_q = log_p - terms.log_weight
+        weights = torch.softmax(terms.log_weight.detach(), dim=0)
+        if self.gradient == "dreg":
             weights = weights**2
-        theta = (log_p_sgz - log_q.detach()).logsumexp(0) - math.log(self.num_particles)
-        phi = (weights * (log_p - log_q_stop - log_p_sgz)).sum(0)
+        theta = log_mean_exp(log_p_sgz - log_q.detach())
+        phi = (weights * (log_p - sg.log_guide - log_p_sgz)).sum(0)
         surrogate = theta + phi - phi.detach()
         return surrogate + (bound - surrogate).detach()
-
-    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """:math:`-\\frac NB \\sum_{n \\in B} \\widehat{\\mathcal L}_K(x_n)` as a float."""
-        with torch.no_grad():  # no gradient, so the cheaper standard surrogate has the same value
-            return float(self._objective(model, guide, args, kwargs, "standard"))
-
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return float(loss.detach())

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from pyro_vae._checks import check_positive_int
+from pyro_vae.conventions import UNLABELLED
 from pyro_vae.errors import InputError
 
-UNLABELLED = -1
+__all__ = ["UNLABELLED", "hide_labels"]
 
 
 def hide_labels(y: torch.Tensor, num_labelled: int, *, num_classes: int, seed: int = 0) -> torch.Tensor:

@@ -7,16 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pyro import poutine
 from torch.distributions import Independent, kl_divergence
 
 from pyro_vae.errors import InputError
+from pyro_vae.infer.modes import frozen_evaluation
+from pyro_vae.infer.particles import forked_rng, record, record_guide
+from pyro_vae.infer.sites import Site
 
 
-def _site(trace: poutine.Trace, site: str, what: str) -> dict:
-    if site not in trace.nodes or trace.nodes[site]["type"] != "sample":
-        raise InputError(f"the {what} has no sample site '{site}'")
-    return trace.nodes[site]
+def _site(sites: dict[str, Site], name: str, what: str) -> Site:
+    site = sites.get(name)
+    if site is None or site.is_observed:
+        raise InputError(f"the {what} has no latent sample site '{name}'")
+    return site
 
 
 def _base(fn: Any) -> Any:
@@ -25,12 +28,14 @@ def _base(fn: Any) -> Any:
     return fn
 
 
-@torch.no_grad()
 def posterior_means(guide: Callable, *args: Any, site: str = "z", **kwargs: Any) -> torch.Tensor:
-    """:math:`E_{q(z \\mid x_n)}[z]` for every datapoint, from the guide's distribution at ``site``."""
-    with poutine.block():
-        trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    return _site(trace, site, "guide")["fn"].mean
+    """:math:`E_{q(z \\mid x_n)}[z]` for every datapoint, from the guide's distribution at ``site``
+    (one run with modules in eval mode; the random number generators are left as they were).
+    In a guide where ``site`` depends on an earlier discrete draw (M2's :math:`z` given
+    :math:`y`), this is the mean given that one draw."""
+    with forked_rng(args), frozen_evaluation():
+        sites = record_guide(guide, args, kwargs).sites
+    return _site(sites, site, "guide").fn.mean
 
 
 @dataclass(frozen=True)
@@ -63,22 +68,21 @@ def active_units(
     return ActiveUnits(variance=means.reshape(-1, means.shape[-1]).var(0), threshold=threshold)
 
 
-@torch.no_grad()
 def kl_per_dimension(
     model: Callable, guide: Callable, *args: Any, site: str = "z", **kwargs: Any
 ) -> torch.Tensor:
     """:math:`\\frac1N \\sum_n \\mathrm{KL}(q(z_j \\mid x_n) \\,\\|\\, p(z_j))` per latent dimension
     :math:`j`, in closed form; needs a factorized guide and prior at ``site`` (e.g. diagonal
     Gaussians). A dimension with KL near 0 for all :math:`x` has collapsed to the prior [1].
+    One run with modules in eval mode; the random number generators are left as they were.
 
     References:
         [1] Bowman et al. (2016), "Generating sentences from a continuous space", CoNLL.
     """
-    with poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    q = _base(_site(guide_trace, site, "guide")["fn"])
-    p = _base(_site(model_trace, site, "model")["fn"])
+    with forked_rng(args), frozen_evaluation():
+        model_sites, guide_sites = record(model, guide, args, kwargs)
+    q = _base(_site(guide_sites, site, "guide").fn)
+    p = _base(_site(model_sites, site, "model").fn)
     try:
         kl = kl_divergence(q, p)
     except NotImplementedError as e:

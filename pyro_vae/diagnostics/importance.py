@@ -71,7 +71,7 @@ def importance_diagnostics(
     *args: Any,
     num_particles: int = 1000,
     data_chunk: int = 100,
-    plate_name: str = "data",
+    plate_name: str | None = None,
     **kwargs: Any,
 ) -> ImportanceDiagnostics:
     """PSIS :math:`\\hat k` and the effective sample size of the weights

@@ -1,4 +1,4 @@
-"""Posterior samples of the latent code as ArviZ InferenceData."""
+"""Posterior samples of a latent site as ArviZ InferenceData."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from pyro_vae._checks import check_positive_int
 from pyro_vae.diagnostics._arviz import arviz
-from pyro_vae.infer.per_datapoint import data_frame, max_plate_nesting, particle_traces, site_terms
+from pyro_vae.infer.per_datapoint import evaluate_particles, probe
 
 
 @torch.no_grad()
@@ -19,7 +20,7 @@ def posterior_inference_data(
     num_samples: int = 1000,
     site: str = "z",
     resample: bool = False,
-    plate_name: str = "data",
+    plate_name: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Samples of ``site`` for each datapoint, as ``arviz.InferenceData`` with variable ``site``
@@ -28,22 +29,21 @@ def posterior_inference_data(
     With ``resample=False`` the draws are from :math:`q(z \\mid x)`. With ``resample=True`` they
     are resampled in proportion to :math:`w = p(x, z)/q(z \\mid x)` (sampling-importance-
     resampling), which approximates the exact posterior :math:`p(z \\mid x)` as
-    ``num_samples`` grows [1]; ``sample_stats`` then holds the log-weights.
+    ``num_samples`` grows [1]; ``sample_stats`` then holds the log-weights. Works for any
+    program (particles vectorized where it broadcasts, one at a time where it does not);
+    modules run in eval mode.
 
     References:
         [1] Rubin (1988), "Using the SIR algorithm to simulate posterior distributions",
         Bayesian Statistics 3.
     """
-    nesting = max_plate_nesting(model, guide, *(a[:1] for a in args), **kwargs)
-    model_trace, guide_trace = particle_traces(model, guide, args, kwargs, num_samples, nesting)
-    z = guide_trace.nodes[site]["value"]  # (S, N, ...)
+    check_positive_int(num_samples, "num_samples")
+    plan = probe(model, guide, args, kwargs, plate_name)
+    run, terms = evaluate_particles(model, guide, args, kwargs, num_particles=num_samples, plan=plan)
+    z = run.guide_values(site)  # (S, N, ...)
     sample_stats = {}
     if resample:
-        frame = data_frame(model_trace, plate_name)
-        common = (plate_name, frame.dim, frame.size, num_samples, nesting + 1)
-        log_w = site_terms(model_trace, *common, observed=None) - site_terms(
-            guide_trace, *common, observed=None
-        )
+        log_w = terms.log_weight
         idx = torch.multinomial(torch.softmax(log_w, 0).T, num_samples, replacement=True).T  # (S, N)
         z = torch.gather(z, 0, idx.reshape(idx.shape + (1,) * (z.dim() - 2)).expand_as(z))
         sample_stats["log_weight"] = log_w.cpu().numpy()[None]

@@ -3,55 +3,59 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
-from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import Bernoulli, Independent
 
 from pyro_vae.errors import InputError
-from pyro_vae.estimators._particles import ParticleELBO, particle_terms
-from pyro_vae.infer.per_datapoint import max_plate_nesting
+from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.sites import ValueHook
+from pyro_vae.infer.terms import Terms, collect_terms
 
 
-class _Antithetic(Messenger):
-    """Inside a particle plate of size 2 (applied within it, so before the plate broadcasts),
-    gives every Bernoulli guide site the antithetic pair
+class _AntitheticPairs:
+    """Value hooks giving every Bernoulli guide site the antithetic pair
     :math:`z^{(1)} = 1[u > \\sigma(-\\alpha)]`, :math:`z^{(2)} = 1[u < \\sigma(\\alpha)]` from one
-    uniform draw :math:`u`, and records :math:`(\\alpha, u)`."""
+    uniform draw :math:`u`, recording :math:`(\\alpha, u)` per site: both particles in one
+    vectorized pass (a particle plate of 2), or one per sequential pass sharing :math:`u`."""
 
-    def __init__(self, nesting: int) -> None:
-        super().__init__()
-        self.nesting = nesting
+    def __init__(self) -> None:
         self.sites: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _pyro_sample(self, msg: Message) -> None:
-        fn = msg["fn"]
-        if msg["is_observed"] or msg["done"] or isinstance(fn, _Subsample) or fn.has_rsample:
-            return
-        base = fn
-        while isinstance(base, Independent):
-            base = base.base_dist
-        name = msg["name"]
-        if not isinstance(base, Bernoulli):
-            raise InputError(f"ARM is for Bernoulli guide sites; '{name}' is {type(base).__name__}")
-        if len(fn.batch_shape) > self.nesting:
-            raise InputError(
-                f"the logits of guide site '{name}' depend on another discrete site's value; ARM as "
-                "implemented here needs conditionally independent Bernoulli sites (one stochastic layer)"
-            )
-        alpha = base.logits.expand(fn.batch_shape + fn.event_shape)
-        u = torch.rand_like(alpha)
-        msg["value"] = torch.stack(
-            [(u > torch.sigmoid(-alpha)).to(alpha), (u < torch.sigmoid(alpha)).to(alpha)]
-        )
-        msg["done"] = True
-        self.sites[name] = (alpha, u)  # type: ignore[index]
+    def __call__(self, index: int | None) -> ValueHook:
+        def hook(msg: Message) -> torch.Tensor | None:
+            fn = msg["fn"]
+            if fn.has_rsample:  # type: ignore[union-attr]
+                return None
+            name: str = msg["name"]  # type: ignore[assignment]
+            base = fn
+            while isinstance(base, Independent):
+                base = base.base_dist
+            if not isinstance(base, Bernoulli):
+                raise InputError(f"ARM is for Bernoulli guide sites; '{name}' is {type(base).__name__}")
+            alpha = base.logits.expand(tuple(fn.batch_shape) + tuple(fn.event_shape))  # type: ignore[union-attr]
+            if index is None:
+                alpha, other = alpha[0], alpha[1]  # the particle plate's two copies
+            elif index == 1:
+                other = self.sites[name][0]
+            if index != 0 and not torch.equal(alpha, other):
+                raise InputError(
+                    f"the logits of guide site '{name}' depend on another sampled value; ARM as "
+                    "implemented here needs conditionally independent Bernoulli sites (one stochastic layer)"
+                )
+            if index in (None, 0):
+                self.sites[name] = (alpha, torch.rand_like(alpha))
+            alpha, u = self.sites[name]
+            first, second = (u > torch.sigmoid(-alpha)).to(alpha), (u < torch.sigmoid(alpha)).to(alpha)
+            if index is None:
+                return torch.stack([first, second])
+            return first if index == 0 else second
+
+        return hook
 
 
-class ARM(ParticleELBO):
+class ARM(ParticleLoss):
     """The ELBO with ARM gradients for Bernoulli guide sites [1].
 
     For :math:`z \\sim \\mathrm{Bernoulli}(\\sigma(\\alpha))` (independent units with logits
@@ -77,43 +81,35 @@ class ARM(ParticleELBO):
         networks", ICLR.
     """
 
-    def __init__(self, *, plate_name: str = "data") -> None:
-        super().__init__(num_particles=2, plate_name=plate_name)
+    gumbel_max = False
 
-    def surrogate(
+    def __init__(self, *, plate_name: str | None = None, vectorize_particles: bool | None = None) -> None:
+        super().__init__(num_particles=2, plate_name=plate_name, vectorize_particles=vectorize_particles)
+
+    def objective_and_surrogate(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._nesting is None:
-            self._nesting = max_plate_nesting(model, guide, *args, **kwargs)
-            if self._nesting != 1:
-                raise InputError(
-                    f"ARM needs the data plate to be the only plate; the program has {self._nesting}"
-                )
-        antithetic = _Antithetic(self._nesting)
-
-        def paired_guide(*a: Any, **k: Any) -> Any:
-            with antithetic:
-                return guide(*a, **k)
-
-        t = particle_terms(
-            model,
-            paired_guide,
-            args,
-            kwargs,
-            num_particles=2,
-            nesting=self._nesting,
-            plate_name=self.plate_name,
-        )
-        log_w = t.log_weight
-        objective = t.scale * log_w.mean(0).sum() + t.auxiliary
-        surrogate = objective
-        if t.log_q_score is not None and torch.is_grad_enabled():
-            surrogate = surrogate + t.scale * (t.log_q_score - t.log_q_score.detach()).mean(0).sum()
-            difference = (log_w[0] - log_w[1]).detach()  # (B,)
+        nesting = self.plan(model, guide, args, kwargs).nesting
+        if nesting != 1:
+            raise InputError(f"ARM needs the data plate to be the only plate; the program has {nesting}")
+        pairs = _AntitheticPairs()
+        run = self.particles(model, guide, args, kwargs, hooks=pairs)
+        terms = collect_terms(run, scaled=True)
+        objective, surrogate = self.surrogate(terms)
+        score_part = terms.log_guide_score
+        if score_part is not None and torch.is_grad_enabled():
+            surrogate = surrogate + terms.data_scale * (score_part - score_part.detach()).mean(0).sum()
+            difference = (terms.log_weight[0] - terms.log_weight[1]).detach()  # (B,)
             arm: torch.Tensor | float = 0.0
-            for alpha, u in antithetic.sites.values():
+            for alpha, u in pairs.sites.values():
                 g = difference.reshape(difference.shape + (1,) * (alpha.dim() - 1)) * (u - 0.5)
                 arm = arm + (alpha * g).sum()
-            arm = t.scale * arm
+            arm = terms.data_scale * arm
             surrogate = surrogate + (arm - arm.detach())
         return objective, surrogate
+
+    def surrogate(self, terms: Terms) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pathwise part: the ELBO estimate averaged over the antithetic pair (ARM's score
+        term is added by :meth:`objective_and_surrogate`, which holds the pair's noise)."""
+        objective = terms.batch_objective(terms.training_weight().mean(0))
+        return objective, objective

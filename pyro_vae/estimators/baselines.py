@@ -29,6 +29,12 @@ class Baseline(nn.Module):
     def forward(self, signal: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         raise NotImplementedError
 
+    def reset(self) -> None:
+        """Forget what was learned: running averages and network weights start afresh."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
 
 class DecayingAverageBaseline(Baseline):
     """:math:`b_t = \\beta b_{t-1} + (1 - \\beta)\\, \\bar\\ell_{t-1}`, a running mean of the
@@ -49,6 +55,10 @@ class DecayingAverageBaseline(Baseline):
         self.beta = beta
         self.register_buffer("mean", torch.zeros((), dtype=torch.float64))  # float64 whatever the data
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def reset(self) -> None:
+        self.mean.zero_()
+        self.count.zero_()
 
     def forward(self, signal: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         signal = signal.detach()
@@ -101,6 +111,10 @@ class NeuralBaseline(Baseline):
             layers += [nn.LazyLinear(h) if i == 0 else nn.Linear(hidden[i - 1], h), nn.Tanh()]
         layers.append(nn.LazyLinear(1) if not hidden else nn.Linear(hidden[-1], 1))
         self.net = nn.Sequential(*layers)
+
+    def reset(self) -> None:
+        self.average.reset()
+        super().reset()
 
     def forward(self, signal: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         signal = signal.detach()

@@ -8,25 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
-from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import Distribution, Independent
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
-from pyro_vae.estimators._particles import ParticleELBO, _scaled_log_prob
-from pyro_vae.infer.per_datapoint import (
-    _PARTICLES,
-    data_frame,
-    forked_rng,
-    max_plate_nesting,
-    replay_model,
-    site_terms,
-)
+from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.modes import frozen_evaluation
+from pyro_vae.infer.particles import ProgramPlan, forked_rng, plan_program, record, run_particles
+from pyro_vae.infer.sites import ValueHook
+from pyro_vae.infer.terms import Terms, collect_terms
 
 DEFAULT_MAX_CONFIGURATIONS = 4096
 
@@ -60,23 +52,28 @@ def site_configurations(fn: Distribution) -> torch.Tensor:
     return values.reshape((values.shape[0], *positions, *support.shape[1:]))
 
 
-class _Fix(Messenger):
-    """Sets the value of the named guide sites to ``(M, *event)`` configurations, broadcast
-    over the program's plates (without marking them observed)."""
+class _Configurations:
+    """Value hooks setting the enumerated guide sites to their configurations
+    (``{name: (M, *event)}``), broadcast over the program's plates (without marking them
+    observed): all configurations in one vectorized pass, or configuration ``k`` alone."""
 
     def __init__(self, values: dict[str, torch.Tensor]) -> None:
-        super().__init__()
         self.values = values
 
-    def _pyro_sample(self, msg: Message) -> None:
-        value = self.values.get(msg["name"])  # type: ignore[arg-type]
-        if value is None or msg["is_observed"]:
-            return
-        fn = msg["fn"]
-        batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
-        shaped = value.reshape((value.shape[0],) + (1,) * (len(batch) - 1) + event)
-        msg["value"] = shaped.expand(batch + event)
-        msg["done"] = True
+    def __call__(self, index: int | None) -> ValueHook:
+        def hook(msg: Message) -> torch.Tensor | None:
+            value = self.values.get(msg["name"])  # type: ignore[arg-type]
+            if value is None:
+                return None
+            fn = msg["fn"]
+            batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)  # type: ignore[union-attr]
+            if index is None:
+                shaped = value.reshape((value.shape[0],) + (1,) * (len(batch) - 1) + event)
+            else:
+                shaped = value[index].reshape((1,) * len(batch) + event)
+            return shaped.expand(batch + event)
+
+        return hook
 
 
 @dataclass(frozen=True)
@@ -89,19 +86,22 @@ class EnumeratedTerms:
         the gradient (the log-normalizer is identically 0); a masked site (log-density 0 for
         every value, e.g. the label of a labelled datapoint in M2) gets uniform weights, so
         that it is counted once.
-    :ivar log_weight: :math:`\\log p(x_n, z_m) - \\log q(z_m \\mid x_n)` (continuous guide
-        sites, if any, are sampled once per configuration).
-    :ivar auxiliary: scaled auxiliary terms per configuration.
-    :ivar exact: ``False`` when the guide also has sites with ``rsample`` (then only the
-        discrete part is exact).
-    :ivar scale: :math:`N/B`.
+    :ivar log_weight: :math:`\\log p(x_n, z_m) - \\log q(z_m \\mid x_n)`; with continuous guide
+        sites, averaged over ``draws`` reparameterized draws per configuration.
+    :ivar extra: the extra training terms per configuration (auxiliary sites, guide factors),
+        ``None`` for evaluation.
+    :ivar exact: ``True`` when every latent of the guide is enumerated; ``False`` when the
+        guide also has sites with ``rsample``, whose expectation is a Monte Carlo average.
+    :ivar data_scale: :math:`N/B` (1 for unscaled terms).
+    :ivar draws: reparameterized draws per configuration.
     """
 
     log_q_discrete: torch.Tensor
     log_weight: torch.Tensor
-    auxiliary: torch.Tensor | None
+    extra: torch.Tensor | None
     exact: bool
-    scale: float
+    data_scale: float
+    draws: int = 1
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -113,10 +113,9 @@ class EnumeratedTerms:
         the per-datapoint ELBO (``num_particles=1``) or :math:`\\mathcal L_K`, plus the
         expected auxiliary terms. Differentiable."""
         per_point = self.elbo if num_particles == 1 else self.iwae(num_particles)
-        total = self.scale * per_point.sum()
-        if self.auxiliary is not None:
-            total = total + (self.log_q_discrete.exp() * self.auxiliary).sum()
-        return total
+        if self.extra is not None:
+            per_point = per_point + (self.log_q_discrete.exp() * self.extra).sum(0)
+        return self.data_scale * per_point.sum()
 
     def iwae(self, num_particles: int, *, max_multisets: int = 100_000, chunk: int = 4096) -> torch.Tensor:
         """:math:`\\mathcal L_K = E\\big[\\log \\frac1K \\sum_k w_{m_k}\\big]`, :math:`m_k \\sim q`
@@ -129,6 +128,11 @@ class EnumeratedTerms:
         :math:`M^K` ordered tuples.
         """
         check_positive_int(num_particles, "num_particles")
+        if not self.exact and num_particles > 1:
+            raise InputError(
+                "the exact L_K needs every latent of the guide enumerated; this guide also has "
+                "reparameterized sites"
+            )
         m = self.log_weight.shape[0]
         count = math.comb(m + num_particles - 1, num_particles)
         if count > max_multisets:
@@ -158,41 +162,35 @@ def _count(n: int) -> str:
     return str(n) if n < 10**6 else f"{n:.3g}"
 
 
-def _latent_sites(guide: Callable, args: tuple, kwargs: dict) -> tuple[dict[str, Distribution], bool]:
+def _latent_sites(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> tuple[dict[str, Distribution], bool]:
     """The guide's discrete latent sites, and whether it has reparameterized ones too (one
-    pass without gradients, with the random number generators forked)."""
-    with forked_rng(args), torch.no_grad(), poutine.block():
-        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    probe: modules in eval mode, no gradients, random number generators forked)."""
+    with forked_rng(args), frozen_evaluation():
+        _, guide_sites = record(model, guide, args, kwargs)
     sites, continuous = {}, False
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or isinstance(site["fn"], _Subsample):
+    for name, site in guide_sites.items():
+        if site.is_observed:
             continue
-        if site["fn"].has_rsample:
+        if site.fn.has_rsample:
             continuous = True
         else:
-            sites[name] = site["fn"]
+            sites[name] = site.fn
     return sites, continuous
 
 
-def enumerate_terms(
+def configurations(
     model: Callable,
     guide: Callable,
-    *args: Any,
-    plate_name: str = "data",
+    args: tuple,
+    kwargs: dict,
+    *,
     max_configurations: int = DEFAULT_MAX_CONFIGURATIONS,
-    nesting: int | None = None,
-    **kwargs: Any,
-) -> EnumeratedTerms:
-    """Run model and guide once for every joint configuration of the discrete guide sites
-    (vectorized: the configurations fill a plate left of the program's plates).
-    ``nesting`` is the program's ``max_plate_nesting`` (found by tracing when omitted).
-
-    Works for any program whose discrete latents are inside the data plate, including
-    ``Independent`` sites (e.g. 20 one-hot variables in one site) and guides where one
-    discrete site depends on another; the number of configurations per datapoint is the
-    product of the sites' support sizes and must not exceed ``max_configurations``.
-    """
-    sites, continuous = _latent_sites(guide, args, kwargs)
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Every joint configuration of the guide's discrete sites for one datapoint,
+    ``{name: (M, *event)}``, and whether the guide also has reparameterized sites."""
+    sites, continuous = _latent_sites(model, guide, args, kwargs)
     if not sites:
         raise InputError("the guide has no discrete (non-reparameterized) sites to enumerate")
     counts = {}
@@ -212,35 +210,69 @@ def enumerate_terms(
     per_site = {name: site_configurations(fn) for name, fn in sites.items()}
     grids = torch.meshgrid(*[torch.arange(counts[n]) for n in sites], indexing="ij")
     values = {n: per_site[n][g.reshape(-1).to(per_site[n].device)] for n, g in zip(sites, grids, strict=True)}
+    return values, continuous
 
-    if nesting is None:
-        nesting = max_plate_nesting(model, guide, *args, **kwargs)
 
-    def fixed_guide(*a: Any, **k: Any) -> Any:
-        with _Fix(values), pyro.plate(_PARTICLES, total, dim=-(nesting + 1)):
-            return guide(*a, **k)
+def enumerate_terms(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    plate_name: str | None = None,
+    max_configurations: int = DEFAULT_MAX_CONFIGURATIONS,
+    plan: ProgramPlan | None = None,
+    scaled: bool = False,
+    draws: int = 1,
+    vectorize: bool | None = None,
+    **kwargs: Any,
+) -> EnumeratedTerms:
+    """Run model and guide once for every joint configuration of the discrete guide sites
+    (vectorized where the program broadcasts: the configurations fill a particle plate left
+    of the program's plates; one configuration at a time otherwise).
 
-    with poutine.block(hide_types=["sample"]):  # parameters stay visible to SVI's param capture
-        guide_trace = poutine.trace(fixed_guide).get_trace(*args, **kwargs)
-    model_trace = replay_model(model, guide_trace, args, kwargs, total, nesting)
-    frame = data_frame(model_trace, plate_name)
-    common = (plate_name, frame.dim, frame.size, total, nesting + 1)
-    log_p = site_terms(model_trace, *common, observed=None)
-    log_q = site_terms(guide_trace, *common, observed=None)
-    log_q_discrete = site_terms(
-        guide_trace,
-        *common,
-        observed=None,
-        log_prob=lambda s: s["fn"].log_prob(s["value"]) if s["name"] in sites else torch.zeros(()),
+    Works for any program whose discrete latents are inside the data plate, including
+    ``Independent`` sites (e.g. 20 one-hot variables in one site) and guides where one
+    discrete site depends on another; the number of configurations per datapoint is the
+    product of the sites' support sizes and must not exceed ``max_configurations``. Guides
+    that also have reparameterized sites get ``draws`` draws of them per configuration, and
+    the result is marked not exact.
+
+    :param scaled: the terms of the training objective (site scales, extra terms) rather
+        than those of the true model.
+    """
+    check_positive_int(draws, "draws")
+    values, continuous = configurations(model, guide, args, kwargs, max_configurations=max_configurations)
+    m = next(iter(values.values())).shape[0]
+    draws = draws if continuous else 1
+    if draws > 1:
+        values = {n: v.repeat_interleave(draws, 0) for n, v in values.items()}
+    if plan is None:
+        plan = plan_program(model, guide, args, kwargs, plate_name=plate_name)
+    run = run_particles(
+        model,
+        guide,
+        args,
+        kwargs,
+        plan=plan,
+        num_particles=m * draws,
+        hooks=_Configurations(values),
+        gumbel_max=False,
+        vectorize=vectorize,
     )
-    aux = site_terms(model_trace, *common, observed=True, log_prob=_scaled_log_prob, auxiliary=True)
-    assert log_p is not None and log_q is not None and log_q_discrete is not None
+    unscaled = collect_terms(run, scaled=False)
+    weights = collect_terms(run, scaled=True) if scaled else unscaled
+    weights.require_per_datapoint()
+    assert unscaled.log_guide_score is not None  # the enumerated sites have no rsample
+
+    def per_configuration(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(m, draws, *t.shape[1:]).mean(1)
+
     return EnumeratedTerms(
-        log_q_discrete=log_q_discrete.log_softmax(0),
-        log_weight=log_p - log_q,
-        auxiliary=aux,
+        log_q_discrete=per_configuration(unscaled.log_guide_score).log_softmax(0),
+        log_weight=per_configuration(weights.log_weight),
+        extra=per_configuration(weights.extra) if weights.extra is not None else None,
         exact=not continuous,
-        scale=(frame.full_size or frame.size) / frame.size,
+        data_scale=weights.data_scale,
+        draws=draws,
     )
 
 
@@ -257,7 +289,7 @@ def exact_iwae(
     return enumerate_terms(model, guide, *args, **kwargs).iwae(num_particles)
 
 
-class EnumerationELBO(ParticleELBO):
+class EnumerationELBO(ParticleLoss):
     """The ELBO with the expectation over the discrete guide sites computed exactly,
 
     .. math::
@@ -269,6 +301,8 @@ class EnumerationELBO(ParticleELBO):
     with. Unlike Pyro's ``TraceEnum_ELBO`` with ``config_enumerate`` it enumerates
     ``Independent`` sites (several discrete variables in one site) jointly; it agrees with
     ``TraceEnum_ELBO`` where both apply (tested). Cost grows as the number of configurations.
+    Guides that also have reparameterized sites get one draw of them per configuration: the
+    sum over the discrete part is exact, the rest is the reparameterized estimator.
 
     :param max_configurations: refuse programs with more joint configurations per datapoint.
 
@@ -278,24 +312,38 @@ class EnumerationELBO(ParticleELBO):
         [2] Obermeyer et al. (2019), "Tensor variable elimination for plated factor graphs", ICML.
     """
 
-    def __init__(self, *, max_configurations: int = DEFAULT_MAX_CONFIGURATIONS, plate_name: str = "data"):
-        super().__init__(num_particles=1, plate_name=plate_name)
+    def __init__(
+        self,
+        *,
+        max_configurations: int = DEFAULT_MAX_CONFIGURATIONS,
+        plate_name: str | None = None,
+        vectorize_particles: bool | None = None,
+        max_plate_nesting: int | None = None,
+    ) -> None:
+        super().__init__(
+            num_particles=1,
+            plate_name=plate_name,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+        )
         check_positive_int(max_configurations, "max_configurations")
         self.max_configurations = max_configurations
 
-    def surrogate(
+    def objective_and_surrogate(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._nesting is None:
-            self._nesting = max_plate_nesting(model, guide, *args, **kwargs)
         t = enumerate_terms(
             model,
             guide,
             *args,
-            plate_name=self.plate_name,
             max_configurations=self.max_configurations,
-            nesting=self._nesting,
+            plan=self.plan(model, guide, args, kwargs),
+            scaled=True,
+            vectorize=self.vectorize_particles,
             **kwargs,
         )
         objective = t.objective()
         return objective, objective
+
+    def surrogate(self, terms: Terms) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("EnumerationELBO sums over configurations; see objective_and_surrogate")

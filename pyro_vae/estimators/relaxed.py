@@ -8,15 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
-from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
 from pyro_vae._checks import check_positive, check_positive_int
 from pyro_vae.errors import InputError
-from pyro_vae.estimators._particles import gumbel_noise
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
+from pyro_vae.infer.particles import HookFactory, gumbel_noise
+from pyro_vae.infer.sites import ValueHook
 
 
 @dataclass(frozen=True)
@@ -89,22 +88,17 @@ def relaxed_sample(fn: Distribution, temperature: float, *, straight_through: bo
     return hard + (soft - soft.detach())
 
 
-class _Relax(Messenger):
-    """Gives the discrete latent sites of the guide a relaxed value (the distribution is kept)."""
+def _relax_hook(temperature: float, straight_through: bool) -> ValueHook:
+    """A value hook giving the discrete latent sites of the guide a relaxed value (the
+    distribution is kept, for the closed-form KL)."""
 
-    def __init__(self, temperature: float, straight_through: bool) -> None:
-        super().__init__()
-        self.temperature = temperature
-        self.straight_through = straight_through
-        self.names: set[str] = set()
-
-    def _pyro_sample(self, msg: Message) -> None:
+    def hook(msg: Message) -> torch.Tensor | None:
         fn = msg["fn"]
-        if msg["is_observed"] or msg["done"] or isinstance(fn, _Subsample) or fn.has_rsample:
-            return
-        msg["value"] = relaxed_sample(fn, self.temperature, straight_through=self.straight_through)
-        msg["done"] = True
-        self.names.add(msg["name"])  # type: ignore[arg-type]
+        if fn.has_rsample:  # type: ignore[union-attr]
+            return None
+        return relaxed_sample(fn, temperature, straight_through=straight_through)  # type: ignore[arg-type]
+
+    return hook
 
 
 class RelaxedELBO(MeanFieldELBO):
@@ -133,8 +127,8 @@ class RelaxedELBO(MeanFieldELBO):
     sites are treated as in :class:`~pyro_vae.infer.MeanFieldELBO`.
 
     :param temperature: :math:`\\tau`, a float or a :class:`TemperatureSchedule` of the
-        number of ``loss_and_grads`` calls made so far (``self.step``; reset with
-        ``self.step = 0``).
+        number of ``loss_and_grads`` calls made so far (``self.step``; :meth:`reset`
+        restarts it).
     :param straight_through: use the hard value forward.
 
     References:
@@ -145,20 +139,29 @@ class RelaxedELBO(MeanFieldELBO):
         stochastic neurons for conditional computation", arXiv:1308.3432 (straight-through).
     """
 
+    relaxed_values = True
+
     def __init__(
         self,
         *,
         temperature: float | TemperatureSchedule = 1.0,
         straight_through: bool = False,
         num_particles: int = 1,
+        plate_name: str | None = None,
+        vectorize_particles: bool | None = None,
+        max_plate_nesting: int | None = None,
     ) -> None:
-        super().__init__(num_particles=num_particles)
+        super().__init__(
+            num_particles=num_particles,
+            plate_name=plate_name,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+        )
         if not isinstance(temperature, TemperatureSchedule):
             check_positive(temperature, "temperature")
         self.schedule = temperature
         self.straight_through = straight_through
         self.step = 0
-        self._names: set[str] = set()
 
     @property
     def temperature(self) -> float:
@@ -166,13 +169,9 @@ class RelaxedELBO(MeanFieldELBO):
         s = self.schedule
         return s(self.step) if isinstance(s, TemperatureSchedule) else float(s)
 
-    def _relaxed(self, name: str) -> bool:
-        return name in self._names
-
-    def _particle(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        with _Relax(self.temperature, self.straight_through) as relax:
-            self._names = relax.names
-            return super()._particle(model, guide, args, kwargs)
+    def hooks(self) -> HookFactory:
+        hook = _relax_hook(self.temperature, self.straight_through)
+        return lambda index: hook
 
     def state_dict(self) -> dict[str, Any]:
         """The number of steps taken (which sets the scheduled temperature), for checkpoints."""
@@ -180,6 +179,10 @@ class RelaxedELBO(MeanFieldELBO):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+
+    def reset(self) -> None:
+        """Back to the schedule's first step."""
+        self.step = 0
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         value = super().loss_and_grads(model, guide, *args, **kwargs)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from pyro_vae.errors import InputError
-from pyro_vae.estimators._particles import ParticleELBO
 from pyro_vae.estimators.baselines import Baseline
+from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.terms import Terms
 
 
-class ScoreFunctionELBO(ParticleELBO):
+class ScoreFunctionELBO(ParticleLoss):
     """The ELBO with score-function gradients for discrete guide sites [1], and a baseline [2, 3].
 
     For each datapoint :math:`n` and particle :math:`z_k \\sim q_\\phi(z \\mid x_n)` with
@@ -33,8 +31,8 @@ class ScoreFunctionELBO(ParticleELBO):
     :math:`\\nabla \\mathcal L` whenever :math:`b_n` does not depend on :math:`z_k`.
     Minibatches are scaled by :math:`N/B`.
 
-    Auxiliary sites (``infer={"auxiliary_term": True}``) are added to the objective, outside
-    the learning signal: they must not depend on the latents.
+    Extra training terms (auxiliary model sites, ``pyro.factor`` in the guide) are added to the
+    objective outside the learning signal: they must not depend on the discrete latents.
 
     :param baseline: a :class:`~pyro_vae.estimators.Baseline` (its state lives in the
         baseline object), or ``None``.
@@ -50,36 +48,49 @@ class ScoreFunctionELBO(ParticleELBO):
     """
 
     def __init__(
-        self, *, baseline: Baseline | None = None, num_particles: int = 1, plate_name: str = "data"
+        self,
+        *,
+        baseline: Baseline | None = None,
+        num_particles: int = 1,
+        plate_name: str | None = None,
+        vectorize_particles: bool | None = None,
+        max_plate_nesting: int | None = None,
     ) -> None:
-        super().__init__(num_particles=num_particles, plate_name=plate_name)
+        super().__init__(
+            num_particles=num_particles,
+            plate_name=plate_name,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+        )
         if baseline is not None and not isinstance(baseline, Baseline):
             raise InputError(f"baseline must be a pyro_vae Baseline, got {type(baseline).__name__}")
         self.baseline = baseline
+        self.gumbel_max = num_particles > 1  # one particle draws as Pyro's Trace_ELBO does
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict:
         """The baseline's state (running averages; a network's weights), for checkpoints."""
         return {"baseline": self.baseline.state_dict()} if self.baseline is not None else {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         if self.baseline is not None and "baseline" in state:
             self.baseline.load_state_dict(state["baseline"])
 
-    def surrogate(
-        self, model: Callable, guide: Callable, args: tuple, kwargs: dict
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.terms(model, guide, args, kwargs)
-        log_w = t.log_weight
-        objective = t.scale * log_w.mean(0).sum() + t.auxiliary
+    def reset(self) -> None:
+        if self.baseline is not None:
+            self.baseline.reset()
+
+    def surrogate(self, terms: Terms) -> tuple[torch.Tensor, torch.Tensor]:
+        objective = terms.batch_objective(terms.training_weight().mean(0))
         surrogate = objective
-        if t.log_q_score is not None and torch.is_grad_enabled():
+        score_part = terms.log_guide_score
+        if score_part is not None and torch.is_grad_enabled():
             # drop the zero-mean term -grad log q(z) at fixed discrete z, as Pyro does
-            surrogate = surrogate + t.scale * (t.log_q_score - t.log_q_score.detach()).mean(0).sum()
-            signal = log_w.detach()
+            surrogate = surrogate + terms.data_scale * (score_part - score_part.detach()).mean(0).sum()
+            signal = terms.log_weight.detach()
             baseline_loss: torch.Tensor | float = 0.0
             if self.baseline is not None:
-                b, baseline_loss = self.baseline(signal, args[0])
+                b, baseline_loss = self.baseline(signal, terms.args[0])
                 signal = signal - b
-            score = t.scale * (signal * t.log_q_score).mean(0).sum() - baseline_loss
+            score = terms.data_scale * (signal * score_part).mean(0).sum() - baseline_loss
             surrogate = surrogate + (score - score.detach())
         return objective, surrogate

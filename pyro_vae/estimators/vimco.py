@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from pyro_vae.errors import InputError
-from pyro_vae.estimators._particles import ParticleELBO
+from pyro_vae.infer.log_mean_exp import log_mean_exp
+from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.terms import Terms
 
 
 def leave_one_out_bounds(log_w: torch.Tensor) -> torch.Tensor:
@@ -18,13 +19,12 @@ def leave_one_out_bounds(log_w: torch.Tensor) -> torch.Tensor:
     k = log_w.shape[0]
     others = (log_w.sum(0, keepdim=True) - log_w) / (k - 1)
     eye = torch.eye(k, dtype=torch.bool, device=log_w.device).reshape((k, k) + (1,) * (log_w.dim() - 1))
-    replaced = torch.where(
-        eye, others.unsqueeze(1), log_w.unsqueeze(0)
-    )  # [k, j] = l_j, or the mean if j == k
+    # [k, j] = l_j, or the mean of the others if j == k
+    replaced = torch.where(eye, others.unsqueeze(1), log_w.unsqueeze(0))
     return replaced.logsumexp(1) - math.log(k)
 
 
-class VIMCO(ParticleELBO):
+class VIMCO(ParticleLoss):
     """Variational inference for Monte Carlo objectives [1]: maximize
     :math:`\\sum_n \\mathcal L_K(x_n)`, :math:`\\mathcal L_K = E\\big[\\log \\frac1K \\sum_k w_k\\big]`,
     :math:`w_k = p(x_n, z_k) / q(z_k \\mid x_n)`, with gradient
@@ -44,7 +44,8 @@ class VIMCO(ParticleELBO):
     Under a subsampled data plate the minibatch sum is scaled by :math:`N/B` *outside* each
     datapoint's log-mean-exp, so the loss is an unbiased estimate of the full-data
     :math:`-\\sum_n \\mathcal L_K(x_n)` (unlike Pyro's ``RenyiELBO(alpha=0)``, which is also
-    no help here: it gives discrete guide sites a zero gradient).
+    no help here: it gives discrete guide sites a zero gradient). Extra training terms
+    (auxiliary sites, guide factors) are averaged over particles and added outside the bound.
 
     :param num_particles: :math:`K \\ge 2`.
 
@@ -53,21 +54,32 @@ class VIMCO(ParticleELBO):
         [2] Burda, Grosse & Salakhutdinov (2016), "Importance weighted autoencoders", ICLR.
     """
 
-    def __init__(self, *, num_particles: int = 5, plate_name: str = "data") -> None:
-        if isinstance(num_particles, int) and num_particles < 2:
+    def __init__(
+        self,
+        *,
+        num_particles: int = 5,
+        plate_name: str | None = None,
+        vectorize_particles: bool | None = None,
+        max_plate_nesting: int | None = None,
+    ) -> None:
+        if isinstance(num_particles, int) and not isinstance(num_particles, bool) and num_particles < 2:
             raise InputError(f"VIMCO needs num_particles >= 2 (leave-one-out), got {num_particles}")
-        super().__init__(num_particles=num_particles, plate_name=plate_name)
+        super().__init__(
+            num_particles=num_particles,
+            plate_name=plate_name,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+        )
 
-    def surrogate(
-        self, model: Callable, guide: Callable, args: tuple, kwargs: dict
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.terms(model, guide, args, kwargs)
-        log_w = t.log_weight
-        bound = log_w.logsumexp(0) - math.log(self.num_particles)  # (B,)
-        objective = t.scale * bound.sum() + t.auxiliary
+    def surrogate(self, terms: Terms) -> tuple[torch.Tensor, torch.Tensor]:
+        terms.require_per_datapoint()
+        log_w = terms.log_weight
+        bound = log_mean_exp(log_w)  # (B,)
+        extra = terms.extra.mean(0) if terms.extra is not None else 0.0
+        objective = terms.batch_objective(bound + extra)
         surrogate = objective
-        if t.log_q_score is not None and torch.is_grad_enabled():
+        if terms.log_guide_score is not None and torch.is_grad_enabled():
             signal = bound.detach() - leave_one_out_bounds(log_w.detach())  # (K, B)
-            score = t.scale * (signal * t.log_q_score).sum()
+            score = terms.data_scale * (signal * terms.log_guide_score).sum()
             surrogate = surrogate + (score - score.detach())
         return objective, surrogate

@@ -1,6 +1,43 @@
-"""Inference utilities that work on any Pyro model/guide pair."""
+"""The inference core every pyro_vae tool goes through, for any Pyro model/guide pair:
 
+- :class:`~pyro_vae.infer.sites.SiteRecorder`, the one recorder of sample sites;
+- :class:`~pyro_vae.infer.layout.PlateLayout`, the one reduction of a term to per-datapoint values;
+- :func:`~pyro_vae.infer.particles.run_particles`, particles vectorized where the program
+  broadcasts and one at a time where it does not;
+- :class:`~pyro_vae.infer.terms.Terms`, the per-datapoint log densities;
+- :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base;
+- :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation.
+"""
+
+from pyro_vae.infer.layout import PlateLayout
+from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp, log_mean_exp
+from pyro_vae.infer.loss import ParticleLoss, StatefulLoss
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
-from pyro_vae.infer.per_datapoint import LogTerms, log_terms, max_plate_nesting
+from pyro_vae.infer.modes import evaluation_mode, frozen_evaluation
+from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
+from pyro_vae.infer.per_datapoint import LogTerms, chunked_log_terms, log_terms, max_plate_nesting
+from pyro_vae.infer.sites import Site, SiteRecorder
+from pyro_vae.infer.terms import Terms, collect_terms
 
-__all__ = ["LogTerms", "MeanFieldELBO", "log_terms", "max_plate_nesting"]
+__all__ = [
+    "LogTerms",
+    "MeanFieldELBO",
+    "ParticleLoss",
+    "ParticleRun",
+    "PlateLayout",
+    "ProgramPlan",
+    "Site",
+    "SiteRecorder",
+    "StatefulLoss",
+    "StreamingLogMeanExp",
+    "Terms",
+    "chunked_log_terms",
+    "collect_terms",
+    "evaluation_mode",
+    "frozen_evaluation",
+    "log_mean_exp",
+    "log_terms",
+    "max_plate_nesting",
+    "plan_program",
+    "run_particles",
+]

@@ -1,198 +1,73 @@
-"""Per-datapoint log densities from Pyro traces, for any model/guide pair."""
+"""Per-datapoint log densities of any model/guide pair, for evaluation: the one path every
+bound, diagnostic and metric reads, chunked over data and over particles."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.indep_messenger import CondIndepStackFrame
-from pyro.poutine.subsample_messenger import _Subsample
 
+from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
+from pyro_vae.infer.modes import frozen_evaluation
+from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
+from pyro_vae.infer.terms import Terms, collect_terms
 
-_PARTICLES = "_pyro_vae_particles"
-
-AUXILIARY = "auxiliary_term"
-"""``infer`` key of observed sites that are extra terms of the training objective but not
-part of the model's density (e.g. the classification term of the M2 model): evaluation
-leaves them out; pyro_vae's estimators add them, scaled, to what they maximize."""
-
-
-def is_auxiliary(site: dict) -> bool:
-    """Whether a site is marked ``infer={AUXILIARY: True}``."""
-    return bool(site["infer"].get(AUXILIARY, False))
-
-
-@dataclass(frozen=True)
-class LogTerms:
-    """Log densities of one batch, each of shape ``(num_particles, batch)``.
-
-    For particles :math:`z^{(k)} \\sim q(z \\mid x_n)`:
-    ``log_likelihood`` :math:`= \\log p(x_n \\mid z^{(k)})` (observed sites),
-    ``log_prior`` :math:`= \\log p(z^{(k)})` (latent sites of the model) and
-    ``log_guide`` :math:`= \\log q(z^{(k)} \\mid x_n)`. Site scales (minibatch scaling,
-    ``poutine.scale`` such as a KL weight) are *not* applied: these are the terms of the
-    true, unweighted model. Masks are applied.
-    """
-
-    log_likelihood: torch.Tensor
-    log_prior: torch.Tensor
-    log_guide: torch.Tensor
-
-    @property
-    def log_weight(self) -> torch.Tensor:
-        """:math:`\\log w = \\log p(x, z) - \\log q(z \\mid x)`."""
-        return self.log_likelihood + self.log_prior - self.log_guide
-
-    @property
-    def rate(self) -> torch.Tensor:
-        """Single-sample estimate of :math:`\\mathrm{KL}(q(z|x) \\| p(z))`: :math:`\\log q - \\log p(z)`."""
-        return self.log_guide - self.log_prior
-
-    @property
-    def distortion(self) -> torch.Tensor:
-        """:math:`-\\log p(x \\mid z)`."""
-        return -self.log_likelihood
-
-
-def forked_rng(args: Iterable[Any]) -> AbstractContextManager:
-    """Fork the CPU random number generator, and that of the GPU the data ``args`` are on:
-    for passes that discover a program's structure without changing any later draw."""
-    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
-    return torch.random.fork_rng(devices=devices)
+LogTerms = Terms
+"""Per-datapoint log densities (the name evaluation code has always used)."""
 
 
 def max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> int:
-    """Number of batch dimensions the program's plates use (traced once, without gradients,
-    with the random number generators forked: finding it does not change any later draw)."""
-    with forked_rng(args), torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    dims = [
-        -frame.dim
-        for trace in (model_trace, guide_trace)
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return max(dims, default=0)
+    """Number of batch dimensions the program's plates use (one probe; see
+    :func:`~pyro_vae.infer.particles.plan_program`: no draw, running statistic or parameter
+    changes)."""
+    return plan_program(model, guide, args, kwargs).nesting
 
 
-def data_frame(trace: poutine.Trace, plate_name: str) -> CondIndepStackFrame:
-    """The frame of the data plate in a trace: its ``dim``, ``size`` (the batch) and ``full_size``."""
-    return plate_frame((site for site in trace.nodes.values() if site["type"] == "sample"), plate_name)
+def num_rows(args: tuple) -> int:
+    """Datapoints in the positional data: rows of the first argument, a tensor."""
+    if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+        raise InputError("the first positional argument must be the data tensor (rows are datapoints)")
+    return args[0].shape[0]
 
 
-def plate_frame(sites: Iterable[dict], plate_name: str) -> CondIndepStackFrame:
-    """The frame of the plate ``plate_name`` among sample sites (anything with a
-    ``cond_indep_stack``), with a clear error when it is missing or not vectorized."""
-    for site in sites:
-        for frame in site["cond_indep_stack"]:
-            if frame.name == plate_name:
-                if frame.dim is None:
-                    raise InputError(
-                        f"plate '{plate_name}' must be vectorized (a `with pyro.plate(...)` block)"
-                    )
-                return frame
-    raise InputError(
-        f"the program has no plate named '{plate_name}' around its sample sites; per-datapoint "
-        "evaluation needs the observations in a plate (pass plate_name=... if it has another name)"
+def rows_of(args: tuple, start: int, stop: int) -> tuple:
+    """Rows ``start:stop`` of every positional tensor with one row per datapoint; other
+    arguments (a configuration object, a scalar) pass through unchanged."""
+    n = num_rows(args)
+    return tuple(
+        a[start:stop] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a for a in args
     )
 
 
-def particle_traces(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_particles: int, nesting: int
-) -> tuple[poutine.Trace, poutine.Trace]:
-    """Traces of guide and replayed model with ``num_particles`` draws in a plate at
-    ``dim = -(nesting + 1)``; gradients flow as in the program."""
-
-    with poutine.block(hide_types=["sample"]):  # parameters stay visible to SVI's param capture
-        guide_trace = poutine.trace(with_particles(guide, num_particles, nesting)).get_trace(*args, **kwargs)
-        model_trace = replay_model(model, guide_trace, args, kwargs, num_particles, nesting)
-    return model_trace, guide_trace
-
-
-def with_particles(fn: Callable, num_particles: int, nesting: int) -> Callable:
-    """``fn`` inside a plate of ``num_particles`` at ``dim = -(nesting + 1)``."""
-
-    def wrapped(*a: Any, **k: Any) -> Any:
-        with pyro.plate(_PARTICLES, num_particles, dim=-(nesting + 1)):
-            return fn(*a, **k)
-
-    return wrapped
-
-
-def replay_model(
-    model: Callable, guide_trace: poutine.Trace, args: tuple, kwargs: dict, num_particles: int, nesting: int
-) -> poutine.Trace:
-    """Trace of the particle-vectorized model with its latents replayed from ``guide_trace``."""
-    with poutine.block(hide_types=["sample"]):
-        return poutine.trace(
-            poutine.replay(with_particles(model, num_particles, nesting), trace=guide_trace)
-        ).get_trace(*args, **kwargs)
-
-
-def reduce_to_datapoints(
-    lp: torch.Tensor | float, mask: Any, data_dim: int, batch: int, num_particles: int, ndim: int
-) -> torch.Tensor:
-    """A site's log-density, masked and summed over every dimension but the particle
-    plate (dim 0) and the data plate (``ndim + data_dim``): ``(particles, batch)``."""
-    lp = scale_and_mask(lp, mask=mask)
-    if not isinstance(lp, torch.Tensor):
-        lp = torch.as_tensor(lp)
-    lp = lp.reshape((1,) * (ndim - lp.dim()) + lp.shape)
-    keep = {0, ndim + data_dim}
-    other = [d for d in range(ndim) if d not in keep]
-    if other:
-        lp = lp.sum(other, keepdim=True)
-    return lp.reshape(lp.shape[0], lp.shape[ndim + data_dim]).expand(num_particles, batch)
-
-
-def check_in_plate(name: str, site: dict, plate_name: str) -> None:
-    if not any(f.name == plate_name for f in site["cond_indep_stack"]):
-        raise InputError(
-            f"sample site '{name}' is outside the plate '{plate_name}', so its log-density "
-            "is not a per-datapoint quantity; per-datapoint evaluation needs every sample site "
-            "inside the data plate (global latents are not supported here)"
-        )
-
-
-def site_terms(
-    trace: poutine.Trace,
-    plate_name: str,
-    data_dim: int,
-    batch: int,
-    num_particles: int,
-    ndim: int,
+def evaluate_particles(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
     *,
-    observed: bool | None,
-    log_prob: Callable[[dict], torch.Tensor] | None = None,
-    auxiliary: bool = False,
-) -> torch.Tensor | None:
-    """Sum of the unscaled, masked log-probabilities of the chosen sites, as (particles, batch);
-    ``None`` when there are no such sites. ``log_prob(site)`` replaces
-    ``site["fn"].log_prob(site["value"])`` when given. Sites marked as :data:`AUXILIARY`
-    are left out, or with ``auxiliary=True`` are the only ones summed."""
-    total: torch.Tensor | None = None
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
-            continue
-        if is_auxiliary(site) != auxiliary:
-            continue
-        if observed is not None and bool(site["is_observed"]) != observed:
-            continue
-        check_in_plate(name, site, plate_name)
-        raw = log_prob(site) if log_prob is not None else site["fn"].log_prob(site["value"])
-        lp = reduce_to_datapoints(raw, site["mask"], data_dim, batch, num_particles, ndim)
-        total = lp if total is None else total + lp
-    return total
+    num_particles: int,
+    plan: ProgramPlan,
+    analytic_kl: bool = False,
+    vectorize: bool | None = None,
+) -> tuple[ParticleRun, Terms]:
+    """One evaluation run and its per-datapoint terms of the true (unscaled) model, with
+    modules in eval mode and without gradients (see :func:`log_terms`)."""
+    with frozen_evaluation():
+        run = run_particles(
+            model, guide, args, kwargs, plan=plan, num_particles=num_particles, vectorize=vectorize
+        )
+        terms = collect_terms(run, scaled=False, analytic_kl=analytic_kl)
+    terms.require_per_datapoint()
+    return run, terms
+
+
+def probe(model: Callable, guide: Callable, args: tuple, kwargs: dict, plate_name: str | None) -> ProgramPlan:
+    """The program's structure for evaluation (:func:`~pyro_vae.infer.particles.plan_program`
+    with modules in eval mode and no gradients)."""
+    with frozen_evaluation():
+        return plan_program(model, guide, args, kwargs, plate_name=plate_name)
 
 
 def log_terms(
@@ -200,62 +75,130 @@ def log_terms(
     guide: Callable,
     *args: Any,
     num_particles: int = 1,
-    plate_name: str = "data",
-    nesting: int | None = None,
+    plate_name: str | None = None,
+    plan: ProgramPlan | None = None,
+    analytic_kl: bool = False,
+    vectorize: bool | None = None,
     **kwargs: Any,
-) -> LogTerms:
-    """Draw ``num_particles`` samples from the guide for every datapoint at once (vectorized
-    over a particle plate to the left of the program's plates) and return the
-    per-datapoint log densities.
+) -> Terms:
+    """Draw ``num_particles`` samples from the guide for every datapoint and return the
+    per-datapoint log densities of the true (unscaled) model, ``(K, B)`` each.
 
-    Works for any model/guide pair whose observations and latents sit in a vectorized
-    plate ``plate_name``; guide sites may be discrete (values are sampled; no gradient is
-    needed). No parameter store state is created or changed beyond what the program itself does.
+    Vectorized over a particle plate left of the program's plates when the program
+    broadcasts, one particle at a time otherwise (``Terms.mode`` says which). Modules run in
+    eval mode and nothing is differentiated: evaluation changes no parameter and no running
+    statistic. Guide sites may be discrete. Factors and auxiliary sites of the training
+    objective are left out.
 
-    :param nesting: the program's ``max_plate_nesting``; traced once when omitted.
+    :param plate_name: the data plate; found by its size (the rows of ``args[0]``) when omitted.
+    :param plan: the program's structure from an earlier probe (found here when omitted).
+    :param analytic_kl: closed-form KL terms where registered (see
+        :func:`~pyro_vae.infer.terms.collect_terms`).
     """
-    if num_particles < 1:
-        raise InputError(f"num_particles must be >= 1, got {num_particles}")
-    if nesting is None:
-        nesting = max_plate_nesting(model, guide, *args, **kwargs)
-    ndim = nesting + 1
+    check_positive_int(num_particles, "num_particles")
+    if plan is None:
+        plan = probe(model, guide, args, kwargs, plate_name)
+    return evaluate_particles(
+        model,
+        guide,
+        args,
+        kwargs,
+        num_particles=num_particles,
+        plan=plan,
+        analytic_kl=analytic_kl,
+        vectorize=vectorize,
+    )[1]
 
-    model_trace, guide_trace = particle_traces(model, guide, args, kwargs, num_particles, nesting)
-    frame = data_frame(model_trace, plate_name)
-    common = (plate_name, frame.dim, frame.size, num_particles, ndim)
-    log_likelihood = site_terms(model_trace, *common, observed=True)
-    if log_likelihood is None:
-        raise InputError("the model has no observed sample sites")
-    log_prior = site_terms(model_trace, *common, observed=False)
-    log_guide = site_terms(guide_trace, *common, observed=None)
-    zero = torch.zeros_like(log_likelihood)
-    return LogTerms(
-        log_likelihood=log_likelihood,
-        log_prior=zero if log_prior is None else log_prior,
-        log_guide=zero if log_guide is None else log_guide,
-    )
+
+def data_chunks(args: tuple, data_chunk: int) -> Iterator[tuple]:
+    """Consecutive chunks of ``data_chunk`` rows of the positional data (see :func:`rows_of`)."""
+    check_positive_int(data_chunk, "data_chunk")
+    n = num_rows(args)
+    for start in range(0, n, data_chunk):
+        yield rows_of(args, start, start + data_chunk)
+
+
+def particle_chunks(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    particle_chunk: int,
+    plan: ProgramPlan,
+    analytic_kl: bool = False,
+) -> Iterator[Terms]:
+    """:func:`log_terms` of the same rows for ``num_particles`` particles in chunks of at most
+    ``particle_chunk``: peak memory does not grow with the number of particles."""
+    check_positive_int(num_particles, "num_particles")
+    check_positive_int(particle_chunk, "particle_chunk")
+    done = 0
+    while done < num_particles:
+        k = min(particle_chunk, num_particles - done)
+        yield log_terms(model, guide, *args, num_particles=k, plan=plan, analytic_kl=analytic_kl, **kwargs)
+        done += k
+
+
+def chunk_sizes(n: int, num_particles: int, max_rows: int) -> tuple[int, int]:
+    """``(data_chunk, particle_chunk)`` so that one chunk holds at most ``max_rows``
+    particle-rows (at least one datapoint and one particle)."""
+    check_positive_int(max_rows, "max_rows")
+    data_chunk = max(1, min(n, max_rows // min(num_particles, max_rows)))
+    return data_chunk, max(1, min(num_particles, max_rows // data_chunk))
+
+
+def streamed_log_terms(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    data_chunk: int | None = None,
+    particle_chunk: int | None = None,
+    max_rows: int = 50_000,
+    plate_name: str | None = None,
+    analytic_kl: bool = False,
+) -> Iterator[Iterator[Terms]]:
+    """For each chunk of rows, the :class:`Terms` of its ``num_particles`` particles in
+    particle chunks: ``for chunk in streamed_log_terms(...): for terms in chunk: ...``. By
+    default a chunk holds at most ``max_rows`` particle-rows, so that an accumulator over
+    particles (a streaming log-mean-exp, running moments) keeps memory flat in
+    ``num_particles``. The program is probed once, on the first chunk."""
+    default_data, default_particles = chunk_sizes(num_rows(args), num_particles, max_rows)
+    plan = None
+    for chunk in data_chunks(args, data_chunk or default_data):
+        if plan is None:
+            plan = probe(model, guide, chunk, kwargs, plate_name)
+        yield particle_chunks(
+            model,
+            guide,
+            chunk,
+            kwargs,
+            num_particles=num_particles,
+            particle_chunk=particle_chunk or default_particles,
+            plan=plan,
+            analytic_kl=analytic_kl,
+        )
 
 
 def chunked_log_terms(
     model: Callable,
     guide: Callable,
-    *args: torch.Tensor,
+    *args: Any,
     data_chunk: int,
     num_particles: int = 1,
-    plate_name: str = "data",
+    plate_name: str | None = None,
+    analytic_kl: bool = False,
     **kwargs: Any,
-) -> Iterator[LogTerms]:
-    """:func:`log_terms` over consecutive chunks of ``data_chunk`` rows of the data tensors
-    ``args`` (the program is traced once, on one row, to find its plate nesting)."""
-    nesting = max_plate_nesting(model, guide, *(a[:1] for a in args), **kwargs)
-    for start in range(0, args[0].shape[0], data_chunk):
-        chunk = tuple(a[start : start + data_chunk] for a in args)
+) -> Iterator[Terms]:
+    """:func:`log_terms` over consecutive chunks of ``data_chunk`` rows (the program's
+    structure is probed once, on the first chunk)."""
+    plan = None
+    for chunk in data_chunks(args, data_chunk):
+        if plan is None:
+            plan = probe(model, guide, chunk, kwargs, plate_name)
         yield log_terms(
-            model,
-            guide,
-            *chunk,
-            num_particles=num_particles,
-            plate_name=plate_name,
-            nesting=nesting,
-            **kwargs,
+            model, guide, *chunk, num_particles=num_particles, plan=plan, analytic_kl=analytic_kl, **kwargs
         )

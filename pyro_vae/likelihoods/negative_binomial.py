@@ -28,6 +28,19 @@ def nb_distribution(mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> dis
     return dist.NegativeBinomial(total_count=theta, logits=nb_logits(mean, theta), validate_args=False)
 
 
+def _nb_from_log_mean(
+    log_mean: torch.Tensor, log_inverse_dispersion: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(total_count, logits)`` of :math:`\\mathrm{NB}(e^{\\ell}, e^{\\lambda})` from the log mean
+    :math:`\\ell` and the log inverse dispersion :math:`\\lambda`, computed in log space:
+    :math:`\\operatorname{logit} p = \\ell - \\lambda`. Going through :math:`\\mu = e^{\\ell}`
+    would overflow for large :math:`\\ell` (above ~88 in float32, ~709 in float64) and
+    underflow to :math:`\\log 0` for very negative :math:`\\ell`; the log-density
+    (``logsigmoid`` of the logits) and its gradient stay finite here."""
+    log_theta = log_inverse_dispersion.expand_as(log_mean)
+    return log_theta.exp(), log_mean - log_theta
+
+
 class NegativeBinomial(Likelihood):
     """:math:`x_d \\mid z \\sim \\mathrm{NB}(\\mu_d(z), \\theta_d)` with mean
     :math:`\\mu_d = \\exp f_d(z)` and a learned per-feature inverse dispersion
@@ -50,7 +63,8 @@ class NegativeBinomial(Likelihood):
         return self.log_inverse_dispersion.exp()
 
     def forward(self, decoder_output: torch.Tensor) -> dist.TorchDistribution:
-        return nb_distribution(decoder_output.exp(), self.inverse_dispersion).to_event(1)
+        theta, logits = _nb_from_log_mean(decoder_output, self.log_inverse_dispersion)
+        return dist.NegativeBinomial(total_count=theta, logits=logits, validate_args=False).to_event(1)
 
     def validate(self, x: torch.Tensor, *, name: str = "data") -> None:
         check_counts(x, name=name, likelihood="negative binomial")

@@ -11,9 +11,8 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae._checks import check_nonnegative, check_positive_int
-from pyro_vae.data.semi_supervised import UNLABELLED
+from pyro_vae.conventions import AUXILIARY, UNLABELLED
 from pyro_vae.errors import InputError
-from pyro_vae.infer.per_datapoint import AUXILIARY
 from pyro_vae.likelihoods.base import Likelihood, check_likelihood
 from pyro_vae.networks import GaussianEncoder, mlp
 from pyro_vae.priors import StandardNormal

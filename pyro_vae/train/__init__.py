@@ -4,12 +4,17 @@ from pyro_vae.train.checkpoint import load_checkpoint, load_parameters, save_che
 from pyro_vae.train.evaluation import RateDistortion, rate_distortion
 from pyro_vae.train.fit import FitResult, fit
 from pyro_vae.train.schedules import KLWarmup
+from pyro_vae.train.state import TrainState
 from pyro_vae.train.step import train_step
+from pyro_vae.train.streams import AuxiliaryObjective, Stream
 
 __all__ = [
+    "AuxiliaryObjective",
     "FitResult",
     "KLWarmup",
     "RateDistortion",
+    "Stream",
+    "TrainState",
     "fit",
     "load_checkpoint",
     "load_parameters",

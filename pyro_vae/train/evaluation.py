@@ -34,7 +34,7 @@ def rate_distortion(
     *,
     batch_size: int = 1024,
     num_particles: int = 1,
-    plate_name: str = "data",
+    plate_name: str | None = None,
     **kwargs: Any,
 ) -> RateDistortion:
     """ELBO, rate and distortion of every row of ``data``, evaluated in chunks of ``batch_size``."""

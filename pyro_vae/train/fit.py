@@ -13,18 +13,25 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
+from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_vae._checks import check_matrix, check_positive, check_positive_int
+from pyro_vae._checks import as_tensors, check_positive, check_positive_int
 from pyro_vae.errors import InputError, NonFiniteLossError
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
-from pyro_vae.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from pyro_vae.train.evaluation import rate_distortion
+from pyro_vae.infer.modes import evaluation_mode
+from pyro_vae.infer.particles import forked_rng, record
+from pyro_vae.infer.scaling import scaled_to_data
+from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.train.metrics import epoch_metrics, plan_metrics
 from pyro_vae.train.schedules import KLWarmup
+from pyro_vae.train.state import TrainState
 from pyro_vae.train.step import train_step
+from pyro_vae.train.streams import AuxiliaryObjective, StreamData, as_streams
 
-Data = torch.Tensor | Sequence[torch.Tensor]
+Data = Any
+"""``x``, a tuple ``(x, y, ...)`` of tensors with one row per datapoint, or a sequence of
+:class:`~pyro_vae.train.Stream`."""
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
 
@@ -35,33 +42,46 @@ class FitResult:
     :ivar history: one dict per epoch (``epoch``, ``step``, ``kl_weight``,
         ``train_objective``, ``train_elbo``, ``train_rate``, ``train_distortion``,
         ``val_elbo``, ``val_rate``, ``val_distortion``, ``seconds``), all per datapoint in
-        nats; ``val_*`` are NaN without validation data, rate/distortion NaN when the
-        program has no data plate.
+        nats; ``val_*`` are NaN without validation data, the per-datapoint metrics NaN when
+        the program has none (see ``metrics``).
     :ivar param_state: the private parameter store the program was trained in, as
         ``{"params": ..., "constraints": ...}``. Programs built from ``nn.Module`` s
         registered with ``pyro.module`` hold their trained weights themselves; programs
         using bare ``pyro.param`` s read them inside
         ``pyro.get_param_store().scope(result.param_state)``.
+    :ivar num_steps: optimizer steps taken.
+    :ivar scaling: per stream, how minibatches were scaled to the data set: ``"program"``
+        (the program's own subsampled plate), ``"rescaled"`` (``fit`` rescaled its data
+        plate) or ``"full batch"``.
+    :ivar metrics: why per-datapoint metrics are missing, or ``""``.
     """
 
     history: list[dict[str, float]]
     param_state: dict[str, dict[str, Any]] = field(repr=False)
     num_steps: int
+    scaling: tuple[str, ...] = ()
+    metrics: str = ""
 
     def last(self, key: str) -> float:
         return self.history[-1][key] if self.history else math.nan
 
 
-def _as_tuple(data: Data, name: str) -> tuple[torch.Tensor, ...]:
-    tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-        raise InputError(f"{name} must be a tensor or a tuple of tensors (x, y, ...)")
-    check_matrix(tensors[0], name=name)
-    n = tensors[0].shape[0]
-    for i, t in enumerate(tensors[1:], 1):
-        if t.shape[0] != n:
-            raise InputError(f"{name}: tensor {i} has {t.shape[0]} rows but x has {n}")
-    return tensors
+@dataclass(frozen=True)
+class _Bound:
+    """One objective as it runs on one stream: the (possibly rescaled) program, its loss, and
+    the keywords it takes."""
+
+    model: Callable
+    guide: Callable
+    loss: Any
+    num_data: int | None
+    kl_weight: bool
+
+    def kwargs(self, weight: float | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {} if self.num_data is None else {"num_data": self.num_data}
+        if self.kl_weight and weight is not None:
+            kw["kl_weight"] = weight
+        return kw
 
 
 def _accepts(fn: Callable, keyword: str) -> bool:
@@ -72,9 +92,11 @@ def _accepts(fn: Callable, keyword: str) -> bool:
     return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def _permutation(n: int, seed: int | None, epoch: int) -> torch.Tensor:
+def _permutation(n: int, seed: int | None, epoch: int, stream: int = 0) -> torch.Tensor:
     gen = torch.Generator()
-    gen.manual_seed((seed if seed is not None else torch.initial_seed()) * 1_000_003 + epoch)
+    gen.manual_seed(
+        ((seed if seed is not None else torch.initial_seed()) * 1_000_003 + epoch) * 7919 + stream
+    )
     return torch.randperm(n, generator=gen)
 
 
@@ -82,27 +104,159 @@ def _store_params() -> dict[str, torch.Tensor]:
     return dict(pyro.get_param_store().named_parameters())
 
 
-def _epoch_metrics(
-    prefix: str,
-    model: Callable,
-    guide: Callable,
-    data: tuple[torch.Tensor, ...] | None,
+def _bind(
+    objectives: list[tuple[Callable, Callable, Any, str]],
+    auxiliary: Sequence[AuxiliaryObjective],
+    streams: StreamData,
     *,
     plate_name: str | None,
-    batch_size: int,
-    num_particles: int,
-) -> dict[str, float]:
-    nan = {f"{prefix}_{k}": math.nan for k in ("elbo", "rate", "distortion")}
-    if data is None or plate_name is None:
-        return nan
-    rd = rate_distortion(
-        model, guide, data, batch_size=batch_size, num_particles=num_particles, plate_name=plate_name
-    )
-    return {
-        f"{prefix}_elbo": rd.elbo.mean().item(),
-        f"{prefix}_rate": rd.rate.mean().item(),
-        f"{prefix}_distortion": rd.distortion.mean().item(),
-    }
+    kl_warmup: KLWarmup | None,
+) -> tuple[list[list[_Bound]], tuple[str, ...]]:
+    """Per stream, the objectives that train on it, each scaled to the stream's size; and
+    how the main program is scaled on each stream. Checks every keyword it will pass."""
+    bound: list[list[_Bound]] = []
+    scaling = []
+    for s, tensors in enumerate(streams.tensors):
+        n = streams.sizes[s]
+        first = tuple(t[: streams.batch_sizes[s]] for t in tensors)
+        on_stream = []
+        for i, (model, guide, loss, what) in enumerate(objectives):
+            if i > 0 and auxiliary[i - 1].streams is not None and s not in auxiliary[i - 1].streams:
+                continue
+            takes_weight = kl_warmup is not None and i == 0
+            for program, role in ((model, "model"), (guide, "guide")):
+                if takes_weight and not _accepts(program, "kl_weight"):
+                    raise InputError(f"KL warm-up passes kl_weight= to the {role}, which does not accept it")
+            if not streams.minibatch(s):
+                on_stream.append(_Bound(model, guide, loss, None, takes_weight))
+                scaling.append("full batch") if i == 0 else None
+                continue
+            num_data = n if _accepts(model, "num_data") and _accepts(guide, "num_data") else None
+            kw = {} if num_data is None else {"num_data": num_data}
+            if takes_weight:
+                kw["kl_weight"] = kl_warmup(0.0)  # type: ignore[misc]
+            try:
+                m, g, how = scaled_to_data(model, guide, first, kw, num_data=n, plate_name=plate_name)
+            except InputError as e:
+                raise InputError(
+                    f"minibatch training of the {what} on {streams.names[s]} needs a data plate to "
+                    f"scale by N/B: {e}; or train full-batch with batch_size=None"
+                ) from None
+            on_stream.append(_Bound(m, g, loss, num_data, takes_weight))
+            if i == 0:
+                scaling.append(how)
+        bound.append(on_stream)
+    return bound, tuple(scaling)
+
+
+@torch.no_grad()
+def _register(bound: list[list[_Bound]], streams: StreamData, kl_warmup: KLWarmup | None) -> None:
+    """One validated run of every objective on each stream's first minibatch, with modules in
+    eval mode and the random number generators forked: parameters are created now, shape
+    errors surface now with Pyro's messages, and no running statistic changes."""
+    weight = kl_warmup(0.0) if kl_warmup is not None else None
+    with pyro.validation_enabled(True), evaluation_mode():
+        for s, on_stream in enumerate(bound):
+            first = tuple(t[: streams.batch_sizes[s]] for t in streams.tensors[s])
+            for b in on_stream:
+                with forked_rng(first):
+                    record(b.model, b.guide, first, b.kwargs(weight))
+
+
+def _resume(
+    path: str | Path,
+    bound: list[list[_Bound]],
+    streams: StreamData,
+    params: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    losses: list[Any],
+    devices: list[torch.device],
+) -> TrainState:
+    """Restore a run from its checkpoint. Parameters that a loss creates on its first step (a
+    baseline network) are created the same way first, in a second parameter group as during
+    training."""
+    checkpoint = load_checkpoint(path, map_location=streams.tensors[0][0].device)
+    if set(checkpoint["params"]) - set(params):
+        first = tuple(t[: streams.batch_sizes[0]] for t in streams.tensors[0])
+        with torch.random.fork_rng(devices=devices):
+            for b in bound[0]:
+                b.loss.loss_and_grads(b.model, b.guide, *first, **b.kwargs(None))
+        _adopt_new_params(params, opt)
+        for p in params.values():
+            p.grad = None
+    return TrainState.restore(checkpoint, params, opt, losses, cuda=bool(devices), path=path)
+
+
+def _adopt_new_params(params: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> None:
+    """Give the optimizer the parameters created since it was built (lazily, by a loss)."""
+    new = {k: v for k, v in _store_params().items() if k not in params}
+    if new:
+        opt.add_param_group({"params": list(new.values())})
+        params.update(new)
+
+
+def _run_epoch(
+    state: TrainState,
+    bound: list[list[_Bound]],
+    streams: StreamData,
+    opt: torch.optim.Optimizer,
+    params: dict[str, torch.Tensor],
+    *,
+    seed: int | None,
+    kl_warmup: KLWarmup | None,
+    transform: Callable | None,
+    checkpoint: str | Path | None,
+    bar: Any,
+) -> float:
+    """One epoch: every stream's minibatches, interleaved (:meth:`StreamData.schedule`).
+    Returns the training objective per datapoint, :math:`-\\sum_s \\overline{\\text{loss}}_s
+    / \\sum_s N_s` (each stream's mean loss estimates its full-data loss)."""
+    epoch = state.epoch
+    orders = [
+        _permutation(n, seed, epoch, s).to(t[0].device)
+        for s, (n, t) in enumerate(zip(streams.sizes, streams.tensors, strict=True))
+    ]
+    totals, counts = [0.0] * len(bound), [0] * len(bound)
+    for s, j in streams.schedule():
+        size = streams.batch_sizes[s]
+        idx = orders[s][j * size : (j + 1) * size]
+        batch = tuple(t[idx] for t in streams.tensors[s])
+        if transform is not None:
+            batch = transform(batch)
+        n = streams.sizes[s]
+        weight = kl_warmup(epoch + j * size / n) if kl_warmup is not None else None
+        main, *aux = bound[s]
+        value = train_step(
+            main.loss,
+            opt,
+            main.model,
+            main.guide,
+            batch,
+            main.kwargs(weight),
+            auxiliary=[(b.loss, b.model, b.guide, b.kwargs(weight)) for b in aux],
+        )
+        if not math.isfinite(value):
+            kept = (
+                f"; the last checkpoint {checkpoint} is unchanged"
+                if checkpoint is not None and Path(checkpoint).exists()
+                else ""
+            )
+            raise NonFiniteLossError(
+                f"non-finite loss {value} at epoch {epoch + 1}, step {state.step + 1} "
+                f"({streams.names[s]}, batch {j + 1}){kept}; try a lower learning rate, or "
+                "check the data's scale",
+                epoch=epoch,
+                step=state.step,
+            )
+        if len(pyro.get_param_store()) != len(params):
+            _adopt_new_params(params, opt)
+        totals[s] += value
+        counts[s] += 1
+        state.step += 1
+        bar.update()
+        if state.step % 20 == 0:
+            bar.set_postfix(epoch=epoch + 1, loss=f"{value / n:.3f}", refresh=False)
+    return -sum(t / max(c, 1) for t, c in zip(totals, counts, strict=True)) / sum(streams.sizes)
 
 
 def fit(
@@ -112,6 +266,7 @@ def fit(
     *,
     validation: Data | None = None,
     loss: Any = None,
+    auxiliary: Sequence[AuxiliaryObjective] = (),
     optimizer: OptimizerFactory | None = None,
     lr: float = 1e-3,
     epochs: int = 10,
@@ -121,7 +276,7 @@ def fit(
     transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
-    plate_name: str | None = "data",
+    plate_name: str | None = None,
     eval_particles: int = 1,
     eval_max_points: int = 2000,
     eval_batch_size: int = 1024,
@@ -129,12 +284,20 @@ def fit(
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference [1].
 
-    Each step draws a minibatch of ``batch_size`` rows (a fresh permutation per epoch)
-    and calls ``model(*batch, num_data=N)`` and ``guide(*batch, num_data=N)``; a program
-    that puts its observations in ``pyro.plate("data", num_data, subsample=...)`` is
-    then scaled by :math:`N/B` and the minibatch objective is an unbiased estimate of
-    the full-data one. With ``batch_size=None`` (or :math:`\\ge N`) every step uses all
-    the data and ``num_data`` is not passed, so any program works.
+    Each step draws a minibatch of ``batch_size`` rows (a fresh permutation per epoch).
+    The minibatch objective is scaled to an unbiased estimate of the full-data one whatever
+    the program does: a program whose data plate declares the data set's size
+    (``pyro.plate("data", num_data, subsample=...)``, with ``num_data=N`` passed to any
+    program that accepts the keyword) is left alone; a program whose data plate has the
+    batch's size (``pyro.plate("data", len(x))``, Pyro's examples) is rescaled by :math:`N/B`
+    (:class:`~pyro_vae.infer.scaling.ScaleDataPlate`); ``result.scaling`` says which. With
+    ``batch_size=None`` (or :math:`\\ge N`) every step uses all the data.
+
+    Several data sets train together as a sequence of :class:`~pyro_vae.train.Stream`
+    (Pyro's SS-VAE: a labelled stream ``(x, y)`` and an unlabelled one ``(x,)``), their
+    minibatches interleaved, each scaled to its own size; ``auxiliary``
+    (:class:`~pyro_vae.train.AuxiliaryObjective`) adds further objectives (a classifier's
+    loss) on some streams, their gradients summed into one optimizer step.
 
     Any Pyro ELBO works as ``loss`` (``Trace_ELBO``, ``TraceGraph_ELBO``,
     ``TraceEnum_ELBO``, ...); the default is :class:`~pyro_vae.infer.MeanFieldELBO`
@@ -143,23 +306,24 @@ def fit(
     Isolation: the program is trained in a private, initially empty Pyro parameter
     store, so parameters of one model never leak into (or are clobbered by) another's;
     the global store is left exactly as it was. See :class:`FitResult` for where the
-    trained parameters are.
+    trained parameters are. Per-epoch metrics are evaluated with every module in eval mode,
+    so they change no running statistic.
 
     Determinism and resumption: with a ``seed`` the run is reproducible. With a
-    ``checkpoint`` path the full training state (parameters, optimizer, RNG, history)
-    is written atomically after every epoch; ``resume=True`` continues from it and ends
-    with the same parameters as an uninterrupted run. A loss with state of its own (the
-    baselines and temperature schedules of :mod:`pyro_vae.estimators`) exposes
-    ``state_dict``/``load_state_dict``, and that state is checkpointed too.
+    ``checkpoint`` path the full training state (:class:`~pyro_vae.train.TrainState`:
+    parameters, optimizer, RNG, history, and the state of losses that have their own,
+    :class:`~pyro_vae.infer.StatefulLoss`) is written atomically after every epoch;
+    ``resume=True`` continues from it and ends with the same parameters as an uninterrupted
+    run.
 
-    :param data: ``x`` or a tuple ``(x, y, ...)`` of tensors with one row per datapoint.
-    :param validation: held-out data in the same form.
+    :param data: ``x``, a tuple ``(x, y, ...)`` of tensors with one row per datapoint, or a
+        sequence of :class:`~pyro_vae.train.Stream`.
+    :param validation: held-out data (tensors) for the main program.
     :param optimizer: ``params -> torch.optim.Optimizer``; default Adam at ``lr``.
     :param kl_warmup: passes ``kl_weight=w`` to model and guide every step.
     :param transform: applied to each training minibatch (e.g. dynamic binarization).
-    :param plate_name: the data plate, for per-datapoint ELBO/rate/distortion metrics;
-        ``None`` for programs without one (metrics then come from ``loss.loss``).
-    :param eval_max_points: training rows used for the per-epoch training metrics.
+    :param plate_name: the data plate (found by its size, the rows of ``x``, when omitted).
+    :param eval_max_points: training rows (per stream) used for the per-epoch training metrics.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.
@@ -167,82 +331,61 @@ def fit(
     References:
         [1] Hoffman, Blei, Wang & Paisley (2013), "Stochastic variational inference", JMLR 14.
     """
-    train = _as_tuple(data, "data")
-    val = _as_tuple(validation, "validation data") if validation is not None else None
-    if val is not None and val[0].shape[1:] != train[0].shape[1:]:
-        raise InputError(f"validation data has {val[0].shape[1]} features but data has {train[0].shape[1]}")
+    streams = as_streams(data, batch_size)
+    val = as_tensors(validation, "validation data") if validation is not None else None
+    if val is not None and val[0].shape[1:] != streams.tensors[0][0].shape[1:]:
+        raise InputError(
+            f"validation data has {val[0].shape[1]} features but data has {streams.tensors[0][0].shape[1]}"
+        )
     check_positive_int(epochs, "epochs", minimum=0)
-    if batch_size is not None:
-        check_positive_int(batch_size, "batch_size")
     check_positive(lr, "learning rate")
     check_positive_int(eval_particles, "eval_particles")
     if resume and checkpoint is None:
         raise InputError("resume=True needs a checkpoint path")
-    n = train[0].shape[0]
-    minibatch = batch_size is not None and batch_size < n
-    step_size = batch_size if minibatch else n
-    base_kwargs: dict[str, Any] = {"num_data": n} if minibatch else {}
-    for program, what in ((model, "model"), (guide, "guide")):
-        if minibatch and not _accepts(program, "num_data"):
-            raise InputError(
-                f"the {what} does not accept the keyword 'num_data', which minibatch training "
-                "passes to scale the data plate; add it, or train full-batch with batch_size=None"
-            )
-        if kl_warmup is not None and not _accepts(program, "kl_weight"):
-            raise InputError(f"KL warm-up passes kl_weight= to the {what}, which does not accept it")
+    for i, a in enumerate(auxiliary):
+        if not isinstance(a, AuxiliaryObjective):
+            raise InputError(f"auxiliary[{i}] must be an AuxiliaryObjective, got {type(a).__name__}")
+        for s in a.streams or ():
+            if not 0 <= s < len(streams.sizes):
+                raise InputError(
+                    f"auxiliary objective '{a.name}' names stream {s}; there are {len(streams.sizes)}"
+                )
     loss = loss if loss is not None else MeanFieldELBO()
+    objectives = [(model, guide, loss, "program")] + [
+        (a.model, a.guide, a.loss if a.loss is not None else Trace_ELBO(), f"auxiliary objective '{a.name}'")
+        for a in auxiliary
+    ]
+    losses = [o[2] for o in objectives]
     make_optimizer = optimizer if optimizer is not None else partial(torch.optim.Adam, lr=lr)
-    eval_train = tuple(t[:eval_max_points] for t in train)
-    metric_kwargs = {"plate_name": plate_name, "batch_size": eval_batch_size, "num_particles": eval_particles}
-    devices = [train[0].device] if train[0].device.type == "cuda" else []
+    device = streams.tensors[0][0].device
+    devices = [device] if device.type == "cuda" else []
 
     store = pyro.get_param_store()
     with store.scope() as param_state, torch.random.fork_rng(devices=devices):
-        # Register every parameter with one validated trace before training, so that shape
-        # errors surface now, with Pyro's messages, and the optimizer sees all parameters.
-        first = tuple(t[:step_size] for t in train)
-        with pyro.validation_enabled(True), torch.no_grad():
-            kw = {**base_kwargs, **({"kl_weight": kl_warmup(0.0)} if kl_warmup else {})}
-            guide_trace = poutine.trace(guide).get_trace(*first, **kw)
-            poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*first, **kw)
-            if plate_name is not None:
-                _epoch_metrics("check", model, guide, tuple(t[:2] for t in train), **metric_kwargs)
+        bound, scaling = _bind(objectives, auxiliary, streams, plate_name=plate_name, kl_warmup=kl_warmup)
+        _register(bound, streams, kl_warmup)
+        metrics = plan_metrics(
+            model,
+            guide,
+            streams,
+            plate_name=plate_name,
+            particles=eval_particles,
+            batch_size=eval_batch_size,
+            max_points=eval_max_points,
+        )
         params = _store_params()
         if not params:
             raise InputError("model and guide have no parameters to fit (no pyro.param or pyro.module)")
         opt = make_optimizer(list(params.values()))
-        history: list[dict[str, float]] = []
-        start_epoch, step = 0, 0
         if resume:
-            state = load_checkpoint(checkpoint, map_location=train[0].device)
-            if set(state["params"]) - set(params):
-                # parameters the loss creates on its first step (a baseline network): create
-                # them the same way, in a second parameter group as during training
-                with torch.random.fork_rng(devices=devices):
-                    loss.loss_and_grads(model, guide, *first, **base_kwargs)
-                new = {k: v for k, v in _store_params().items() if k not in params}
-                for p in _store_params().values():
-                    p.grad = None
-                if new:
-                    opt.add_param_group({"params": list(new.values())})
-                    params.update(new)
-            check_compatible(state, params, checkpoint)
-            with torch.no_grad():
-                for name, value in state["params"].items():
-                    params[name].copy_(value)
-            opt.load_state_dict(state["optimizer"])
-            if state.get("loss_state") is not None and hasattr(loss, "load_state_dict"):
-                loss.load_state_dict(state["loss_state"])
-            torch.set_rng_state(state["rng"])
-            if devices and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            history = list(state["history"])
-            start_epoch, step = int(state["epoch"]), int(state["step"])
-        elif seed is not None:
-            torch.manual_seed(seed)
-
+            state = _resume(checkpoint, bound, streams, params, opt, losses, devices)  # type: ignore[arg-type]
+        else:
+            state = TrainState()
+            if seed is not None:
+                torch.manual_seed(seed)
+        steps_per_epoch = len(streams.schedule())
         bar = tqdm(
-            total=(epochs - start_epoch) * math.ceil(n / step_size),
+            total=(epochs - state.epoch) * steps_per_epoch,
             disable=not progress,
             desc="train",
             unit="step",
@@ -250,62 +393,37 @@ def fit(
             mininterval=0.5,
         )
         with bar, pyro.validation_enabled(False):
-            for epoch in range(start_epoch, epochs):
+            while state.epoch < epochs:
                 tic = time.perf_counter()
-                order = _permutation(n, seed, epoch).to(train[0].device)
-                total = 0.0
-                for i, begin in enumerate(range(0, n, step_size)):
-                    idx = order[begin : begin + step_size]
-                    batch = tuple(t[idx] for t in train)
-                    if transform is not None:
-                        batch = transform(batch)
-                    kwargs = base_kwargs
-                    if kl_warmup is not None:
-                        kwargs = {**base_kwargs, "kl_weight": kl_warmup(epoch + begin / n)}
-                    value = train_step(loss, opt, model, guide, batch, kwargs)
-                    if not math.isfinite(value):
-                        where = f"; the last checkpoint {checkpoint} is unchanged" if checkpoint else ""
-                        raise NonFiniteLossError(
-                            f"non-finite loss {value} at epoch {epoch + 1}, step {step + 1} "
-                            f"(batch {i + 1}){where}; try a lower learning rate",
-                            epoch=epoch,
-                            step=step,
-                        )
-                    if len(pyro.get_param_store()) != len(params):  # parameters created lazily
-                        new = {k: v for k, v in _store_params().items() if k not in params}
-                        opt.add_param_group({"params": list(new.values())})
-                        params.update(new)
-                    total += value
-                    step += 1
-                    bar.update()
-                    if step % 20 == 0:
-                        bar.set_postfix(epoch=epoch + 1, elbo=f"{-value / n:.3f}", refresh=False)
-                record: dict[str, float] = {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "kl_weight": kl_warmup(epoch + 1) if kl_warmup else 1.0,
-                    "train_objective": -total / (i + 1) / n,
+                objective = _run_epoch(
+                    state,
+                    bound,
+                    streams,
+                    opt,
+                    params,
+                    seed=seed,
+                    kl_warmup=kl_warmup,
+                    transform=transform,
+                    checkpoint=checkpoint,
+                    bar=bar,
+                )
+                record = {
+                    "epoch": state.epoch + 1,
+                    "step": state.step,
+                    "kl_weight": kl_warmup(state.epoch + 1) if kl_warmup else 1.0,
+                    "train_objective": objective,
                 }
-                record |= _epoch_metrics("train", model, guide, eval_train, **metric_kwargs)
-                record |= _epoch_metrics("val", model, guide, val, **metric_kwargs)
-                if val is not None and plate_name is None:
-                    with torch.no_grad():
-                        record["val_elbo"] = -loss.loss(model, guide, *val) / val[0].shape[0]
+                record |= epoch_metrics(metrics, model, guide, val, loss)
                 record["seconds"] = time.perf_counter() - tic
-                history.append(record)
-                bar.set_postfix(epoch=epoch + 1, val_elbo=f"{record['val_elbo']:.3f}", refresh=False)
+                state.history.append(record)
+                state.epoch += 1
+                bar.set_postfix(epoch=state.epoch, val_elbo=f"{record['val_elbo']:.3f}", refresh=False)
                 if checkpoint is not None:
-                    save_checkpoint(
-                        checkpoint,
-                        {
-                            "epoch": epoch + 1,
-                            "step": step,
-                            "params": {k: v.detach().clone() for k, v in _store_params().items()},
-                            "optimizer": opt.state_dict(),
-                            "rng": torch.get_rng_state(),
-                            "cuda_rng": torch.cuda.get_rng_state_all() if devices else None,
-                            "history": history,
-                            "loss_state": loss.state_dict() if hasattr(loss, "state_dict") else None,
-                        },
-                    )
-    return FitResult(history=history, param_state=param_state, num_steps=step)
+                    save_checkpoint(checkpoint, state.to_checkpoint(params, opt, losses, cuda=bool(devices)))
+    return FitResult(
+        history=state.history,
+        param_state=param_state,
+        num_steps=state.step,
+        scaling=scaling,
+        metrics=metrics.unavailable,
+    )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -15,13 +16,18 @@ def train_step(
     guide: Callable,
     batch: tuple[torch.Tensor, ...],
     kwargs: dict[str, Any],
+    *,
+    auxiliary: Sequence[tuple[Any, Callable, Callable, dict[str, Any]]] = (),
 ) -> float:
-    """``loss.loss_and_grads`` then an optimizer step; returns the loss (a float).
+    """``loss.loss_and_grads`` (plus that of every ``(loss, model, guide, kwargs)`` in
+    ``auxiliary``, whose gradients add up) then an optimizer step; returns the summed loss (a float).
 
     A non-finite loss is returned without stepping, so the parameters stay as they were.
     """
     value = loss.loss_and_grads(model, guide, *batch, **kwargs)
-    if value == value and abs(value) != float("inf"):
+    for aux_loss, aux_model, aux_guide, aux_kwargs in auxiliary:
+        value += aux_loss.loss_and_grads(aux_model, aux_guide, *batch, **aux_kwargs)
+    if math.isfinite(value):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return value

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from pyro_vae.bounds import elbo, elbo_gap, iwae, log_marginal
-from pyro_vae.bounds.iwae import _LogMeanExp
-from pyro_vae.infer import max_plate_nesting
+from pyro_vae.infer import StreamingLogMeanExp, max_plate_nesting
 from pyro_vae.models import LinearGaussian
 
 
@@ -67,7 +66,7 @@ def test_elbo_gap_matches_analytic_kl_to_the_posterior():
 
 def test_streaming_log_mean_exp_equals_logsumexp_over_all_particles():
     lw = torch.randn(1000, 3, dtype=torch.float64) * 30
-    acc = _LogMeanExp()
+    acc = StreamingLogMeanExp()
     for chunk in lw.split(77):
         acc.add(chunk)
     value, se = acc.result()

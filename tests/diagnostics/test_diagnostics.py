@@ -75,7 +75,7 @@ def test_active_units_and_kl_per_dimension_in_closed_form():
     mean = x @ a
     expected = (0.5 * (mean**2 + 0.25 - 1 - 2 * torch.log(torch.tensor(0.5)))).mean(0)
     torch.testing.assert_close(kl_per_dimension(model, guide, x), expected)
-    with pytest.raises(InputError, match="no sample site 'w'"):
+    with pytest.raises(InputError, match="no latent sample site 'w'"):
         active_units(guide, x, site="w")
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_vae.estimators.gradients import parameter_groups
+from pyro_vae.comparison.gradients import parameter_groups
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import BernoulliLatent, CategoricalLatent, DiscreteVAE
 
@@ -28,7 +28,7 @@ def program(request):
 
 def collect(model, guide, x, *, loss, num_samples, groups):
     """All gradient estimates of the objective, ``{group: (S, P)}``."""
-    from pyro_vae.estimators.gradients import gradient_samples
+    from pyro_vae.comparison.gradients import gradient_samples
 
     samples = list(gradient_samples(model, guide, x, loss=loss, num_samples=num_samples, groups=groups))
     return {g: torch.stack([s[g] for s in samples]) for g in groups}

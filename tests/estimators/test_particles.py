@@ -2,7 +2,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.estimators._particles import gumbel_max_sample
+from pyro_vae.infer.particles import gumbel_max_sample
 
 
 @pytest.mark.parametrize("one_hot", [True, False])

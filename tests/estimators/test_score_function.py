@@ -3,9 +3,9 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
+from pyro_vae.comparison.gradients import exact_gradient, gradient_samples, parameter_groups
 from pyro_vae.errors import InputError
 from pyro_vae.estimators import DecayingAverageBaseline, NeuralBaseline, ScoreFunctionELBO
-from pyro_vae.estimators.gradients import exact_gradient, gradient_samples, parameter_groups
 from tests.estimators.conftest import collect, projection_z_scores, tiny_data, tiny_vae, total_variance
 
 

@@ -1,5 +1,7 @@
 """Estimators with state of their own inside fit: checkpoints and resumption."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from pyro_vae.estimators import (
     RelaxedELBO,
     ScoreFunctionELBO,
     TemperatureSchedule,
+    exact_elbo,
     get_estimator,
 )
 from pyro_vae.train import fit
@@ -48,15 +51,56 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, make_loss):
         assert resumed_loss.step == full_loss.step == 20 and resumed_loss.temperature < 1.0
 
 
+# independent pixels with skewed marginals: a fit of the decoder's biases alone gains ~1.4 nats
+PIXEL_PROBS = torch.tensor([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], dtype=torch.float64)
+
+
+def _skewed_pixels(n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 6, generator=gen, dtype=torch.float64) < PIXEL_PROBS).double()
+
+
+def _log_marginal(vae, x):
+    """Exact log p(x) of the 3-bit tiny VAE, summing over its 8 codes."""
+    codes = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=x.dtype)
+    with torch.no_grad():
+        log_joint = vae.likelihood(vae.decoder(codes)).log_prob(x[:, None, :]) + vae.latent.prior(x).log_prob(
+            codes
+        )
+    return log_joint.logsumexp(-1)
+
+
+def _independent_pixel_log_likelihood(x):
+    """Maximum-likelihood log-likelihood per row of independent Bernoulli pixels (the
+    empirical marginals): the best ELBO of any model whose guide ignores x."""
+    p = x.mean(0).clamp(1e-6, 1 - 1e-6)
+    return (x * p.log() + (1 - x) * (1 - p).log()).sum(-1).mean().item()
+
+
 @pytest.mark.parametrize(
     "name", ["score", "score-avg", "nvil", "vimco", "arm", "gumbel", "st-gumbel", "enum"]
 )
 def test_every_estimator_trains_with_pyro_svi(name):
+    """30 SVI steps with each estimator, judged by exact (enumerated) answers: the held-out
+    ELBO rises by more than 5 standard errors (paired over held-out rows), the training ELBO
+    closes 90% of the distance to the maximum-likelihood independent-pixel fit, and the
+    encoder's KL(q(z|x) || p(z|x)) = log p(x) - ELBO on the training data at least halves."""
     import pyro
 
-    vae, x = tiny_vae("bernoulli"), tiny_data(40)
+    vae, x, val = tiny_vae("bernoulli"), _skewed_pixels(40, seed=1), _skewed_pixels(40, seed=5)
+
+    def exact(data):
+        return exact_elbo(vae.model, vae.guide, data).detach()
+
+    val_before, train_before = exact(val), exact(x).mean().item()
+    gap_before = (_log_marginal(vae, x) - exact(x)).mean().item()
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.05}), get_estimator(name).make_loss())
-    before = vae.encoder[0].weight.detach().clone()
     losses = [svi.step(x) for _ in range(30)]
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert not torch.equal(before, vae.encoder[0].weight)
+    gain = exact(val) - val_before
+    assert gain.mean() > 5 * gain.std() / len(gain) ** 0.5, (gain.mean(), gain.std())
+    target = _independent_pixel_log_likelihood(x)
+    train_after = exact(x).mean().item()
+    assert train_after > train_before + 0.9 * (target - train_before), (train_before, train_after, target)
+    gap_after = (_log_marginal(vae, x) - exact(x)).mean().item()
+    assert gap_after < 0.5 * gap_before, (gap_before, gap_after)

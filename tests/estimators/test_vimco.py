@@ -4,9 +4,9 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO
 
+from pyro_vae.comparison.gradients import exact_gradient, gradient_samples, parameter_groups
 from pyro_vae.errors import InputError
 from pyro_vae.estimators import VIMCO, ScoreFunctionELBO, leave_one_out_bounds
-from pyro_vae.estimators.gradients import exact_gradient, gradient_samples, parameter_groups
 from tests.estimators.conftest import collect, projection_z_scores, tiny_data, tiny_vae, total_variance
 
 

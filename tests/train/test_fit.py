@@ -144,19 +144,75 @@ def test_user_program_with_bare_params_and_trace_elbo():
     assert "mu" not in pyro.get_param_store()
 
 
-def test_full_batch_programs_need_no_num_data_and_minibatch_ones_do():
-    x = torch.randn(30, 2)
+def _gaussian_programs():
+    """Three ways of writing x ~ N(loc, 1) in a data plate: the plate declares num_data; the
+    program takes num_data and ignores it; the program has no num_data (Pyro's examples)."""
 
-    def model(x):
+    def declares(x, num_data=None):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0])):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def ignores(x, num_data=None):
         loc = pyro.param("loc", torch.zeros(2))
         with pyro.plate("data", x.shape[0]):
             pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
 
+    def plain(x):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    return {"program": declares, "ignores": ignores, "plain": plain}
+
+
+@pytest.mark.parametrize("name", ["program", "ignores", "plain"])
+def test_minibatch_objective_is_scaled_to_the_data_set_however_the_program_is_written(name):
+    """With the parameters held still (SGD at lr 1e-30), one epoch of 3 minibatches of 10
+    sums -(N/B) sum_batch log p(x) over the batches, so the epoch's train_objective is the
+    exact full-data mean log N(x; 0, 1) whatever the program does with num_data; a program
+    that ignores num_data was off by B/N before fit rescaled its data plate."""
+    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))
+    program = _gaussian_programs()[name]
+    res = fit(
+        program,
+        lambda x, **kw: None,
+        x,
+        loss=Trace_ELBO(),
+        optimizer=lambda params: torch.optim.SGD(params, lr=1e-30),
+        epochs=1,
+        batch_size=10,
+        progress=False,
+    )
+    exact = dist.Normal(0.0, 1.0).log_prob(x).sum(-1).mean().item()
+    assert res.history[0]["train_objective"] == pytest.approx(exact, rel=1e-6)
+    assert res.history[0]["train_elbo"] == pytest.approx(exact, rel=1e-6)
+    assert res.scaling == ("program" if name == "program" else "rescaled",)
+
+
+def test_a_data_plate_of_another_size_is_refused_with_the_sizes():
+    def model(x, num_data=None):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", 1000, subsample=torch.arange(x.shape[0])):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    with pytest.raises(InputError, match="declares 1000 datapoints but the data has 30 rows"):
+        fit(model, lambda x, **kw: None, torch.randn(30, 2), loss=Trace_ELBO(), batch_size=10, progress=False)
+
+
+def test_minibatches_need_a_data_plate_and_full_batch_does_not():
+    x = torch.randn(30, 2)
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(2))
+        pyro.sample("x", dist.Normal(loc.expand(x.shape), 1.0).to_event(2), obs=x)
+
     def guide(x):
         pass
 
-    fit(model, guide, x, loss=Trace_ELBO(), epochs=1, batch_size=None, progress=False)
-    with pytest.raises(InputError, match="'num_data'"):
+    res = fit(model, guide, x, loss=Trace_ELBO(), epochs=1, batch_size=None, progress=False)
+    assert math.isnan(res.history[0]["train_elbo"]) and "pyro.plate" in res.metrics
+    with pytest.raises(InputError, match="needs a data plate to scale by N/B"):
         fit(model, guide, x, loss=Trace_ELBO(), epochs=1, batch_size=10, progress=False)
 
 

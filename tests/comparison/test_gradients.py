@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pyro_vae.estimators.gradients import GradientMoments, summarize_gradients
+from pyro_vae.comparison.gradients import GradientMoments, summarize_gradients
 
 
 def test_moments_and_summary_written_out():

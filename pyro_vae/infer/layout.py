@@ -1,0 +1,160 @@
+"""The one per-datapoint reduction: where the particles and the datapoints sit in a site's
+log-density, and how a term becomes one value per particle and datapoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from pyro.distributions.util import scale_and_mask
+
+from pyro_vae.errors import InputError
+from pyro_vae.infer.sites import Site
+
+PARTICLES = "_pyro_vae_particles"
+"""Name of the plate that holds the particles, left of the program's own plates."""
+
+PLATE_HELP = (
+    "put the observations (and the per-datapoint latents) in a vectorized plate whose size is the "
+    "number of rows, e.g. `with pyro.plate('data', len(x)):`, or pass plate_name=... naming it"
+)
+
+
+@dataclass(frozen=True)
+class PlateLayout:
+    """Axes of a run's log-densities, once each is padded to ``nesting + 1`` dims.
+
+    Axis 0 holds the particles (size :math:`K` when vectorized, 1 for a run of one particle);
+    the data plate sits at ``data_dim`` (negative, as Pyro counts plate dims). Every other
+    axis (nested plates such as features) is summed.
+
+    :ivar nesting: the program's ``max_plate_nesting``.
+    :ivar data_plate: name of the data plate, ``None`` when the program has none.
+    :ivar data_dim: its dim.
+    :ivar size: datapoints in the batch, :math:`B`.
+    :ivar full_size: datapoints in the data set as the plate declares it, :math:`N`
+        (:math:`N = B` for a plate without subsampling).
+    """
+
+    nesting: int
+    data_plate: str | None
+    data_dim: int | None
+    size: int
+    full_size: int
+
+    @property
+    def data_scale(self) -> float:
+        """:math:`N / B`, the factor Pyro's subsampled plate puts on every site inside it."""
+        return self.full_size / self.size
+
+    def in_data_plate(self, site: Site) -> bool:
+        return self.data_plate is not None and any(f.name == self.data_plate for f in site.frames)
+
+    def _padded(self, site: Site, lp: torch.Tensor | float, particles: int) -> torch.Tensor:
+        lp = lp if isinstance(lp, torch.Tensor) else torch.as_tensor(lp)
+        ndim = self.nesting + 1
+        if lp.dim() > ndim or (lp.dim() == ndim and lp.shape[0] not in (1, particles)):
+            raise InputError(
+                f"sample site '{site.name}' has batch shape {tuple(site.fn.batch_shape)}, with dims "
+                "outside every plate; declare them with a pyro.plate or move them to the event "
+                "shape with .to_event(...)"
+            )
+        return lp.reshape((1,) * (ndim - lp.dim()) + lp.shape)
+
+    def per_datapoint(self, site: Site, lp: torch.Tensor | float, particles: int) -> torch.Tensor:
+        """``lp`` masked and summed over every axis but the particles and the data plate:
+        shape ``(K or 1, B or 1)`` (broadcastable to ``(K, B)``)."""
+        lp = self._padded(site, scale_and_mask(lp, mask=site.mask), particles)
+        ndim = lp.dim()
+        keep = ndim + self.data_dim  # type: ignore[operator]
+        other = [d for d in range(1, ndim) if d != keep]
+        if other:
+            lp = lp.sum(other, keepdim=True)
+        lp = lp.reshape(lp.shape[0], lp.shape[keep])
+        if lp.shape[1] not in (1, self.size):
+            raise InputError(
+                f"sample site '{site.name}' has {lp.shape[1]} entries along the data plate "
+                f"'{self.data_plate}' but the batch has {self.size}"
+            )
+        return lp
+
+    def per_particle(self, site: Site, lp: torch.Tensor | float, particles: int) -> torch.Tensor:
+        """``lp`` masked and summed over every axis but the particles: shape ``(K or 1,)``."""
+        lp = self._padded(site, scale_and_mask(lp, mask=site.mask), particles)
+        return lp.reshape(lp.shape[0], -1).sum(1)
+
+
+def _frame_size(frame_size: int, site: Site) -> int:
+    """A plate's size; ``pyro.plate("data")`` without a size records -1, so read it off the
+    site's batch shape."""
+    if frame_size is not None and frame_size >= 0:
+        return frame_size
+    for frame in site.frames:
+        if frame.size == frame_size and frame.dim is not None:
+            shape = tuple(site.fn.batch_shape)
+            if len(shape) >= -frame.dim:
+                return shape[frame.dim]
+    return -1
+
+
+def find_layout(
+    sites: Iterable[Site], *, plate_name: str | None, nesting: int, rows: int | None
+) -> tuple[PlateLayout, str | None]:
+    """The layout of a run from its sites, and ``None`` or the reason it has no data plate.
+
+    With ``plate_name`` the plate of that name is the data plate. Without it, the data plate
+    is the vectorized plate around every observed site whose size is the number of ``rows``
+    of the data (the first positional tensor); a plate named ``"data"`` wins a tie.
+    """
+    sites = list(sites)
+    frames = {}
+    for site in sites:
+        for frame in site.frames:
+            if frame.name != PARTICLES:
+                frames.setdefault(frame.name, (frame, site))
+    if plate_name is not None:
+        if plate_name not in frames:
+            return _no_plate(nesting, rows), f"the program has no plate named '{plate_name}'; {PLATE_HELP}"
+        chosen = frames[plate_name]
+    else:
+        observed = [s for s in sites if s.is_observed and not s.auxiliary] or [s for s in sites]
+        common = set(frames)
+        for site in observed:
+            common &= {f.name for f in site.frames}
+        candidates = [
+            frames[name]
+            for name in common
+            if frames[name][0].dim is not None
+            and (rows is None or _frame_size(frames[name][0].size, frames[name][1]) == rows)
+        ]
+        if not candidates:
+            where = f" of size {rows} (the number of rows)" if rows is not None else ""
+            return _no_plate(
+                nesting, rows
+            ), f"the program has no vectorized plate{where} around its observations; {PLATE_HELP}"
+        if len(candidates) > 1:
+            named = [c for c in candidates if c[0].name == "data"]
+            if len(named) != 1:
+                names = sorted(c[0].name for c in candidates)
+                return _no_plate(nesting, rows), (
+                    f"plates {names} could each be the data plate; pass plate_name=... naming the one "
+                    "over datapoints"
+                )
+            candidates = named
+        chosen = candidates[0]
+    frame, site = chosen
+    if frame.dim is None:
+        return _no_plate(nesting, rows), (
+            f"plate '{frame.name}' must be vectorized (`with pyro.plate(...)`), not iterated over"
+        )
+    size = _frame_size(frame.size, site)
+    full = frame.full_size if frame.full_size is not None and frame.full_size >= 0 else size
+    return PlateLayout(
+        nesting=nesting, data_plate=frame.name, data_dim=frame.dim, size=size, full_size=full
+    ), None
+
+
+def _no_plate(nesting: int, rows: int | None) -> PlateLayout:
+    size = rows or 1
+    return PlateLayout(nesting=nesting, data_plate=None, data_dim=None, size=size, full_size=size)

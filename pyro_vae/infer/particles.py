@@ -1,0 +1,324 @@
+"""Running a model/guide pair for K particles: vectorized when the program broadcasts over
+an extra leading dimension, one particle at a time when it does not."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.runtime import Message
+from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
+
+from pyro_vae.errors import InputError
+from pyro_vae.infer.layout import PARTICLES, PlateLayout, find_layout
+from pyro_vae.infer.modes import frozen_evaluation
+from pyro_vae.infer.sites import Site, SiteRecorder, ValueHook
+
+VECTORIZED, SEQUENTIAL, SINGLE = "vectorized", "sequential", "single"
+"""How a run drew its particles: one pass over a particle plate, one pass per particle, or a
+single particle."""
+
+HookFactory = Callable[[int | None], ValueHook | None]
+"""``factory(None)``: the value hook of a vectorized run (all particles at once);
+``factory(k)``: the hook of particle ``k`` alone."""
+
+
+def forked_rng(args: Iterable[Any]) -> AbstractContextManager:
+    """Fork the CPU random number generator, and that of the GPU the data ``args`` are on:
+    for passes that discover a program's structure without changing any later draw."""
+    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
+    return torch.random.fork_rng(devices=devices)
+
+
+def _rows(args: tuple) -> int | None:
+    return args[0].shape[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0 else None
+
+
+@dataclass
+class ProgramPlan:
+    """What a probe learned of a program's structure, reused every step.
+
+    :ivar nesting: ``max_plate_nesting``.
+    :ivar plate_name: the data plate's name as given (``None``: found by size).
+    :ivar vectorize: whether several particles can run in one pass (``None``: not yet known).
+    """
+
+    nesting: int
+    plate_name: str | None = None
+    vectorize: bool | None = None
+    fallback_reason: str = field(default="", repr=False)
+
+
+def _within_particles(fn: Callable, particles: tuple[int, int] | None) -> Callable:
+    """``fn`` inside a plate of ``particles = (K, dim)`` particles (``fn`` itself for ``None``)."""
+    if particles is None:
+        return fn
+
+    def wrapped(*a: Any, **k: Any) -> Any:
+        with pyro.plate(PARTICLES, particles[0], dim=particles[1]):
+            return fn(*a, **k)
+
+    return wrapped
+
+
+def _recorded(
+    fn: Callable, args: tuple, kwargs: dict, recorder: SiteRecorder, particles: tuple | None
+) -> None:
+    """Run ``fn`` under ``recorder``, its sample sites hidden from enclosing handlers and its
+    parameters not (so that SVI's parameter capture sees them)."""
+    with poutine.block(hide_types=["sample"]), recorder:
+        _within_particles(fn, particles)(*args, **kwargs)
+
+
+def record_guide(
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    particles: tuple[int, int] | None = None,
+    value_hook: ValueHook | None = None,
+    relaxed: bool = False,
+) -> SiteRecorder:
+    """One recorded run of the guide alone (its sites and the parameters it read)."""
+    recorder = SiteRecorder(value_hook=value_hook, relaxed=relaxed)
+    _recorded(guide, args, kwargs, recorder, particles)
+    return recorder
+
+
+def record_model(
+    model: Callable,
+    args: tuple,
+    kwargs: dict,
+    replay: dict[str, Site],
+    *,
+    particles: tuple[int, int] | None = None,
+) -> SiteRecorder:
+    """One recorded run of the model with its latents replayed from ``replay``."""
+    recorder = SiteRecorder(replay=replay)
+    _recorded(model, args, kwargs, recorder, particles)
+    return recorder
+
+
+def record(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    particles: tuple[int, int] | None = None,
+    value_hook: ValueHook | None = None,
+    relaxed: bool = False,
+    params: list[str] | None = None,
+) -> tuple[dict[str, Site], dict[str, Site]]:
+    """One run of the guide, then the model with its latents replayed from the guide:
+    ``(model sites, guide sites)``. ``particles=(K, dim)`` runs both inside a plate of
+    ``K`` particles at ``dim``. Gradients flow as in the program. The names of the
+    parameters the guide and then the model read are appended to ``params``."""
+    g = record_guide(guide, args, kwargs, particles=particles, value_hook=value_hook, relaxed=relaxed)
+    m = record_model(model, args, kwargs, g.sites, particles=particles)
+    if params is not None:
+        params.extend(n for n in (*g.params, *m.params) if n not in params)
+    return m.sites, g.sites
+
+
+def plan_program(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    plate_name: str | None = None,
+    max_plate_nesting: int | None = None,
+) -> ProgramPlan:
+    """Run the program once to find its plate nesting, with modules in eval mode, without
+    gradients and with the random number generators forked: the probe changes no running
+    statistic, no parameter and no later draw. It runs on the batch it is given (never on
+    a single row, which BatchNorm in train mode refuses)."""
+    with forked_rng(args), frozen_evaluation():
+        model_sites, guide_sites = record(model, guide, args, kwargs)
+    dims = [
+        -frame.dim
+        for site in (*model_sites.values(), *guide_sites.values())
+        for frame in site.frames
+        if frame.dim is not None
+    ]
+    nesting = max(dims, default=0)
+    if max_plate_nesting is not None:
+        if nesting > max_plate_nesting:
+            raise InputError(
+                f"the program nests {nesting} plates, more than max_plate_nesting={max_plate_nesting}"
+            )
+        nesting = max_plate_nesting
+    if not model_sites:
+        raise InputError("the model has no sample sites")
+    return ProgramPlan(nesting=nesting, plate_name=plate_name)
+
+
+def gumbel_max_sample(fn: Distribution) -> torch.Tensor | None:
+    """A draw from a ``Categorical`` or ``OneHotCategorical`` site (possibly inside
+    ``Independent``) by the Gumbel-max trick, :math:`\\arg\\max_i(\\alpha_i + g_i)` with
+    :math:`g_i` standard Gumbel (:func:`gumbel_noise`): exactly the categorical
+    distribution, in a few vectorized operations (``torch.multinomial`` costs a call per row,
+    which dominates when a particle plate has expanded the distribution); ``None`` for
+    other distributions."""
+    base = fn
+    while isinstance(base, Independent):
+        base = base.base_dist
+    if not isinstance(base, Categorical | OneHotCategorical):
+        return None
+    logits = base.logits
+    index = (logits + gumbel_noise(logits)).argmax(-1)
+    if isinstance(base, Categorical):
+        return index
+    return torch.nn.functional.one_hot(index, logits.shape[-1]).to(logits)
+
+
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel draws :math:`-\\log(-\\log U)`, :math:`U \\sim \\mathcal U(0, 1)` clamped
+    away from 0 (``torch.rand`` is several times faster than ``exponential_`` on CPU)."""
+    u = torch.rand_like(like).clamp_(min=torch.finfo(like.dtype).tiny)
+    return -(-u.log()).log()
+
+
+def _gumbel_max_hook(msg: Message) -> torch.Tensor | None:
+    return gumbel_max_sample(msg["fn"])  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ParticleRun:
+    """The recorded sites of ``num_particles`` draws per datapoint.
+
+    :ivar passes: ``(model sites, guide sites)`` per pass: one pass for a vectorized or
+        single-particle run, one per particle for a sequential run.
+    :ivar layout: where particles and datapoints sit in the log-densities.
+    :ivar mode: :data:`VECTORIZED`, :data:`SEQUENTIAL` or :data:`SINGLE`.
+    :ivar layout_error: why the run has no data plate (``None`` when it has one).
+    """
+
+    passes: tuple[tuple[dict[str, Site], dict[str, Site]], ...]
+    layout: PlateLayout
+    num_particles: int
+    mode: str
+    layout_error: str | None = None
+    args: tuple = ()
+
+    def guide_values(self, name: str) -> torch.Tensor:
+        """The values of guide site ``name`` for all particles, particles first: ``(K, ...)``
+        (a sequential run's passes stacked)."""
+        if name not in self.passes[0][1]:
+            raise InputError(f"the guide has no sample site '{name}'")
+        values = [g[name].value for _, g in self.passes]
+        if self.mode == VECTORIZED:
+            return values[0].reshape(values[0].shape[-(self.layout.nesting + 1) - self._event_dim(name) :])
+        return torch.stack(values)
+
+    def _event_dim(self, name: str) -> int:
+        return len(self.passes[0][1][name].fn.event_shape)
+
+
+def _chain(*hooks: ValueHook | None) -> ValueHook | None:
+    live = [h for h in hooks if h is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+
+    def hook(msg: Message) -> torch.Tensor | None:
+        for h in live:
+            value = h(msg)
+            if value is not None:
+                return value
+        return None
+
+    return hook
+
+
+def run_particles(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    plan: ProgramPlan,
+    num_particles: int,
+    hooks: HookFactory | None = None,
+    relaxed: bool = False,
+    gumbel_max: bool = False,
+    vectorize: bool | None = None,
+) -> ParticleRun:
+    """Draw ``num_particles`` particles per datapoint.
+
+    One pass over a particle plate left of the program's plates when the program broadcasts
+    over it; otherwise (a guide that concatenates a sampled value with the data, say) one
+    pass per particle, which any program that ``pyro.infer.SVI`` trains allows. The first
+    vectorized attempt that fails with an error of the program's own falls back to
+    sequential passes and ``plan`` remembers it. ``vectorize=True`` forbids the fallback,
+    ``False`` skips the attempt.
+
+    :param hooks: value hooks for guide sites (see :data:`HookFactory`).
+    :param relaxed: values from the hooks are relaxed stand-ins (see :class:`Site`).
+    :param gumbel_max: in a vectorized pass, draw categorical guide sites by the Gumbel-max
+        trick (the same distribution, cheaper than ``torch.multinomial`` per row).
+    """
+    want = plan.vectorize if vectorize is None else vectorize
+    if num_particles == 1:
+        passes = (
+            record(model, guide, args, kwargs, value_hook=hooks(0) if hooks else None, relaxed=relaxed),
+        )
+        return _finish(passes, plan, args, 1, SINGLE)
+    if want is not False:
+        hook = _chain(hooks(None) if hooks else None, _gumbel_max_hook if gumbel_max else None)
+        try:
+            passes = (
+                record(
+                    model,
+                    guide,
+                    args,
+                    kwargs,
+                    particles=(num_particles, -(plan.nesting + 1)),
+                    value_hook=hook,
+                    relaxed=relaxed,
+                ),
+            )
+            run = _finish(passes, plan, args, num_particles, VECTORIZED)
+            plan.vectorize = True
+            return run
+        except InputError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
+            if want is True:
+                raise InputError(
+                    f"the program does not broadcast over a leading particle dimension ({e}); "
+                    "pass vectorize_particles=False (or None) to draw particles one at a time"
+                ) from e
+            plan.vectorize = False
+            plan.fallback_reason = f"{type(e).__name__}: {e}"
+    passes = tuple(
+        record(model, guide, args, kwargs, value_hook=hooks(k) if hooks else None, relaxed=relaxed)
+        for k in range(num_particles)
+    )
+    return _finish(passes, plan, args, num_particles, SEQUENTIAL)
+
+
+def _finish(
+    passes: tuple[tuple[dict[str, Site], dict[str, Site]], ...],
+    plan: ProgramPlan,
+    args: tuple,
+    num_particles: int,
+    mode: str,
+) -> ParticleRun:
+    model_sites, guide_sites = passes[0]
+    layout, error = find_layout(
+        [*model_sites.values(), *guide_sites.values()],
+        plate_name=plan.plate_name,
+        nesting=plan.nesting,
+        rows=_rows(args),
+    )
+    if error is not None and plan.plate_name is not None:
+        raise InputError(error)
+    return ParticleRun(
+        passes=passes, layout=layout, num_particles=num_particles, mode=mode, layout_error=error, args=args
+    )

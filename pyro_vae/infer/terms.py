@@ -1,0 +1,230 @@
+"""Per-datapoint log densities of a particle run: what every bound, estimator and metric reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.distributions import kl_divergence
+
+from pyro_vae.errors import InputError
+from pyro_vae.infer.layout import PlateLayout
+from pyro_vae.infer.particles import VECTORIZED, ParticleRun
+from pyro_vae.infer.sites import Site
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Log densities of ``K`` particles for each of ``B`` datapoints, each ``(K, B)``.
+
+    For particles :math:`z^{(k)} \\sim q(z \\mid x_n)`:
+
+    - ``log_likelihood`` :math:`= \\log p(x_n \\mid z^{(k)})`: observed model sites,
+      including ``pyro.factor`` s of the model (an unnormalized model's extra factors);
+    - ``log_prior`` :math:`= \\log p(z^{(k)})`: latent model sites that the guide proposes.
+      A latent of the model that the guide does not sample is proposed by the model itself,
+      so its density cancels from the weight and is left out;
+    - ``log_guide`` :math:`= \\log q(z^{(k)} \\mid x_n)`: latent guide sites;
+    - ``log_guide_score``: the part of ``log_guide`` from sites whose gradient needs a
+      score-function term (no ``rsample``, no relaxed value); ``None`` if there is none;
+    - ``extra``: terms of the *training* objective that are not densities of the model or
+      the guide: auxiliary model sites (:data:`~pyro_vae.conventions.AUXILIARY`) added, and
+      observed guide sites (``pyro.factor`` in the guide) subtracted, as Pyro's
+      ``Trace_ELBO`` counts them; ``None`` for evaluation, which leaves them out.
+
+    In a run recorded with ``scaled=True`` each term carries its site's scale relative to
+    the data plate's :math:`N / B` (``poutine.scale``, a KL weight), and ``data_scale`` is
+    :math:`N / B`; unscaled terms are those of the true model.
+
+    :ivar global_weight: ``(K,)`` sum of the terms of sites outside the data plate (global
+        latents, model-level factors), with their full scale; ``None`` if there are none.
+    :ivar global_sites: their names (per-datapoint evaluation refuses them).
+    :ivar mode: how the particles were drawn (``"vectorized"``, ``"sequential"``, ``"single"``).
+    """
+
+    log_likelihood: torch.Tensor
+    log_prior: torch.Tensor
+    log_guide: torch.Tensor
+    log_guide_score: torch.Tensor | None = None
+    extra: torch.Tensor | None = None
+    global_weight: torch.Tensor | None = None
+    global_sites: tuple[str, ...] = ()
+    data_scale: float = 1.0
+    mode: str = "single"
+    args: tuple = ()
+    """The run's positional arguments, for estimators whose control variates read the data."""
+
+    @property
+    def log_weight(self) -> torch.Tensor:
+        """:math:`\\log w = \\log p(x, z) - \\log q(z \\mid x)`."""
+        return self.log_likelihood + self.log_prior - self.log_guide
+
+    @property
+    def rate(self) -> torch.Tensor:
+        """Single-sample estimate of :math:`\\mathrm{KL}(q(z|x) \\| p(z))`: :math:`\\log q - \\log p(z)`."""
+        return self.log_guide - self.log_prior
+
+    @property
+    def distortion(self) -> torch.Tensor:
+        """:math:`-\\log p(x \\mid z)`."""
+        return -self.log_likelihood
+
+    @property
+    def num_particles(self) -> int:
+        return self.log_likelihood.shape[0]
+
+    def training_weight(self) -> torch.Tensor:
+        """``log_weight`` plus the extra training terms, ``(K, B)``."""
+        return self.log_weight if self.extra is None else self.log_weight + self.extra
+
+    def batch_objective(self, per_datapoint: torch.Tensor) -> torch.Tensor:
+        """:math:`\\frac NB \\sum_n` ``per_datapoint`` :math:`+` the global terms averaged over
+        particles: the minibatch estimate of a full-data objective."""
+        total = self.data_scale * per_datapoint.sum()
+        if self.global_weight is not None:
+            total = total + self.global_weight.mean()
+        return total
+
+    def require_per_datapoint(self) -> None:
+        """Refuse terms that are not per-datapoint quantities (global sites)."""
+        if self.global_sites:
+            raise InputError(
+                f"sample sites {list(self.global_sites)} are outside the data plate, so their "
+                "log-densities are not per-datapoint quantities; per-datapoint bounds need every "
+                "sample site inside the data plate (global latents are not supported here)"
+            )
+
+
+class _Sum:
+    """Running sum of broadcastable terms (``None`` until something is added)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        self.value = x if self.value is None else self.value + x
+
+
+def collect_terms(run: ParticleRun, *, scaled: bool, analytic_kl: bool = False) -> Terms:
+    """The :class:`Terms` of a run, each site's log-density computed once.
+
+    :param scaled: keep site scales (training) rather than the true model's terms
+        (evaluation); the extra training terms are only collected when scaled.
+    :param analytic_kl: for each latent site whose KL divergence PyTorch registers,
+        :math:`-\\mathrm{KL}(q(z_i \\mid \\cdot) \\| p(z_i \\mid \\cdot))` in closed form replaces
+        :math:`\\log p(z_i) - \\log q(z_i)` at the sampled value (``log_prior`` then holds
+        :math:`-\\mathrm{KL}` and ``log_guide`` leaves the site out). Valid when no latent's
+        parents in the model are descendants of it in the guide [1].
+
+    References:
+        [1] Pyro documentation, ``pyro.infer.TraceMeanField_ELBO``.
+    """
+    if run.layout.data_plate is None and run.layout_error is not None:
+        if not scaled:
+            raise InputError(run.layout_error)
+    k = run.num_particles if run.mode == VECTORIZED else 1
+    parts = [_pass_terms(m, g, run.layout, k, scaled, analytic_kl) for m, g in run.passes]
+    if len(parts) == 1:
+        fields, names = parts[0]
+    else:
+        names = parts[0][1]
+        fields = {
+            key: None if parts[0][0][key] is None else torch.cat([p[0][key] for p in parts], 0)
+            for key in parts[0][0]
+        }
+    return Terms(
+        **fields,
+        global_sites=names,
+        data_scale=run.layout.data_scale if scaled else 1.0,
+        mode=run.mode,
+        args=run.args,
+    )
+
+
+def _pass_terms(
+    model_sites: dict[str, Site],
+    guide_sites: dict[str, Site],
+    layout: PlateLayout,
+    k: int,
+    scaled: bool,
+    analytic_kl: bool,
+) -> tuple[dict[str, torch.Tensor | None], tuple[str, ...]]:
+    """The terms of one pass holding ``k`` particles."""
+    loglik, prior, guide, score, extra, global_ = _Sum(), _Sum(), _Sum(), _Sum(), _Sum(), _Sum()
+    outside: list[str] = []
+    data_scale = layout.data_scale
+
+    def add(target: _Sum, site: Site, lp: torch.Tensor | float, sign: float = 1.0) -> None:
+        if layout.in_data_plate(site):
+            if scaled and not _is_one(site.scale, data_scale):
+                lp = lp * (site.scale / data_scale)
+            target.add(sign * layout.per_datapoint(site, lp, k))
+        else:
+            if site.name not in outside:
+                outside.append(site.name)
+            if scaled and not _is_one(site.scale, 1.0):
+                lp = lp * site.scale
+            global_.add(sign * layout.per_particle(site, lp, k))
+
+    with_kl: set[str] = set()
+    for name, site in model_sites.items():
+        if site.is_observed:
+            if site.auxiliary:
+                if scaled:
+                    add(extra, site, site.log_prob())
+            else:
+                add(loglik, site, site.log_prob())
+            continue
+        q = guide_sites.get(name)
+        if q is None or q.is_observed:
+            continue  # proposed by the model itself: its density cancels from the weight
+        if analytic_kl or q.relaxed:
+            try:
+                kl = kl_divergence(q.fn, site.fn)
+            except NotImplementedError:
+                if q.relaxed:
+                    raise InputError(
+                        f"guide site '{name}' takes relaxed values, which needs the KL divergence "
+                        f"between {type(q.fn).__name__} and {type(site.fn).__name__} in closed form; "
+                        "PyTorch registers none"
+                    ) from None
+            else:
+                add(prior, q, kl, -1.0)  # the guide site's mask and scale, as Pyro's TraceMeanField_ELBO
+                with_kl.add(name)
+                continue
+        add(prior, site, site.log_prob())
+    for name, site in guide_sites.items():
+        if site.is_observed:
+            if scaled:
+                add(extra, site, site.log_prob(), -1.0)
+            continue
+        if name in with_kl:
+            continue
+        lp = site.log_prob()
+        add(guide, site, lp)
+        if not site.reparameterized:
+            add(score, site, lp)
+    if not any(s.is_observed and not s.auxiliary for s in model_sites.values()):
+        raise InputError("the model has no observed sample sites")
+    shape = (k, layout.size)
+
+    def full(s: _Sum) -> torch.Tensor | None:
+        return None if s.value is None else s.value.expand(shape)
+
+    like = next(s.value for s in (loglik, global_, prior, guide) if s.value is not None)
+    zero = torch.zeros((), dtype=like.dtype, device=like.device).expand(shape)
+    fields = {
+        "log_likelihood": full(loglik) if loglik.value is not None else zero,
+        "log_prior": full(prior) if prior.value is not None else zero,
+        "log_guide": full(guide) if guide.value is not None else zero,
+        "log_guide_score": full(score),
+        "extra": full(extra),
+        "global_weight": None if global_.value is None else global_.value.expand(shape[0]),
+    }
+    return fields, tuple(outside)
+
+
+def _is_one(scale: float | torch.Tensor, reference: float) -> bool:
+    return not isinstance(scale, torch.Tensor) and scale == reference

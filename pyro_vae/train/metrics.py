@@ -1,0 +1,94 @@
+"""Per-epoch training metrics: the ELBO, rate and distortion per datapoint, for any program."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pyro_vae.errors import InputError
+from pyro_vae.infer.particles import forked_rng
+from pyro_vae.infer.per_datapoint import log_terms
+from pyro_vae.train.evaluation import rate_distortion
+from pyro_vae.train.streams import StreamData
+
+NAMES = ("elbo", "rate", "distortion")
+
+
+@dataclass(frozen=True)
+class MetricsPlan:
+    """What the per-epoch metrics evaluate: the first ``max_points`` rows of each training
+    stream, and how.
+
+    :ivar unavailable: why the program has no per-datapoint metrics (no data plate, global
+        latents), ``""`` when it has them.
+    """
+
+    train: tuple[tuple[torch.Tensor, ...], ...]
+    plate_name: str | None
+    particles: int
+    batch_size: int
+    unavailable: str = ""
+
+
+def plan_metrics(
+    model: Callable,
+    guide: Callable,
+    streams: StreamData,
+    *,
+    plate_name: str | None,
+    particles: int,
+    batch_size: int,
+    max_points: int,
+) -> MetricsPlan:
+    """The metrics plan, after one evaluation of the program on two rows (random number
+    generators forked, modules in eval mode) to find whether it has per-datapoint terms."""
+    train = tuple(tuple(t[:max_points] for t in tensors) for tensors in streams.tensors)
+    unavailable = ""
+    try:
+        probe_rows = tuple(t[:2] for t in train[0])
+        with forked_rng(probe_rows):
+            log_terms(model, guide, *probe_rows, plate_name=plate_name)
+    except InputError as e:
+        unavailable = str(e)
+    return MetricsPlan(train, plate_name, particles, batch_size, unavailable)
+
+
+def _per_datapoint(plan: MetricsPlan, model: Callable, guide: Callable, data: tuple) -> dict[str, float]:
+    rd = rate_distortion(
+        model,
+        guide,
+        data,
+        batch_size=plan.batch_size,
+        num_particles=plan.particles,
+        plate_name=plan.plate_name,
+    )
+    return {
+        "elbo": rd.elbo.mean().item(),
+        "rate": rd.rate.mean().item(),
+        "distortion": rd.distortion.mean().item(),
+    }
+
+
+def epoch_metrics(
+    plan: MetricsPlan, model: Callable, guide: Callable, validation: tuple | None, loss: Any
+) -> dict[str, float]:
+    """``train_*`` (row-weighted over the streams) and ``val_*`` ELBO, rate and distortion per
+    datapoint in nats. Without per-datapoint terms these are NaN, except ``val_elbo``, which
+    is then the negated loss per datapoint."""
+    out = {f"{split}_{k}": math.nan for split in ("train", "val") for k in NAMES}
+    if plan.unavailable:
+        if validation is not None:
+            with torch.no_grad():
+                out["val_elbo"] = -loss.loss(model, guide, *validation) / validation[0].shape[0]
+        return out
+    rows = [t[0].shape[0] for t in plan.train]
+    parts = [_per_datapoint(plan, model, guide, data) for data in plan.train]
+    for k in NAMES:
+        out[f"train_{k}"] = sum(p[k] * r for p, r in zip(parts, rows, strict=True)) / sum(rows)
+    if validation is not None:
+        out |= {f"val_{k}": v for k, v in _per_datapoint(plan, model, guide, validation).items()}
+    return out

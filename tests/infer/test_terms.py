@@ -1,0 +1,149 @@
+"""Terms of a run: factors, auxiliary sites, scales, model-proposed latents, analytic KL."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_vae.conventions import AUXILIARY
+from pyro_vae.errors import InputError
+from pyro_vae.infer import MeanFieldELBO, ParticleLoss, log_terms
+from pyro_vae.models import LinearGaussian
+
+
+def _gaussian(scale=1.0, guide_factor=0.0, aux=0.0, model_factor=0.0, plate="data"):
+    """z ~ N(0, 1), x ~ N(z, 1): log p(x) = N(x; 0, 2); guide N(x/2, sqrt(1/2)) is the posterior."""
+
+    def model(x):
+        with pyro.plate(plate, x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+            with poutine.scale(scale=scale):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+            if model_factor:
+                pyro.factor("penalty", model_factor * torch.ones_like(x))
+            if aux:
+                pyro.sample("aux", dist.Normal(x, 1.0), obs=x, infer={AUXILIARY: True})
+
+    def guide(x):
+        with pyro.plate(plate, x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
+            if guide_factor:
+                pyro.factor("classification", guide_factor * torch.ones_like(x), has_rsample=True)
+
+    return model, guide
+
+
+def _exact(x):
+    return dist.Normal(0.0, 2.0**0.5).log_prob(x)
+
+
+X = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("plate", ["data", "batch"])
+def test_exact_posterior_guide_gives_log_p_at_every_particle(plate):
+    model, guide = _gaussian(plate=plate)
+    lw = log_terms(model, guide, X, num_particles=7).log_weight
+    assert torch.allclose(lw, _exact(X).expand(7, 3), atol=1e-10)
+
+
+def test_guide_factors_and_auxiliary_sites_are_left_out_of_evaluation():
+    """A pyro.factor in the guide (scANVI's classification term) and an auxiliary model site are
+    training terms: the bound stays log p(x), not log p(x) - factor."""
+    model, guide = _gaussian(guide_factor=-8.7, aux=1.0)
+    lw = log_terms(model, guide, X, num_particles=3).log_weight
+    assert torch.allclose(lw, _exact(X).expand(3, 3), atol=1e-10)
+
+
+class PlainELBO(ParticleLoss):
+    """The reparameterized ELBO, written as the loss base's docstring shows: one method."""
+
+    def surrogate(self, terms):
+        objective = terms.batch_objective(terms.training_weight().mean(0))
+        return objective, objective
+
+
+def test_training_counts_guide_factors_as_pyro_trace_elbo_does():
+    model, guide = _gaussian(guide_factor=-8.7)
+    ours = PlainELBO().loss(model, guide, X)
+    pyro.set_rng_seed(1)
+    theirs = pyro.infer.Trace_ELBO().loss(model, guide, X)
+    # exact posterior guide: Trace_ELBO's loss is -sum log p(x) + sum factor, with no noise
+    assert ours == pytest.approx(theirs, abs=1e-9)
+    assert ours == pytest.approx(-_exact(X).sum().item() - 8.7 * 3, abs=1e-6)
+
+
+def test_model_factors_are_part_of_the_unnormalized_model():
+    model, guide = _gaussian(model_factor=0.25)
+    lw = log_terms(model, guide, X, num_particles=2).log_weight
+    assert torch.allclose(lw, (_exact(X) + 0.25).expand(2, 3), atol=1e-10)
+
+
+def test_evaluation_ignores_site_scales_and_training_keeps_them():
+    model, guide = _gaussian(scale=0.5)
+    lw = log_terms(model, guide, X, num_particles=2).log_weight
+    assert torch.allclose(lw, _exact(X).expand(2, 3), atol=1e-10)
+    pyro.set_rng_seed(0)
+    ours = MeanFieldELBO().loss(model, guide, X)
+    pyro.set_rng_seed(0)
+    theirs = pyro.infer.TraceMeanField_ELBO().loss(model, guide, X)
+    assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+def test_a_model_latent_the_guide_does_not_sample_is_proposed_by_the_prior():
+    """Sampling the mixture label from the model makes it its own proposal: the weight
+    p(x|y) p(z) / q(z) is unbiased for p(x), and L_K climbs to the exact log p(x)."""
+    means = torch.tensor([-1.5, 1.5], dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=torch.zeros(2, dtype=torch.float64)))
+            pyro.sample("x", dist.Normal(means[y], 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.tensor([0.1, -2.0], dtype=torch.float64)
+    exact = torch.stack([dist.Normal(m, 1.0).log_prob(x) for m in means]).logsumexp(0) - torch.log(
+        torch.tensor(2.0, dtype=torch.float64)
+    )
+    lw = log_terms(model, guide, x, num_particles=20000).log_weight
+    assert torch.allclose(lw.logsumexp(0) - torch.log(torch.tensor(20000.0)), exact, atol=0.02)
+
+
+def test_global_latents_are_refused_by_per_datapoint_evaluation_with_the_site_named():
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=torch.float64), 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(torch.zeros((), dtype=torch.float64), 1.0))
+
+    with pytest.raises(InputError, match=r"\['mu'\] are outside the data plate"):
+        log_terms(model, guide, X)
+    assert MeanFieldELBO().loss(model, guide, X) == pytest.approx(
+        -dist.Normal(0, 2**0.5).log_prob(X).sum(), abs=10
+    )
+
+
+def test_no_plate_of_the_batch_size_is_a_clear_error():
+    def model(x):
+        z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+
+    with pytest.raises(InputError, match="pyro.plate"):
+        log_terms(model, guide, X)
+
+
+def test_analytic_kl_terms_equal_the_closed_form_elbo():
+    lg = LinearGaussian(3, 2).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    terms = log_terms(lg.model, lg.guide, x, num_particles=20000, analytic_kl=True)
+    lw = terms.log_weight
+    se = lw.std(0) / 20000**0.5
+    assert ((lw.mean(0) - lg.exact_elbo(x)).abs() < 4 * se).all()
