@@ -28,7 +28,7 @@ def nb_distribution(mean: torch.Tensor, inverse_dispersion: torch.Tensor) -> dis
     return dist.NegativeBinomial(total_count=theta, logits=nb_logits(mean, theta), validate_args=False)
 
 
-def _nb_from_log_mean(
+def nb_parameters_from_log_mean(
     log_mean: torch.Tensor, log_inverse_dispersion: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(total_count, logits)`` of :math:`\\mathrm{NB}(e^{\\ell}, e^{\\lambda})` from the log mean
@@ -63,7 +63,7 @@ class NegativeBinomial(Likelihood):
         return self.log_inverse_dispersion.exp()
 
     def forward(self, decoder_output: torch.Tensor) -> dist.TorchDistribution:
-        theta, logits = _nb_from_log_mean(decoder_output, self.log_inverse_dispersion)
+        theta, logits = nb_parameters_from_log_mean(decoder_output, self.log_inverse_dispersion)
         return dist.NegativeBinomial(total_count=theta, logits=logits, validate_args=False).to_event(1)
 
     def validate(self, x: torch.Tensor, *, name: str = "data") -> None:

@@ -8,7 +8,7 @@ from torch import nn
 
 from pyro_vae._checks import check_counts
 from pyro_vae.likelihoods.base import Likelihood
-from pyro_vae.likelihoods.negative_binomial import _nb_from_log_mean
+from pyro_vae.likelihoods.negative_binomial import nb_parameters_from_log_mean
 
 
 class ZINB(Likelihood):
@@ -40,7 +40,7 @@ class ZINB(Likelihood):
 
     def forward(self, decoder_output: torch.Tensor) -> dist.TorchDistribution:
         log_mean, gate_logits = self._split(decoder_output)
-        theta, logits = _nb_from_log_mean(log_mean, self.log_inverse_dispersion)
+        theta, logits = nb_parameters_from_log_mean(log_mean, self.log_inverse_dispersion)
         return dist.ZeroInflatedNegativeBinomial(
             total_count=theta,
             logits=logits,
