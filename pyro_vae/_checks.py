@@ -79,15 +79,17 @@ def check_positive(value: float, name: str) -> None:
         raise InputError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-def as_tensors(data: object, name: str) -> tuple[torch.Tensor, ...]:
-    """``x`` or ``(x, y, ...)`` as a tuple of tensors with one row per datapoint, ``x`` a
-    finite floating matrix; :class:`InputError` naming what is wrong otherwise."""
-    tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)  # type: ignore[arg-type]
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-        raise InputError(f"{name} must be a tensor or a tuple of tensors (x, y, ...)")
-    check_matrix(tensors[0], name=name)
-    n = tensors[0].shape[0]
-    for i, t in enumerate(tensors[1:], 1):
-        if t.shape[0] != n:
-            raise InputError(f"{name}: tensor {i} has {t.shape[0]} rows but x has {n}")
-    return tensors
+def as_tensors(data: object, name: str) -> tuple:
+    """``x`` or ``(x, y, ...)`` as a tuple of the program's positional arguments: ``x`` a finite
+    floating matrix (rows are datapoints), every other tensor with one row per datapoint, and
+    non-tensor arguments (a configuration object) passed through as they are;
+    :class:`InputError` naming what is wrong otherwise."""
+    args = (data,) if isinstance(data, torch.Tensor) else tuple(data)  # type: ignore[arg-type]
+    if not args or not isinstance(args[0], torch.Tensor):
+        raise InputError(f"{name} must be a tensor or a tuple (x, y, ...) whose first entry is a tensor")
+    check_matrix(args[0], name=name)
+    n = args[0].shape[0]
+    for i, t in enumerate(args[1:], 1):
+        if isinstance(t, torch.Tensor) and (t.dim() == 0 or t.shape[0] != n):
+            raise InputError(f"{name}: tensor {i} has shape {tuple(t.shape)} but x has {n} rows")
+    return args

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Unpack
 
 import torch
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.detach import detach_distribution
 from pyro_vae.infer.log_mean_exp import log_mean_exp
-from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.loss import ParticleLoss, ParticleOptions
 from pyro_vae.infer.particles import VECTORIZED, ParticleRun, record_model
 from pyro_vae.infer.terms import Terms, collect_terms
 
@@ -58,18 +59,11 @@ class IWAE(ParticleLoss):
         *,
         num_particles: int = 5,
         gradient: str = "standard",
-        plate_name: str | None = None,
-        vectorize_particles: bool | None = None,
-        max_plate_nesting: int | None = None,
+        **options: Unpack[ParticleOptions],
     ) -> None:
         if gradient not in GRADIENTS:
             raise InputError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
-        super().__init__(
-            num_particles=num_particles,
-            plate_name=plate_name,
-            vectorize_particles=vectorize_particles,
-            max_plate_nesting=max_plate_nesting,
-        )
+        super().__init__(num_particles=num_particles, **options)
         self.gradient = gradient
 
     def objective_and_surrogate(

@@ -33,6 +33,7 @@ from pyro_vae.errors import InputError
 from pyro_vae.estimators.enumeration import DEFAULT_MAX_CONFIGURATIONS
 from pyro_vae.estimators.registry import Estimator, get_estimator
 from pyro_vae.estimators.relaxed import RelaxedELBO
+from pyro_vae.infer.per_datapoint import rows_of
 from pyro_vae.train import fit
 
 
@@ -364,7 +365,7 @@ def compare(
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise InputError(f"estimator names must be distinct, got {names}")
-    batch = tuple(t[: settings.gradient_batch_size] for t in train)
+    batch = rows_of(train, 0, settings.gradient_batch_size)
     results = []
     with _private_state(settings.seed, train[0]):
         groups = parameter_groups(model, guide, *batch)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Unpack
 
 import torch
 from pyro.poutine.runtime import Message
 from torch.distributions import Bernoulli, Independent
 
 from pyro_vae.errors import InputError
-from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.loss import ParticleLoss, ParticleOptions
 from pyro_vae.infer.sites import ValueHook
 from pyro_vae.infer.terms import Terms, collect_terms
 
@@ -83,8 +84,10 @@ class ARM(ParticleLoss):
 
     gumbel_max = False
 
-    def __init__(self, *, plate_name: str | None = None, vectorize_particles: bool | None = None) -> None:
-        super().__init__(num_particles=2, plate_name=plate_name, vectorize_particles=vectorize_particles)
+    def __init__(self, **options: Unpack[ParticleOptions]) -> None:
+        if options.get("num_particles", 2) != 2:
+            raise InputError("ARM draws one antithetic pair per datapoint; it takes no num_particles")
+        super().__init__(**{**options, "num_particles": 2})
 
     def objective_and_surrogate(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict

@@ -6,7 +6,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from pyro.poutine.runtime import Message
@@ -14,7 +14,7 @@ from torch.distributions import Distribution, Independent
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
-from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.loss import ParticleLoss, ParticleOptions
 from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.particles import ProgramPlan, forked_rng, plan_program, record, run_particles
 from pyro_vae.infer.sites import ValueHook
@@ -316,16 +316,11 @@ class EnumerationELBO(ParticleLoss):
         self,
         *,
         max_configurations: int = DEFAULT_MAX_CONFIGURATIONS,
-        plate_name: str | None = None,
-        vectorize_particles: bool | None = None,
-        max_plate_nesting: int | None = None,
+        **options: Unpack[ParticleOptions],
     ) -> None:
-        super().__init__(
-            num_particles=1,
-            plate_name=plate_name,
-            vectorize_particles=vectorize_particles,
-            max_plate_nesting=max_plate_nesting,
-        )
+        if options.get("num_particles", 1) != 1:
+            raise InputError("EnumerationELBO sums over configurations; it takes no num_particles")
+        super().__init__(**options)
         check_positive_int(max_configurations, "max_configurations")
         self.max_configurations = max_configurations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from pyro.poutine.runtime import Message
@@ -13,6 +13,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, OneHotCate
 
 from pyro_vae._checks import check_positive, check_positive_int
 from pyro_vae.errors import InputError
+from pyro_vae.infer.loss import ParticleOptions
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.particles import HookFactory, gumbel_noise
 from pyro_vae.infer.sites import ValueHook
@@ -146,17 +147,9 @@ class RelaxedELBO(MeanFieldELBO):
         *,
         temperature: float | TemperatureSchedule = 1.0,
         straight_through: bool = False,
-        num_particles: int = 1,
-        plate_name: str | None = None,
-        vectorize_particles: bool | None = None,
-        max_plate_nesting: int | None = None,
+        **options: Unpack[ParticleOptions],
     ) -> None:
-        super().__init__(
-            num_particles=num_particles,
-            plate_name=plate_name,
-            vectorize_particles=vectorize_particles,
-            max_plate_nesting=max_plate_nesting,
-        )
+        super().__init__(**options)
         if not isinstance(temperature, TemperatureSchedule):
             check_positive(temperature, "temperature")
         self.schedule = temperature

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 
 from pyro_vae.errors import InputError
 from pyro_vae.estimators.baselines import Baseline
-from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.loss import ParticleLoss, ParticleOptions
 from pyro_vae.infer.terms import Terms
 
 
@@ -51,21 +53,13 @@ class ScoreFunctionELBO(ParticleLoss):
         self,
         *,
         baseline: Baseline | None = None,
-        num_particles: int = 1,
-        plate_name: str | None = None,
-        vectorize_particles: bool | None = None,
-        max_plate_nesting: int | None = None,
+        **options: Unpack[ParticleOptions],
     ) -> None:
-        super().__init__(
-            num_particles=num_particles,
-            plate_name=plate_name,
-            vectorize_particles=vectorize_particles,
-            max_plate_nesting=max_plate_nesting,
-        )
+        super().__init__(**options)
         if baseline is not None and not isinstance(baseline, Baseline):
             raise InputError(f"baseline must be a pyro_vae Baseline, got {type(baseline).__name__}")
         self.baseline = baseline
-        self.gumbel_max = num_particles > 1  # one particle draws as Pyro's Trace_ELBO does
+        self.gumbel_max = self.num_particles > 1  # one particle draws as Pyro's Trace_ELBO does
 
     def state_dict(self) -> dict:
         """The baseline's state (running averages; a network's weights), for checkpoints."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
 import torch
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.log_mean_exp import log_mean_exp
-from pyro_vae.infer.loss import ParticleLoss
+from pyro_vae.infer.loss import ParticleLoss, ParticleOptions
 from pyro_vae.infer.terms import Terms
 
 
@@ -58,18 +59,11 @@ class VIMCO(ParticleLoss):
         self,
         *,
         num_particles: int = 5,
-        plate_name: str | None = None,
-        vectorize_particles: bool | None = None,
-        max_plate_nesting: int | None = None,
+        **options: Unpack[ParticleOptions],
     ) -> None:
         if isinstance(num_particles, int) and not isinstance(num_particles, bool) and num_particles < 2:
             raise InputError(f"VIMCO needs num_particles >= 2 (leave-one-out), got {num_particles}")
-        super().__init__(
-            num_particles=num_particles,
-            plate_name=plate_name,
-            vectorize_particles=vectorize_particles,
-            max_plate_nesting=max_plate_nesting,
-        )
+        super().__init__(num_particles=num_particles, **options)
 
     def surrogate(self, terms: Terms) -> tuple[torch.Tensor, torch.Tensor]:
         terms.require_per_datapoint()

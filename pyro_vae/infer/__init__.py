@@ -11,7 +11,7 @@
 
 from pyro_vae.infer.layout import PlateLayout
 from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp, log_mean_exp
-from pyro_vae.infer.loss import ParticleLoss, StatefulLoss
+from pyro_vae.infer.loss import ParticleLoss, ParticleOptions, StatefulLoss
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import evaluation_mode, frozen_evaluation
 from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
@@ -23,6 +23,7 @@ __all__ = [
     "LogTerms",
     "MeanFieldELBO",
     "ParticleLoss",
+    "ParticleOptions",
     "ParticleRun",
     "PlateLayout",
     "ProgramPlan",

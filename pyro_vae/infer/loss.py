@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import torch
 from pyro.infer import ELBO
@@ -25,6 +25,16 @@ class StatefulLoss(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def reset(self) -> None: ...
+
+
+class ParticleOptions(TypedDict, total=False):
+    """The options every :class:`ParticleLoss` takes (keyword-only), which an estimator's own
+    constructor forwards with ``**options: Unpack[ParticleOptions]``."""
+
+    num_particles: int
+    plate_name: str | None
+    vectorize_particles: bool | None
+    max_plate_nesting: int | None
 
 
 def _program_key(fn: Callable) -> tuple[int, int]:

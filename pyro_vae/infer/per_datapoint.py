@@ -41,6 +41,15 @@ def rows_of(args: tuple, start: int, stop: int) -> tuple:
     )
 
 
+def take_rows(args: tuple, index: torch.Tensor) -> tuple:
+    """The rows ``index`` of every positional tensor with one row per datapoint; other
+    arguments pass through unchanged (as in :func:`rows_of`)."""
+    n = num_rows(args)
+    return tuple(
+        a[index] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a for a in args
+    )
+
+
 def evaluate_particles(
     model: Callable,
     guide: Callable,

@@ -8,10 +8,11 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
 
 from pyro_vae._io import atomic_torch_save
 from pyro_vae.errors import CheckpointError
+from pyro_vae.infer.modes import evaluation_mode
+from pyro_vae.infer.particles import forked_rng, record
 
 FORMAT = "pyro_vae.checkpoint"
 VERSION = 1
@@ -63,15 +64,16 @@ def load_parameters(
 ) -> dict[str, Any]:
     """Copy a checkpoint's parameters into a program's parameters, in place.
 
-    The program is traced once on ``args`` inside a private parameter store to find its
+    The program is run once on ``args`` (modules in eval mode, random number generators
+    forked) inside a private parameter store to find its
     parameters (``pyro.module`` weights are the modules' own tensors, so the modules end up
     holding the checkpoint's values; the global store is left untouched). Names and shapes
     must match, else :class:`CheckpointError`. Returns the checkpoint.
     """
     store = pyro.get_param_store()
     with store.scope():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        with forked_rng(args), evaluation_mode():
+            record(model, guide, args, kwargs)
         params = dict(store.named_parameters())
         state = load_checkpoint(path, map_location=args[0].device if args else None)
         check_compatible(state, params, path)

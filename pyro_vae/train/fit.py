@@ -21,6 +21,7 @@ from pyro_vae.errors import InputError, NonFiniteLossError
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import evaluation_mode
 from pyro_vae.infer.particles import forked_rng, record
+from pyro_vae.infer.per_datapoint import take_rows
 from pyro_vae.infer.scaling import scaled_to_data
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.train.metrics import epoch_metrics, plan_metrics
@@ -116,9 +117,8 @@ def _bind(
     how the main program is scaled on each stream. Checks every keyword it will pass."""
     bound: list[list[_Bound]] = []
     scaling = []
-    for s, tensors in enumerate(streams.tensors):
-        n = streams.sizes[s]
-        first = tuple(t[: streams.batch_sizes[s]] for t in tensors)
+    for s, n in enumerate(streams.sizes):
+        first = streams.first(s)
         on_stream = []
         for i, (model, guide, loss, what) in enumerate(objectives):
             if i > 0 and auxiliary[i - 1].streams is not None and s not in auxiliary[i - 1].streams:
@@ -157,7 +157,7 @@ def _register(bound: list[list[_Bound]], streams: StreamData, kl_warmup: KLWarmu
     weight = kl_warmup(0.0) if kl_warmup is not None else None
     with pyro.validation_enabled(True), evaluation_mode():
         for s, on_stream in enumerate(bound):
-            first = tuple(t[: streams.batch_sizes[s]] for t in streams.tensors[s])
+            first = streams.first(s)
             for b in on_stream:
                 with forked_rng(first):
                     record(b.model, b.guide, first, b.kwargs(weight))
@@ -177,7 +177,7 @@ def _resume(
     training."""
     checkpoint = load_checkpoint(path, map_location=streams.tensors[0][0].device)
     if set(checkpoint["params"]) - set(params):
-        first = tuple(t[: streams.batch_sizes[0]] for t in streams.tensors[0])
+        first = streams.first(0)
         with torch.random.fork_rng(devices=devices):
             for b in bound[0]:
                 b.loss.loss_and_grads(b.model, b.guide, *first, **b.kwargs(None))
@@ -220,7 +220,7 @@ def _run_epoch(
     for s, j in streams.schedule():
         size = streams.batch_sizes[s]
         idx = orders[s][j * size : (j + 1) * size]
-        batch = tuple(t[idx] for t in streams.tensors[s])
+        batch = take_rows(streams.tensors[s], idx)
         if transform is not None:
             batch = transform(batch)
         n = streams.sizes[s]

@@ -11,7 +11,7 @@ import torch
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.particles import forked_rng
-from pyro_vae.infer.per_datapoint import log_terms
+from pyro_vae.infer.per_datapoint import log_terms, rows_of
 from pyro_vae.train.evaluation import rate_distortion
 from pyro_vae.train.streams import StreamData
 
@@ -46,10 +46,10 @@ def plan_metrics(
 ) -> MetricsPlan:
     """The metrics plan, after one evaluation of the program on two rows (random number
     generators forked, modules in eval mode) to find whether it has per-datapoint terms."""
-    train = tuple(tuple(t[:max_points] for t in tensors) for tensors in streams.tensors)
+    train = tuple(rows_of(tensors, 0, max_points) for tensors in streams.tensors)
     unavailable = ""
     try:
-        probe_rows = tuple(t[:2] for t in train[0])
+        probe_rows = rows_of(train[0], 0, 2)
         with forked_rng(probe_rows):
             log_terms(model, guide, *probe_rows, plate_name=plate_name)
     except InputError as e:

@@ -7,10 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from pyro_vae._checks import as_tensors, check_positive_int
 from pyro_vae.errors import InputError
+from pyro_vae.infer.per_datapoint import rows_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,7 +30,7 @@ class Stream:
     batch_size: int | None = None
     name: str = ""
 
-    def tensors(self, index: int) -> tuple[torch.Tensor, ...]:
+    def tensors(self, index: int) -> tuple:
         return as_tensors(self.data, self.name or f"stream {index}")
 
 
@@ -58,13 +57,19 @@ class AuxiliaryObjective:
 class StreamData:
     """The checked tensors of each stream and its batch size."""
 
-    tensors: tuple[tuple[torch.Tensor, ...], ...]
+    tensors: tuple[tuple, ...]
+    """Each stream's positional arguments (tensors with one row per datapoint, and any
+    non-tensor argument passed through)."""
     batch_sizes: tuple[int, ...]
     names: tuple[str, ...] = field(default=())
 
     @property
     def sizes(self) -> tuple[int, ...]:
         return tuple(t[0].shape[0] for t in self.tensors)
+
+    def first(self, index: int) -> tuple:
+        """The first minibatch of stream ``index`` (for probes and registration)."""
+        return rows_of(self.tensors[index], 0, self.batch_sizes[index])
 
     def minibatch(self, index: int) -> bool:
         return self.batch_sizes[index] < self.sizes[index]
