@@ -95,18 +95,6 @@ class Terms:
             )
 
 
-class _Sum:
-    """Running sum of broadcastable terms (``None`` until something is added)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value: torch.Tensor | None = None
-
-    def add(self, x: torch.Tensor) -> None:
-        self.value = x if self.value is None else self.value + x
-
-
 def collect_terms(run: ParticleRun, *, scaled: bool, analytic_kl: bool = False) -> Terms:
     """The :class:`Terms` of a run, each site's log-density computed once.
 
@@ -143,39 +131,58 @@ def collect_terms(run: ParticleRun, *, scaled: bool, analytic_kl: bool = False) 
     )
 
 
-def _pass_terms(
-    model_sites: dict[str, Site],
-    guide_sites: dict[str, Site],
-    layout: PlateLayout,
-    k: int,
-    scaled: bool,
-    analytic_kl: bool,
-) -> tuple[dict[str, torch.Tensor | None], tuple[str, ...]]:
-    """The terms of one pass holding ``k`` particles."""
-    loglik, prior, guide, score, extra, global_ = _Sum(), _Sum(), _Sum(), _Sum(), _Sum(), _Sum()
-    outside: list[str] = []
-    data_scale = layout.data_scale
+class _PassSums:
+    """Running sums of one pass's terms, each reduced to ``(k, B)`` (sites in the data plate)
+    or ``(k,)`` (``global``: sites outside it), with the site scales kept when ``scaled``."""
 
-    def add(target: _Sum, site: Site, lp: torch.Tensor | float, sign: float = 1.0) -> None:
+    KEYS = ("log_likelihood", "log_prior", "log_guide", "log_guide_score", "extra", "global")
+
+    def __init__(self, layout: PlateLayout, k: int, scaled: bool) -> None:
+        self.layout, self.k, self.scaled = layout, k, scaled
+        self.sums: dict[str, torch.Tensor | None] = dict.fromkeys(self.KEYS)
+        self.outside: list[str] = []
+
+    def add(self, key: str, site: Site, lp: torch.Tensor | float, sign: float = 1.0) -> None:
+        layout = self.layout
         if layout.in_data_plate(site):
-            if scaled and not _is_one(site.scale, data_scale):
-                lp = lp * (site.scale / data_scale)
-            target.add(sign * layout.per_datapoint(site, lp, k))
+            if self.scaled and not _is_one(site.scale, layout.data_scale):
+                lp = lp * (site.scale / layout.data_scale)
+            value = sign * layout.per_datapoint(site, lp, self.k)
         else:
-            if site.name not in outside:
-                outside.append(site.name)
-            if scaled and not _is_one(site.scale, 1.0):
+            key = "global"
+            if site.name not in self.outside:
+                self.outside.append(site.name)
+            if self.scaled and not _is_one(site.scale, 1.0):
                 lp = lp * site.scale
-            global_.add(sign * layout.per_particle(site, lp, k))
+            value = sign * layout.per_particle(site, lp, self.k)
+        current = self.sums[key]
+        self.sums[key] = value if current is None else current + value
 
+    def fields(self) -> dict[str, torch.Tensor | None]:
+        shape = (self.k, self.layout.size)
+        like = next(v for v in self.sums.values() if v is not None)
+        zero = torch.zeros((), dtype=like.dtype, device=like.device).expand(shape)
+        out: dict[str, torch.Tensor | None] = {}
+        for key in ("log_likelihood", "log_prior", "log_guide", "log_guide_score", "extra"):
+            value = self.sums[key]
+            required = key in ("log_likelihood", "log_prior", "log_guide")
+            out[key] = value.expand(shape) if value is not None else zero if required else None
+        glob = self.sums["global"]
+        out["global_weight"] = None if glob is None else glob.expand(shape[0])
+        return out
+
+
+def _model_terms(
+    sums: _PassSums, model_sites: dict[str, Site], guide_sites: dict[str, Site], analytic_kl: bool
+) -> set[str]:
+    """Add the model's sites; returns the latents whose KL was taken in closed form."""
     with_kl: set[str] = set()
     for name, site in model_sites.items():
         if site.is_observed:
-            if site.auxiliary:
-                if scaled:
-                    add(extra, site, site.log_prob())
-            else:
-                add(loglik, site, site.log_prob())
+            if not site.auxiliary:
+                sums.add("log_likelihood", site, site.log_prob())
+            elif sums.scaled:
+                sums.add("extra", site, site.log_prob())
             continue
         q = guide_sites.get(name)
         if q is None or q.is_observed:
@@ -191,39 +198,44 @@ def _pass_terms(
                         "PyTorch registers none"
                     ) from None
             else:
-                add(prior, q, kl, -1.0)  # the guide site's mask and scale, as Pyro's TraceMeanField_ELBO
+                sums.add("log_prior", q, kl, -1.0)  # the guide site's mask and scale, as TraceMeanField_ELBO
                 with_kl.add(name)
                 continue
-        add(prior, site, site.log_prob())
+        sums.add("log_prior", site, site.log_prob())
+    return with_kl
+
+
+def _guide_terms(sums: _PassSums, guide_sites: dict[str, Site], with_kl: set[str]) -> None:
+    """Add the guide's sites: latents to ``log_guide`` (and the score part), observed sites
+    (factors) to the training terms, subtracted as Pyro's ``Trace_ELBO`` counts them."""
     for name, site in guide_sites.items():
         if site.is_observed:
-            if scaled:
-                add(extra, site, site.log_prob(), -1.0)
+            if sums.scaled:
+                sums.add("extra", site, site.log_prob(), -1.0)
             continue
         if name in with_kl:
             continue
         lp = site.log_prob()
-        add(guide, site, lp)
+        sums.add("log_guide", site, lp)
         if not site.reparameterized:
-            add(score, site, lp)
+            sums.add("log_guide_score", site, lp)
+
+
+def _pass_terms(
+    model_sites: dict[str, Site],
+    guide_sites: dict[str, Site],
+    layout: PlateLayout,
+    k: int,
+    scaled: bool,
+    analytic_kl: bool,
+) -> tuple[dict[str, torch.Tensor | None], tuple[str, ...]]:
+    """The terms of one pass holding ``k`` particles."""
     if not any(s.is_observed and not s.auxiliary for s in model_sites.values()):
         raise InputError("the model has no observed sample sites")
-    shape = (k, layout.size)
-
-    def full(s: _Sum) -> torch.Tensor | None:
-        return None if s.value is None else s.value.expand(shape)
-
-    like = next(s.value for s in (loglik, global_, prior, guide) if s.value is not None)
-    zero = torch.zeros((), dtype=like.dtype, device=like.device).expand(shape)
-    fields = {
-        "log_likelihood": full(loglik) if loglik.value is not None else zero,
-        "log_prior": full(prior) if prior.value is not None else zero,
-        "log_guide": full(guide) if guide.value is not None else zero,
-        "log_guide_score": full(score),
-        "extra": full(extra),
-        "global_weight": None if global_.value is None else global_.value.expand(shape[0]),
-    }
-    return fields, tuple(outside)
+    sums = _PassSums(layout, k, scaled)
+    with_kl = _model_terms(sums, model_sites, guide_sites, analytic_kl)
+    _guide_terms(sums, guide_sites, with_kl)
+    return sums.fields(), tuple(sums.outside)
 
 
 def _is_one(scale: float | torch.Tensor, reference: float) -> bool:

@@ -24,7 +24,7 @@ from pyro_vae.infer.particles import forked_rng, record
 from pyro_vae.infer.per_datapoint import take_rows
 from pyro_vae.infer.scaling import scaled_to_data
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
-from pyro_vae.train.metrics import epoch_metrics, plan_metrics
+from pyro_vae.train.metrics import MetricsPlan, epoch_metrics, plan_metrics
 from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
 from pyro_vae.train.step import train_step
@@ -259,6 +259,91 @@ def _run_epoch(
     return -sum(t / max(c, 1) for t, c in zip(totals, counts, strict=True)) / sum(streams.sizes)
 
 
+def _check_options(
+    streams: StreamData,
+    val: tuple | None,
+    auxiliary: Sequence[AuxiliaryObjective],
+    *,
+    epochs: int,
+    lr: float,
+    eval_particles: int,
+) -> None:
+    """Every option of :func:`fit` checked before any work, with what is wrong named."""
+    if val is not None and val[0].shape[1:] != streams.tensors[0][0].shape[1:]:
+        raise InputError(
+            f"validation data has {val[0].shape[1]} features but data has {streams.tensors[0][0].shape[1]}"
+        )
+    check_positive_int(epochs, "epochs", minimum=0)
+    check_positive(lr, "learning rate")
+    check_positive_int(eval_particles, "eval_particles")
+    for i, a in enumerate(auxiliary):
+        if not isinstance(a, AuxiliaryObjective):
+            raise InputError(f"auxiliary[{i}] must be an AuxiliaryObjective, got {type(a).__name__}")
+        for s in a.streams or ():
+            if not 0 <= s < len(streams.sizes):
+                raise InputError(
+                    f"auxiliary objective '{a.name}' names stream {s}; there are {len(streams.sizes)}"
+                )
+
+
+def _train(
+    state: TrainState,
+    bound: list[list[_Bound]],
+    streams: StreamData,
+    opt: torch.optim.Optimizer,
+    params: dict[str, torch.Tensor],
+    losses: list[Any],
+    *,
+    metrics: MetricsPlan,
+    program: tuple[Callable, Callable, tuple | None],
+    epochs: int,
+    seed: int | None,
+    kl_warmup: KLWarmup | None,
+    transform: Callable | None,
+    checkpoint: str | Path | None,
+    cuda: bool,
+    progress: bool,
+) -> None:
+    """Epochs until ``epochs``: train, record the metrics, checkpoint atomically."""
+    model, guide, val = program
+    bar = tqdm(
+        total=(epochs - state.epoch) * len(streams.schedule()),
+        disable=not progress,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    with bar, pyro.validation_enabled(False):
+        while state.epoch < epochs:
+            tic = time.perf_counter()
+            objective = _run_epoch(
+                state,
+                bound,
+                streams,
+                opt,
+                params,
+                seed=seed,
+                kl_warmup=kl_warmup,
+                transform=transform,
+                checkpoint=checkpoint,
+                bar=bar,
+            )
+            record = {
+                "epoch": state.epoch + 1,
+                "step": state.step,
+                "kl_weight": kl_warmup(state.epoch + 1) if kl_warmup else 1.0,
+                "train_objective": objective,
+            }
+            record |= epoch_metrics(metrics, model, guide, val, losses[0])
+            record["seconds"] = time.perf_counter() - tic
+            state.history.append(record)
+            state.epoch += 1
+            bar.set_postfix(epoch=state.epoch, val_elbo=f"{record['val_elbo']:.3f}", refresh=False)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, state.to_checkpoint(params, opt, losses, cuda=cuda))
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -333,23 +418,9 @@ def fit(
     """
     streams = as_streams(data, batch_size)
     val = as_tensors(validation, "validation data") if validation is not None else None
-    if val is not None and val[0].shape[1:] != streams.tensors[0][0].shape[1:]:
-        raise InputError(
-            f"validation data has {val[0].shape[1]} features but data has {streams.tensors[0][0].shape[1]}"
-        )
-    check_positive_int(epochs, "epochs", minimum=0)
-    check_positive(lr, "learning rate")
-    check_positive_int(eval_particles, "eval_particles")
+    _check_options(streams, val, auxiliary, epochs=epochs, lr=lr, eval_particles=eval_particles)
     if resume and checkpoint is None:
         raise InputError("resume=True needs a checkpoint path")
-    for i, a in enumerate(auxiliary):
-        if not isinstance(a, AuxiliaryObjective):
-            raise InputError(f"auxiliary[{i}] must be an AuxiliaryObjective, got {type(a).__name__}")
-        for s in a.streams or ():
-            if not 0 <= s < len(streams.sizes):
-                raise InputError(
-                    f"auxiliary objective '{a.name}' names stream {s}; there are {len(streams.sizes)}"
-                )
     loss = loss if loss is not None else MeanFieldELBO()
     objectives = [(model, guide, loss, "program")] + [
         (a.model, a.guide, a.loss if a.loss is not None else Trace_ELBO(), f"auxiliary objective '{a.name}'")
@@ -383,43 +454,23 @@ def fit(
             state = TrainState()
             if seed is not None:
                 torch.manual_seed(seed)
-        steps_per_epoch = len(streams.schedule())
-        bar = tqdm(
-            total=(epochs - state.epoch) * steps_per_epoch,
-            disable=not progress,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=0.5,
+        _train(
+            state,
+            bound,
+            streams,
+            opt,
+            params,
+            losses,
+            metrics=metrics,
+            program=(model, guide, val),
+            epochs=epochs,
+            seed=seed,
+            kl_warmup=kl_warmup,
+            transform=transform,
+            checkpoint=checkpoint,
+            cuda=bool(devices),
+            progress=progress,
         )
-        with bar, pyro.validation_enabled(False):
-            while state.epoch < epochs:
-                tic = time.perf_counter()
-                objective = _run_epoch(
-                    state,
-                    bound,
-                    streams,
-                    opt,
-                    params,
-                    seed=seed,
-                    kl_warmup=kl_warmup,
-                    transform=transform,
-                    checkpoint=checkpoint,
-                    bar=bar,
-                )
-                record = {
-                    "epoch": state.epoch + 1,
-                    "step": state.step,
-                    "kl_weight": kl_warmup(state.epoch + 1) if kl_warmup else 1.0,
-                    "train_objective": objective,
-                }
-                record |= epoch_metrics(metrics, model, guide, val, loss)
-                record["seconds"] = time.perf_counter() - tic
-                state.history.append(record)
-                state.epoch += 1
-                bar.set_postfix(epoch=state.epoch, val_elbo=f"{record['val_elbo']:.3f}", refresh=False)
-                if checkpoint is not None:
-                    save_checkpoint(checkpoint, state.to_checkpoint(params, opt, losses, cuda=bool(devices)))
     return FitResult(
         history=state.history,
         param_state=param_state,

@@ -9,7 +9,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae.errors import CheckpointError, InputError, NonFiniteLossError
-from pyro_vae.likelihoods import Bernoulli, Gaussian
+from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import KLWarmup, fit, load_checkpoint
 
