@@ -12,8 +12,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pyro_vae.evaluate import EvaluateConfig, evaluate_run, format_evaluation
-from pyro_vae.run import TrainConfig, train_run
+from pyro_vae.commands.evaluate import EvaluateConfig, evaluate_run, format_evaluation
+from pyro_vae.commands.train import TrainConfig, train_run
 
 
 def main(argv: list[str] | None = None) -> None:

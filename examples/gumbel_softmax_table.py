@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from pyro_vae._io import atomic_write_json, atomic_write_text
-from pyro_vae.compare import CompareConfig, compare_run
+from pyro_vae.commands.compare import CompareConfig, compare_run
 
 # Jang et al. (2017), Table 1, VAE rows: negative ELBO (nats) on binarized MNIST.
 PAPER = {

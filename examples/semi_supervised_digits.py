@@ -16,11 +16,11 @@ import argparse
 import torch
 
 from pyro_vae.bounds import elbo
+from pyro_vae.commands.train import TrainConfig, load_dataset
 from pyro_vae.data import hide_labels, split
 from pyro_vae.estimators import ESTIMATORS, get_estimator
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import M2
-from pyro_vae.run import TrainConfig, load_dataset
 from pyro_vae.train import fit
 
 

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pyro_vae.run import TrainConfig, format_summary, train_run
+from pyro_vae.commands.train import TrainConfig, format_summary, train_run
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,9 @@
-"""The ``pyro-vae`` command. It parses arguments and calls the library; nothing else."""
+"""The ``pyro-vae`` command. It parses arguments and calls the library; nothing else.
+
+Building the parsers imports nothing heavy: defaults and choices come from the light
+:mod:`pyro_vae.commands.configs`, and each command imports its back-end (torch, pyro,
+matplotlib) only when it runs, so that ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from pyro_vae.compare import MODELS, CompareConfig, compare_run
+from pyro_vae.commands.configs import (
+    BINARIZATIONS,
+    ESTIMATOR_NAMES,
+    LIKELIHOOD_NAMES,
+    MODELS,
+    CompareConfig,
+    EvaluateConfig,
+    TrainConfig,
+)
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.evaluate import EvaluateConfig, evaluate_run, format_evaluation
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.run import TrainConfig, format_summary, train_run
 
 _DEFAULT = TrainConfig()
 
@@ -47,12 +56,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--binarization",
-        choices=["none", "static", "dynamic"],
+        choices=list(BINARIZATIONS),
         default=_DEFAULT.binarization,
         help="for the Bernoulli likelihood on grey levels in [0, 1]",
     )
     p.add_argument("--label-column", type=int, default=None, help="CSV/array column holding labels")
-    p.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default=_DEFAULT.likelihood)
+    p.add_argument("--likelihood", choices=sorted(LIKELIHOOD_NAMES), default=_DEFAULT.likelihood)
     p.add_argument(
         "--allow-probabilities", action="store_true", help="Bernoulli: accept values in [0, 1], not only 0/1"
     )
@@ -84,8 +93,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
-def _train(args: argparse.Namespace) -> int:
-    config = TrainConfig(
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``train`` arguments."""
+    return TrainConfig(
         data=args.data,
         binarization=args.binarization,
         label_column=args.label_column,
@@ -102,6 +112,12 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         eval_particles=args.eval_particles,
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pyro_vae.commands.train import format_summary, train_run
+
+    config = train_config(args)
     if args.out is None:
         if args.resume:
             raise PyroVAEError("--resume needs --out, the run directory to continue")
@@ -143,10 +159,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    if not (args.run_dir / "config.json").is_file():
-        raise PyroVAEError(f"{args.run_dir} is not a run directory (no config.json)")
-    config = EvaluateConfig(
+def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
+    """The :class:`EvaluateConfig` of parsed ``evaluate`` arguments."""
+    return EvaluateConfig(
         ks=args.ks,
         num_points=args.num_points,
         gap_points=args.gap_points,
@@ -155,7 +170,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         max_rows=args.max_rows,
         seed=args.seed,
     )
-    results = evaluate_run(args.run_dir, config, progress=not args.quiet)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pyro_vae.commands.evaluate import evaluate_run, format_evaluation
+
+    results = evaluate_run(args.run_dir, evaluate_config(args), progress=not args.quiet)
     print(format_evaluation(results))
     print(f"written to {args.run_dir}/evaluation.json, bounds.csv and figures")
     return 0
@@ -176,7 +196,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", default=default.data, help="'digits', 'fashion-mnist' or an IDX directory")
-    p.add_argument("--model", choices=MODELS, default=default.model, help="the discrete code")
+    p.add_argument("--model", choices=list(MODELS), default=default.model, help="the discrete code")
     p.add_argument("--variables", type=int, default=default.num_variables, help="categorical: variables")
     p.add_argument("--categories", type=int, default=default.num_categories, help="categorical: categories")
     p.add_argument("--units", type=int, default=default.num_units, help="bernoulli: binary units")
@@ -185,7 +205,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "--estimators",
         type=_str_list,
         default=default.estimators,
-        help=f"comma-separated, from: {', '.join(ESTIMATORS)}",
+        help=f"comma-separated, from: {', '.join(ESTIMATOR_NAMES)}",
     )
     p.add_argument("--particles", type=int, default=default.num_particles, help="K of VIMCO")
     p.add_argument("--temperature", type=float, default=default.temperature, help="initial temperature")
@@ -214,8 +234,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_compare)
 
 
-def _compare(args: argparse.Namespace) -> int:
-    config = CompareConfig(
+def compare_config(args: argparse.Namespace) -> CompareConfig:
+    """The :class:`CompareConfig` of parsed ``compare`` arguments."""
+    return CompareConfig(
         data=args.data,
         model=args.model,
         num_variables=args.variables,
@@ -236,6 +257,12 @@ def _compare(args: argparse.Namespace) -> int:
         eval_particles=args.eval_particles,
         trained_gradients=args.trained_gradients,
     )
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pyro_vae.commands.compare import compare_run
+
+    config = compare_config(args)
     out = args.out or Path("runs") / f"compare-{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
     result = compare_run(config, out, progress=not args.quiet)
     print(result.format())

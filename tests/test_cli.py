@@ -6,7 +6,15 @@ import sys
 
 import pytest
 
-from pyro_vae.cli import main
+from pyro_vae.cli import build_parser, compare_config, evaluate_config, main, train_config
+from pyro_vae.commands.configs import (
+    ESTIMATOR_NAMES,
+    LIKELIHOOD_NAMES,
+    MODELS,
+    CompareConfig,
+    EvaluateConfig,
+    TrainConfig,
+)
 from pyro_vae.data import FASHION_MNIST_DIR
 
 TINY = ["--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--quiet", "--eval-particles", "2"]
@@ -128,6 +136,75 @@ def test_help_for_every_command(command):
         [sys.executable, "-m", "pyro_vae", *command, "--help"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and "usage: pyro-vae" in result.stdout
+
+
+HEAVY = ("torch", "pyro", "numpy", "matplotlib", "sklearn", "arviz")
+
+# builds every parser and prints every help, in a fresh interpreter; prints what got imported
+_HELP_SCRIPT = f"""
+import contextlib, io, json, sys
+import pyro_vae
+after_import = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
+from pyro_vae.cli import build_parser, main
+for command in ([], ["train"], ["evaluate"], ["compare"]):
+    for call in (build_parser().parse_args, main):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            try:
+                call([*command, "--help"])
+            except SystemExit:
+                pass
+        assert "usage: pyro-vae" in out.getvalue()
+print(json.dumps([after_import, sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})]))
+"""
+
+
+def test_help_imports_neither_torch_nor_matplotlib():
+    result = subprocess.run([sys.executable, "-c", _HELP_SCRIPT], capture_output=True, text=True, check=True)
+    after_import, after_help = json.loads(result.stdout)
+    assert after_import == [], "import pyro_vae loaded heavy modules"
+    assert after_help == [], "building the parsers or printing help loaded heavy modules"
+
+
+LIBRARY = (
+    "pyro_vae.train",
+    "pyro_vae.bounds",
+    "pyro_vae.estimators",
+    "pyro_vae.diagnostics",
+    "pyro_vae.comparison",
+    "pyro_vae.data",
+    "pyro_vae.commands.train",
+    "pyro_vae.commands.evaluate",
+    "pyro_vae.commands.compare",
+)
+
+
+def test_library_imports_matplotlib_sklearn_and_arviz_only_when_used():
+    script = (
+        f"import sys\nimport {', '.join(LIBRARY)}\n"
+        "print(','.join(m for m in ('matplotlib', 'sklearn', 'arviz') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_light_names_equal_the_registries():
+    from pyro_vae.commands.compare import LATENT_CODES
+    from pyro_vae.estimators import ESTIMATORS
+    from pyro_vae.likelihoods import LIKELIHOODS
+
+    assert tuple(LIKELIHOODS) == LIKELIHOOD_NAMES
+    assert ESTIMATORS == ESTIMATOR_NAMES
+    assert tuple(LATENT_CODES) == MODELS
+    assert TrainConfig().likelihood in LIKELIHOODS
+    assert set(CompareConfig().estimators) <= set(ESTIMATORS)
+    assert CompareConfig().model in LATENT_CODES
+
+
+def test_parser_defaults_are_the_config_defaults():
+    parser = build_parser()
+    assert train_config(parser.parse_args(["train"])) == TrainConfig()
+    assert evaluate_config(parser.parse_args(["evaluate", "run"])) == EvaluateConfig()
+    assert compare_config(parser.parse_args(["compare"])) == CompareConfig()
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
-"""A training run on disk: config, metrics, checkpoint and figures in one directory.
+"""``pyro-vae train``: a training run on disk, with config, metrics, checkpoint and figures in
+one directory.
 
-The CLI parses arguments into a :class:`TrainConfig` and calls :func:`train_run`.
+The CLI parses arguments into a :class:`~pyro_vae.commands.configs.TrainConfig` and calls
+:func:`train_run`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import pyro
 import torch
 
 from pyro_vae import __version__
-from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int
 from pyro_vae._io import atomic_write_json, atomic_write_text
 from pyro_vae._stats import mean_and_se
+from pyro_vae.commands.configs import TrainConfig
 from pyro_vae.data import (
     FASHION_MNIST_DIR,
     Dataset,
@@ -35,8 +37,23 @@ from pyro_vae.data import (
 from pyro_vae.errors import InputError
 from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.models import VAE
-from pyro_vae.plotting import plot_latent, plot_reconstructions, plot_samples, plot_training_curves
 from pyro_vae.train import FitResult, KLWarmup, fit, rate_distortion
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "METRICS",
+    "SUMMARY",
+    "TrainConfig",
+    "TrainRun",
+    "build_model",
+    "format_summary",
+    "load_dataset",
+    "prepare",
+    "read_config",
+    "train_run",
+    "write_figures",
+]
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
@@ -44,62 +61,18 @@ METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Everything that defines a training run (saved as ``config.json``)."""
-
-    data: str = "digits"
-    binarization: str = "static"  # "none", "static" or "dynamic"
-    label_column: int | None = None
-    likelihood: str = "bernoulli"
-    allow_probabilities: bool = False
-    conditional: bool = False
-    latent_dim: int = 8
-    hidden: tuple[int, ...] = (256,)
-    beta: float = 1.0
-    warmup_epochs: float = 0.0
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    eval_particles: int = 10
-
-    def validate(self) -> None:
-        if self.likelihood not in LIKELIHOODS:
-            raise InputError(f"unknown likelihood {self.likelihood!r}; choose from {sorted(LIKELIHOODS)}")
-        if self.binarization not in ("none", "static", "dynamic"):
-            raise InputError(f"binarization must be none, static or dynamic, got {self.binarization!r}")
-        if self.binarization != "none" and self.likelihood != "bernoulli":
-            raise InputError(f"binarization applies to the Bernoulli likelihood, not {self.likelihood!r}")
-        check_positive_int(self.latent_dim, "latent dim")
-        if not self.hidden:
-            raise InputError("hidden needs at least one layer width")
-        for h in self.hidden:
-            check_positive_int(h, "hidden width")
-        check_nonnegative(self.beta, "beta")
-        check_nonnegative(self.warmup_epochs, "warm-up epochs")
-        check_positive_int(self.epochs, "epochs")
-        check_positive_int(self.batch_size, "batch size")
-        check_positive(self.lr, "learning rate")
-        check_positive_int(self.eval_particles, "eval particles")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
-            raise InputError("validation and test fractions must lie in (0, 1)")
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(obj) - known
-        if unknown:
-            raise InputError(f"config has unknown keys {sorted(unknown)}")
-        obj = dict(obj)
-        if "hidden" in obj:
-            obj["hidden"] = tuple(obj["hidden"])
-        return cls(**obj)
+def read_config(run_dir: str | Path) -> TrainConfig:
+    """The :class:`~pyro_vae.commands.configs.TrainConfig` that :func:`train_run` saved in
+    ``run_dir`` (its ``config.json``)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a run directory (no {CONFIG})")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from e
+    obj.pop("pyro_vae_version", None)
+    return TrainConfig.from_json(obj)
 
 
 def load_dataset(config: TrainConfig) -> Dataset:
@@ -187,9 +160,10 @@ def train_run(
     """
     run_dir = Path(run_dir)
     if resume:
-        config = dataclasses.replace(_read_config(run_dir), epochs=config.epochs)
-        if not (run_dir / CHECKPOINT).is_file():
-            raise InputError(f"cannot resume: {run_dir / CHECKPOINT} does not exist")
+        for name in (CONFIG, CHECKPOINT):
+            if not (run_dir / name).is_file():
+                raise InputError(f"cannot resume: {run_dir / name} does not exist")
+        config = dataclasses.replace(read_config(run_dir), epochs=config.epochs)
     elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise InputError(
             f"run directory {run_dir} already exists and is not empty; choose another --out, or --resume it"
@@ -245,6 +219,8 @@ def write_figures(
     run_dir: Path, model: VAE, splits: Splits, result: FitResult, *, conditional: bool, seed: int
 ) -> None:
     """``curves.png``, ``reconstructions.png``, ``samples.png`` and ``latent.png``."""
+    from pyro_vae.plotting import plot_latent, plot_reconstructions, plot_samples, plot_training_curves
+
     test = splits.test
     y = test.y if conditional else None
     plot_training_curves(result.history, run_dir / "curves.png")
@@ -261,18 +237,6 @@ def write_figures(
         samples = model.sample_prior(30, labels, like=test.x)
     plot_samples(samples, run_dir / "samples.png", test.image_shape)
     plot_latent(model.encode(test.x, y)[0], run_dir / "latent.png", test.y)
-
-
-def _read_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise InputError(f"cannot resume: {path} does not exist")
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path} is not valid JSON: {e}") from e
-    obj.pop("pyro_vae_version", None)
-    return TrainConfig.from_json(obj)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -1,14 +1,14 @@
-"""Evaluating a training run: bounds, gaps and diagnostics on its test data.
+"""``pyro-vae evaluate``: bounds, gaps and diagnostics of a training run on its test data.
 
-The CLI's ``pyro-vae evaluate`` parses arguments into an :class:`EvaluateConfig` and calls
-:func:`evaluate_run`.
+The CLI parses arguments into an :class:`~pyro_vae.commands.configs.EvaluateConfig` and
+calls :func:`evaluate_run`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,46 +16,33 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae._checks import check_positive_int
 from pyro_vae._io import atomic_write_json, atomic_write_text
 from pyro_vae._stats import mean_and_se
 from pyro_vae.bounds import amortization_gap, elbo, iwae
+from pyro_vae.commands.configs import EvaluateConfig
+from pyro_vae.commands.train import CHECKPOINT, prepare, read_config
 from pyro_vae.diagnostics import active_units, importance_diagnostics, kl_per_dimension
-from pyro_vae.errors import InputError
-from pyro_vae.plotting import plot_bound_vs_k, plot_k_hat, plot_kl_per_dimension
-from pyro_vae.run import CHECKPOINT, _read_config, prepare
 from pyro_vae.train import load_parameters
 
-
-@dataclass(frozen=True, kw_only=True)
-class EvaluateConfig:
-    ks: tuple[int, ...] = (1, 5, 50, 500, 5000)
-    num_points: int = 500
-    gap_points: int = 20
-    gap_steps: int = 300
-    elbo_particles: int = 100
-    k_hat_particles: int = 1000
-    max_rows: int = 50_000
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not self.ks:
-            raise InputError("need at least one K")
-        for k in self.ks:
-            check_positive_int(k, "K")
-        for name in ("num_points", "elbo_particles", "k_hat_particles", "max_rows"):
-            check_positive_int(getattr(self, name), name.replace("_", " "))
-        check_positive_int(self.gap_points, "gap points", minimum=0)
-        check_positive_int(self.gap_steps, "gap steps")
+__all__ = [
+    "EvaluateConfig",
+    "evaluate_run",
+    "format_evaluation",
+]
 
 
 def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on (up to ``num_points`` of) its test split and write
     ``evaluation.json``, ``bounds.csv`` and the figures ``bounds_vs_k.png``, ``k_hat.png``,
-    ``kl_per_dim.png`` there. Returns the results."""
-    config.validate()
+    ``kl_per_dim.png`` there. Returns the results.
+
+    :raises InputError: if ``run_dir`` holds no run of :func:`~pyro_vae.commands.train.train_run`.
+    """
+    from pyro_vae.plotting import plot_bound_vs_k, plot_k_hat, plot_kl_per_dimension  # matplotlib: when used
+
     run_dir = Path(run_dir)
-    train_config = _read_config(run_dir)
+    train_config = read_config(run_dir)
+    config.validate()
     splits, vae = prepare(train_config)
     test = splits.test.subset(torch.arange(min(config.num_points, len(splits.test))))
     data = test.tensors(with_labels=train_config.conditional)

@@ -1,0 +1,192 @@
+"""The configurations of the ``pyro-vae`` commands and the names they accept.
+
+This module is light: it imports no torch, pyro or matplotlib, so that the CLI can build its
+parsers (defaults and choices come from here) and print help without loading them. The
+checks in ``validate`` import what they need when called. The name tuples mirror the
+registries of the heavy modules, and ``tests/test_cli.py`` checks that they agree:
+:data:`LIKELIHOOD_NAMES` is ``tuple(pyro_vae.likelihoods.LIKELIHOODS)``,
+:data:`ESTIMATOR_NAMES` is ``pyro_vae.estimators.ESTIMATORS`` and :data:`MODELS` is
+``tuple(pyro_vae.commands.compare.LATENT_CODES)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pyro_vae.errors import InputError
+
+LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "poisson", "nb", "zinb")
+"""The names of :data:`pyro_vae.likelihoods.LIKELIHOODS`, accepted by ``--likelihood``."""
+
+ESTIMATOR_NAMES = ("score", "score-avg", "nvil", "vimco", "arm", "gumbel", "st-gumbel", "enum")
+"""The names of :data:`pyro_vae.estimators.ESTIMATORS`, accepted by ``--estimators``."""
+
+MODELS = ("categorical", "bernoulli")
+"""The discrete codes of ``pyro-vae compare`` (``--model``)."""
+
+BINARIZATIONS = ("none", "static", "dynamic")
+"""How ``pyro-vae train`` binarizes grey levels for the Bernoulli likelihood."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json``)."""
+
+    data: str = "digits"
+    binarization: str = "static"  # "none", "static" or "dynamic"
+    label_column: int | None = None
+    likelihood: str = "bernoulli"
+    allow_probabilities: bool = False
+    conditional: bool = False
+    latent_dim: int = 8
+    hidden: tuple[int, ...] = (256,)
+    beta: float = 1.0
+    warmup_epochs: float = 0.0
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    eval_particles: int = 10
+
+    def validate(self) -> None:
+        from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int
+
+        if self.likelihood not in LIKELIHOOD_NAMES:
+            raise InputError(
+                f"unknown likelihood {self.likelihood!r}; choose from {sorted(LIKELIHOOD_NAMES)}"
+            )
+        if self.binarization not in BINARIZATIONS:
+            raise InputError(f"binarization must be none, static or dynamic, got {self.binarization!r}")
+        if self.binarization != "none" and self.likelihood != "bernoulli":
+            raise InputError(f"binarization applies to the Bernoulli likelihood, not {self.likelihood!r}")
+        check_positive_int(self.latent_dim, "latent dim")
+        if not self.hidden:
+            raise InputError("hidden needs at least one layer width")
+        for h in self.hidden:
+            check_positive_int(h, "hidden width")
+        check_nonnegative(self.beta, "beta")
+        check_nonnegative(self.warmup_epochs, "warm-up epochs")
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch size")
+        check_positive(self.lr, "learning rate")
+        check_positive_int(self.eval_particles, "eval particles")
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
+            raise InputError("validation and test fractions must lie in (0, 1)")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(obj) - known
+        if unknown:
+            raise InputError(f"config has unknown keys {sorted(unknown)}")
+        obj = dict(obj)
+        if "hidden" in obj:
+            obj["hidden"] = tuple(obj["hidden"])
+        return cls(**obj)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """What ``pyro-vae evaluate`` computes on a run's test data, and with how many samples."""
+
+    ks: tuple[int, ...] = (1, 5, 50, 500, 5000)
+    num_points: int = 500
+    gap_points: int = 20
+    gap_steps: int = 300
+    elbo_particles: int = 100
+    k_hat_particles: int = 1000
+    max_rows: int = 50_000
+    seed: int = 0
+
+    def validate(self) -> None:
+        from pyro_vae._checks import check_positive_int
+
+        if not self.ks:
+            raise InputError("need at least one K")
+        for k in self.ks:
+            check_positive_int(k, "K")
+        for name in ("num_points", "elbo_particles", "k_hat_particles", "max_rows"):
+            check_positive_int(getattr(self, name), name.replace("_", " "))
+        check_positive_int(self.gap_points, "gap points", minimum=0)
+        check_positive_int(self.gap_steps, "gap steps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig:
+    """Everything that defines an estimator comparison (saved as ``config.json``).
+
+    The relaxed estimators anneal the temperature from ``temperature`` to
+    ``min_temperature`` exponentially over the training budget (Jang et al.'s schedule,
+    compressed to the budget); equal values keep it fixed.
+    """
+
+    data: str = "digits"
+    model: str = "categorical"
+    num_variables: int = 20
+    num_categories: int = 10
+    num_units: int = 200
+    hidden: tuple[int, ...] = (256,)
+    estimators: tuple[str, ...] = ("score", "score-avg", "nvil", "vimco", "gumbel", "st-gumbel")
+    num_particles: int = 5
+    temperature: float = 1.0
+    min_temperature: float = 0.5
+    gradient_samples: int = 100
+    gradient_batch: int = 100
+    warmup_steps: int = 100
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 1e-3
+    seed: int = 0
+    eval_particles: int = 100
+    trained_gradients: bool = False
+
+    def validate(self) -> None:
+        from pyro_vae._checks import check_positive, check_positive_int
+        from pyro_vae.estimators.enumeration import DEFAULT_MAX_CONFIGURATIONS
+
+        if self.model not in MODELS:
+            raise InputError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if not self.estimators:
+            raise InputError("name at least one estimator")
+        for name in self.estimators:
+            if name not in ESTIMATOR_NAMES:
+                raise InputError(f"unknown estimator {name!r}; choose from {', '.join(ESTIMATOR_NAMES)}")
+        if len(set(self.estimators)) != len(self.estimators):
+            raise InputError(f"estimators are repeated: {', '.join(self.estimators)}")
+        for name in ("num_variables", "num_units", "num_particles", "gradient_batch", "epochs", "batch_size"):
+            check_positive_int(getattr(self, name), name.replace("_", " "))
+        check_positive_int(self.num_categories, "num categories", minimum=2)
+        check_positive_int(self.gradient_samples, "gradient samples", minimum=2)
+        check_positive_int(self.warmup_steps, "warm-up steps", minimum=0)
+        check_positive_int(self.eval_particles, "eval particles")
+        if not self.hidden:
+            raise InputError("hidden needs at least one layer width")
+        for h in self.hidden:
+            check_positive_int(h, "hidden width")
+        check_positive(self.lr, "learning rate")
+        check_positive(self.min_temperature, "minimum temperature")
+        if self.temperature < self.min_temperature:
+            raise InputError(
+                f"temperature {self.temperature} is below the minimum temperature {self.min_temperature}"
+            )
+        if "arm" in self.estimators and self.model != "bernoulli":
+            raise InputError("the arm estimator is for Bernoulli codes; use --model bernoulli or drop arm")
+        codes = self.num_categories**self.num_variables if self.model == "categorical" else 2**self.num_units
+        if "enum" in self.estimators and codes > DEFAULT_MAX_CONFIGURATIONS:
+            raise InputError(
+                f"enum sums over every code, and this {self.model} code has {codes:.3g}, more than "
+                f"{DEFAULT_MAX_CONFIGURATIONS}; use a smaller code (e.g. --variables 2 --categories 4) "
+                "or drop enum"
+            )
+        if "vimco" in self.estimators and self.num_particles < 2:
+            raise InputError(f"vimco needs --particles >= 2, got {self.num_particles}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
