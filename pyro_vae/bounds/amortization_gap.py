@@ -15,6 +15,7 @@ from tqdm.auto import trange
 from pyro_vae._checks import check_positive_int
 from pyro_vae._stats import summarize
 from pyro_vae.bounds.elbo import elbo as elbo_bound
+from pyro_vae.bounds.estimate import BoundEstimate, difference
 from pyro_vae.bounds.iwae import log_marginal
 from pyro_vae.errors import InputError
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
@@ -25,32 +26,36 @@ from pyro_vae.infer.per_datapoint import evaluate_particles, num_rows, probe
 
 @dataclass(frozen=True)
 class AmortizationGap:
-    """Per datapoint (shape ``(B,)``): :math:`\\log \\hat p(x)`, :math:`\\mathcal L[q^*]` (the
-    best non-amortized Gaussian) and :math:`\\mathcal L[q]` (the amortized guide), with
-    standard errors, and the two gaps:
+    """Per datapoint (values of shape ``(B,)``, each with its standard error):
+    ``log_marginal`` :math:`\\log \\hat p(x)` (importance-sampled from :math:`q^*`),
+    ``optimal`` :math:`\\mathcal L[q^*]` (the best non-amortized Gaussian) and ``amortized``
+    :math:`\\mathcal L[q]` (the encoder's guide), and the two gaps:
 
     - approximation gap :math:`= \\log p(x) - \\mathcal L[q^*]` (the variational family);
     - amortization gap :math:`= \\mathcal L[q^*] - \\mathcal L[q]` (the encoder).
     """
 
-    log_marginal: torch.Tensor
-    log_marginal_se: torch.Tensor
-    elbo_optimal: torch.Tensor
-    elbo_optimal_se: torch.Tensor
-    elbo_amortized: torch.Tensor
-    elbo_amortized_se: torch.Tensor
+    log_marginal: BoundEstimate
+    optimal: BoundEstimate
+    amortized: BoundEstimate
 
     @property
-    def approximation_gap(self) -> torch.Tensor:
-        return self.log_marginal - self.elbo_optimal
+    def approximation_gap(self) -> BoundEstimate:
+        return difference(self.log_marginal, self.optimal)
 
     @property
-    def amortization_gap(self) -> torch.Tensor:
-        return self.elbo_optimal - self.elbo_amortized
+    def amortization_gap(self) -> BoundEstimate:
+        return difference(self.optimal, self.amortized)
 
     def summary(self) -> dict[str, float]:
-        names = ("log_marginal", "elbo_optimal", "elbo_amortized", "approximation_gap", "amortization_gap")
-        return summarize({name: getattr(self, name) for name in names})
+        """Data-set means; ``*_se`` are standard errors of the mean over datapoints."""
+        parts = {
+            "log_marginal": self.log_marginal,
+            "elbo_optimal": self.optimal,
+            "elbo_amortized": self.amortized,
+        }
+        parts |= {"approximation_gap": self.approximation_gap, "amortization_gap": self.amortization_gap}
+        return summarize({name: estimate.value for name, estimate in parts.items()})
 
 
 class _LocalGaussian(torch.nn.Module):
@@ -174,11 +179,4 @@ def amortization_gap(
     amo_elbo = elbo_bound(
         model, guide, *args, num_particles=eval_particles, plate_name=plate, return_error=True, **kwargs
     )
-    return AmortizationGap(
-        log_marginal=lm.value,
-        log_marginal_se=lm.standard_error,
-        elbo_optimal=opt_elbo.value,
-        elbo_optimal_se=opt_elbo.standard_error,
-        elbo_amortized=amo_elbo.value,
-        elbo_amortized_se=amo_elbo.standard_error,
-    )
+    return AmortizationGap(log_marginal=lm, optimal=opt_elbo, amortized=amo_elbo)

@@ -9,7 +9,7 @@ import torch
 
 from pyro_vae._stats import RunningMoments
 from pyro_vae.bounds.estimate import BoundEstimate
-from pyro_vae.infer.per_datapoint import streamed_log_terms
+from pyro_vae.infer.per_datapoint import accumulate_log_weights
 
 
 @torch.no_grad()
@@ -55,25 +55,21 @@ def elbo(
         [1] Jordan, Ghahramani, Jaakkola & Saul (1999), "An introduction to variational
         methods for graphical models", Machine Learning 37.
     """
-    means, errors, mode = [], [], "single"
-    for chunk in streamed_log_terms(
+    moments, mode = accumulate_log_weights(
         model,
         guide,
         args,
         kwargs,
+        make=RunningMoments,
         num_particles=num_particles,
         data_chunk=data_chunk,
         particle_chunk=particle_chunk,
         max_rows=max_rows,
         plate_name=plate_name,
         analytic_kl=analytic_kl,
-    ):
-        moments = RunningMoments()
-        for terms in chunk:
-            moments.add(terms.log_weight)
-            mode = terms.mode
-        means.append(moments.mean)
-        errors.append(moments.standard_error)
+    )
+    means = [m.mean for m in moments]
+    errors = [m.standard_error for m in moments]
     value = torch.cat(means)
     if return_error:
         return BoundEstimate(

@@ -6,34 +6,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from pyro_vae._stats import summarize
 from pyro_vae.bounds.elbo import elbo as elbo_bound
+from pyro_vae.bounds.estimate import BoundEstimate, difference
 from pyro_vae.bounds.iwae import log_marginal
 
 
 @dataclass(frozen=True)
 class ELBOGap:
-    """Per-datapoint estimates (shape ``(N,)``) and their standard errors."""
+    """Per-datapoint estimates of :math:`\\log p(x)` and the ELBO (values ``(N,)`` with their
+    standard errors) and their difference."""
 
-    log_marginal: torch.Tensor
-    log_marginal_se: torch.Tensor
-    elbo: torch.Tensor
-    elbo_se: torch.Tensor
-
-    @property
-    def gap(self) -> torch.Tensor:
-        """:math:`\\log \\hat p(x) - \\widehat{\\mathrm{ELBO}}(x)`."""
-        return self.log_marginal - self.elbo
+    log_marginal: BoundEstimate
+    elbo: BoundEstimate
 
     @property
-    def gap_se(self) -> torch.Tensor:
-        return (self.log_marginal_se**2 + self.elbo_se**2).sqrt()
+    def gap(self) -> BoundEstimate:
+        """:math:`\\log \\hat p(x) - \\widehat{\\mathrm{ELBO}}(x)` with its standard error."""
+        return difference(self.log_marginal, self.elbo)
 
     def summary(self) -> dict[str, float]:
         """Data-set means; ``*_se`` are standard errors of the mean over datapoints."""
-        return summarize({"log_marginal": self.log_marginal, "elbo": self.elbo, "gap": self.gap})
+        return summarize(
+            {"log_marginal": self.log_marginal.value, "elbo": self.elbo.value, "gap": self.gap.value}
+        )
 
 
 def elbo_gap(
@@ -57,6 +53,4 @@ def elbo_gap(
     """
     lm = log_marginal(model, guide, *args, num_particles=num_particles, **kwargs)
     el = elbo_bound(model, guide, *args, num_particles=elbo_particles, return_error=True, **kwargs)
-    return ELBOGap(
-        log_marginal=lm.value, log_marginal_se=lm.standard_error, elbo=el.value, elbo_se=el.standard_error
-    )
+    return ELBOGap(log_marginal=lm, elbo=el)

@@ -21,3 +21,15 @@ class BoundEstimate:
     standard_error: torch.Tensor
     num_particles: int
     mode: str = "vectorized"
+
+
+def difference(upper: BoundEstimate, lower: BoundEstimate) -> BoundEstimate:
+    """``upper - lower`` per datapoint, with the standard error of independent estimates,
+    :math:`\\sqrt{\\mathrm{se}_u^2 + \\mathrm{se}_l^2}` (e.g. the ELBO gap
+    :math:`\\log \\hat p(x) - \\widehat{\\mathrm{ELBO}}(x)`)."""
+    return BoundEstimate(
+        value=upper.value - lower.value,
+        standard_error=(upper.standard_error**2 + lower.standard_error**2).sqrt(),
+        num_particles=upper.num_particles,
+        mode=upper.mode,
+    )

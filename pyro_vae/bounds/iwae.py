@@ -9,7 +9,7 @@ import torch
 
 from pyro_vae.bounds.estimate import BoundEstimate
 from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp
-from pyro_vae.infer.per_datapoint import streamed_log_terms
+from pyro_vae.infer.per_datapoint import accumulate_log_weights
 
 
 @torch.no_grad()
@@ -50,25 +50,19 @@ def iwae(
     References:
         [1] Burda, Grosse & Salakhutdinov (2016), "Importance weighted autoencoders", ICLR.
     """
-    values, errors, mode = [], [], "single"
-    for chunk in streamed_log_terms(
+    accumulators, mode = accumulate_log_weights(
         model,
         guide,
         args,
         kwargs,
+        make=StreamingLogMeanExp,
         num_particles=num_particles,
         data_chunk=data_chunk,
         particle_chunk=particle_chunk,
         max_rows=max_rows,
         plate_name=plate_name,
-    ):
-        acc = StreamingLogMeanExp()
-        for terms in chunk:
-            acc.add(terms.log_weight)
-            mode = terms.mode
-        value, error = acc.result()
-        values.append(value)
-        errors.append(error)
+    )
+    values, errors = zip(*(a.result() for a in accumulators), strict=True)
     value = torch.cat(values)
     if return_error:
         return BoundEstimate(

@@ -11,7 +11,7 @@ from pyro_vae.errors import InputError
 from pyro_vae.infer.detach import detach_distribution
 from pyro_vae.infer.log_mean_exp import log_mean_exp
 from pyro_vae.infer.loss import ParticleLoss, ParticleOptions
-from pyro_vae.infer.particles import VECTORIZED, ParticleRun, record_model
+from pyro_vae.infer.particles import VECTORIZED, ParticleRun, record_program
 from pyro_vae.infer.terms import Terms, collect_terms
 
 GRADIENTS = ("standard", "stl", "dreg")
@@ -102,7 +102,7 @@ class IWAE(ParticleLoss):
         passes = []
         for _, guide_sites in run.passes:
             detached = {n: s.replace(value=s.value.detach()) for n, s in guide_sites.items()}
-            model_sg = record_model(model, args, kwargs, detached, particles=particles).sites
+            model_sg = record_program(model, args, kwargs, replay=detached, particles=particles).sites
             stopped = {
                 n: s.replace(fn=detach_distribution(s.fn))
                 for n, s in guide_sites.items()

@@ -11,7 +11,7 @@ from torch.distributions import Independent, kl_divergence
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.modes import frozen_evaluation
-from pyro_vae.infer.particles import forked_rng, record, record_guide
+from pyro_vae.infer.particles import forked_rng, record, record_program
 from pyro_vae.infer.sites import Site
 
 
@@ -34,7 +34,7 @@ def posterior_means(guide: Callable, *args: Any, site: str = "z", **kwargs: Any)
     In a guide where ``site`` depends on an earlier discrete draw (M2's :math:`z` given
     :math:`y`), this is the mean given that one draw."""
     with forked_rng(args), frozen_evaluation():
-        sites = record_guide(guide, args, kwargs).sites
+        sites = record_program(guide, args, kwargs).sites
     return _site(sites, site, "guide").fn.mean
 
 

@@ -75,32 +75,20 @@ def _recorded(
         _within_particles(fn, particles)(*args, **kwargs)
 
 
-def record_guide(
-    guide: Callable,
+def record_program(
+    fn: Callable,
     args: tuple,
     kwargs: dict,
     *,
+    replay: dict[str, Site] | None = None,
     particles: tuple[int, int] | None = None,
     value_hook: ValueHook | None = None,
     relaxed: bool = False,
 ) -> SiteRecorder:
-    """One recorded run of the guide alone (its sites and the parameters it read)."""
-    recorder = SiteRecorder(value_hook=value_hook, relaxed=relaxed)
-    _recorded(guide, args, kwargs, recorder, particles)
-    return recorder
-
-
-def record_model(
-    model: Callable,
-    args: tuple,
-    kwargs: dict,
-    replay: dict[str, Site],
-    *,
-    particles: tuple[int, int] | None = None,
-) -> SiteRecorder:
-    """One recorded run of the model with its latents replayed from ``replay``."""
-    recorder = SiteRecorder(replay=replay)
-    _recorded(model, args, kwargs, recorder, particles)
+    """One recorded run of one program (the guide, or the model with its latents replayed
+    from ``replay``): its sites and the parameters it read (see :class:`SiteRecorder`)."""
+    recorder = SiteRecorder(replay, value_hook=value_hook, relaxed=relaxed)
+    _recorded(fn, args, kwargs, recorder, particles)
     return recorder
 
 
@@ -119,8 +107,8 @@ def record(
     ``(model sites, guide sites)``. ``particles=(K, dim)`` runs both inside a plate of
     ``K`` particles at ``dim``. Gradients flow as in the program. The names of the
     parameters the guide and then the model read are appended to ``params``."""
-    g = record_guide(guide, args, kwargs, particles=particles, value_hook=value_hook, relaxed=relaxed)
-    m = record_model(model, args, kwargs, g.sites, particles=particles)
+    g = record_program(guide, args, kwargs, particles=particles, value_hook=value_hook, relaxed=relaxed)
+    m = record_program(model, args, kwargs, replay=g.sites, particles=particles)
     if params is not None:
         params.extend(n for n in (*g.params, *m.params) if n not in params)
     return m.sites, g.sites

@@ -4,7 +4,7 @@ bound, diagnostic and metric reads, chunked over data and over particles."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -192,6 +192,53 @@ def streamed_log_terms(
         )
 
 
+class LogWeightAccumulator(Protocol):
+    """What :func:`accumulate_log_weights` feeds: ``add`` takes ``(k, B)`` log-weights."""
+
+    def add(self, log_weight: torch.Tensor) -> None: ...
+
+
+A = TypeVar("A", bound=LogWeightAccumulator)
+
+
+def accumulate_log_weights(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    make: Callable[[], A],
+    num_particles: int,
+    data_chunk: int | None = None,
+    particle_chunk: int | None = None,
+    max_rows: int = 50_000,
+    plate_name: str | None = None,
+    analytic_kl: bool = False,
+) -> tuple[list[A], str]:
+    """One accumulator (``make()``) per chunk of rows, fed the log-weights of all
+    ``num_particles`` particles of those rows in particle chunks (see
+    :func:`streamed_log_terms`); and how the particles were drawn (``Terms.mode``)."""
+    out, mode = [], "single"
+    for chunk in streamed_log_terms(
+        model,
+        guide,
+        args,
+        kwargs,
+        num_particles=num_particles,
+        data_chunk=data_chunk,
+        particle_chunk=particle_chunk,
+        max_rows=max_rows,
+        plate_name=plate_name,
+        analytic_kl=analytic_kl,
+    ):
+        acc = make()
+        for terms in chunk:
+            acc.add(terms.log_weight)
+            mode = terms.mode
+        out.append(acc)
+    return out, mode
+
+
 def chunked_log_terms(
     model: Callable,
     guide: Callable,
@@ -202,12 +249,17 @@ def chunked_log_terms(
     analytic_kl: bool = False,
     **kwargs: Any,
 ) -> Iterator[Terms]:
-    """:func:`log_terms` over consecutive chunks of ``data_chunk`` rows (the program's
-    structure is probed once, on the first chunk)."""
-    plan = None
-    for chunk in data_chunks(args, data_chunk):
-        if plan is None:
-            plan = probe(model, guide, chunk, kwargs, plate_name)
-        yield log_terms(
-            model, guide, *chunk, num_particles=num_particles, plan=plan, analytic_kl=analytic_kl, **kwargs
-        )
+    """:func:`log_terms` over consecutive chunks of ``data_chunk`` rows, all particles of a
+    chunk at once (the program's structure is probed once, on the first chunk)."""
+    for chunk in streamed_log_terms(
+        model,
+        guide,
+        args,
+        kwargs,
+        num_particles=num_particles,
+        data_chunk=data_chunk,
+        particle_chunk=num_particles,
+        plate_name=plate_name,
+        analytic_kl=analytic_kl,
+    ):
+        yield from chunk
