@@ -115,7 +115,7 @@ def test_diagnostics_work_or_say_why(case):
 
 
 @ALL
-@pytest.mark.filterwarnings("ignore:.*If you want to enumerate sites:UserWarning")  # Trace_ELBO on config_enumerate
+@pytest.mark.filterwarnings("ignore:(?s).*If you want to enumerate sites:UserWarning")  # on purpose
 def test_compare_runs_and_labels_its_reference(case):
     program, data = case.build(), case.data(N)
     names = ["score", "enum"] if case.discrete else ["score"]
