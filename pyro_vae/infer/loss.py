@@ -76,6 +76,11 @@ class ParticleLoss(ELBO):
     analytic_kl = False
     """Whether :meth:`terms` uses closed-form KL terms where registered."""
 
+    linear_objective = False
+    """Whether :meth:`surrogate` only reads ``batch_objective(terms.training_weight().mean(0))``
+    (an objective linear in the per-datapoint terms, the ELBO): :meth:`terms` then takes the
+    totals fast path of :func:`~pyro_vae.infer.terms.collect_terms`."""
+
     def __init__(
         self,
         *,
@@ -157,7 +162,10 @@ class ParticleLoss(ELBO):
     def terms(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Terms:
         """The scaled per-datapoint terms of one run."""
         return collect_terms(
-            self.particles(model, guide, args, kwargs), scaled=True, analytic_kl=self.analytic_kl
+            self.particles(model, guide, args, kwargs),
+            scaled=True,
+            analytic_kl=self.analytic_kl,
+            totals=self.linear_objective,
         )
 
     def objective_and_surrogate(

@@ -10,7 +10,6 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.poutine.runtime import Message
 from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
@@ -69,9 +68,9 @@ def _within_particles(fn: Callable, particles: tuple[int, int] | None) -> Callab
 def _recorded(
     fn: Callable, args: tuple, kwargs: dict, recorder: SiteRecorder, particles: tuple | None
 ) -> None:
-    """Run ``fn`` under ``recorder``, its sample sites hidden from enclosing handlers and its
-    parameters not (so that SVI's parameter capture sees them)."""
-    with poutine.block(hide_types=["sample"]), recorder:
+    """Run ``fn`` under ``recorder`` (enclosing handlers see its sites as they see those of
+    Pyro's own ELBOs; SVI's parameter capture sees its parameters)."""
+    with recorder:
         _within_particles(fn, particles)(*args, **kwargs)
 
 
