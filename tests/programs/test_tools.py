@@ -145,3 +145,27 @@ def test_compare_runs_and_labels_its_reference(case):
     guide_rows = [r for r in result.rows() if r["group"] == "guide"]
     assert guide_rows, "the encoder's parameters are found by use, wherever pyro.module is called"
     assert pyro.get_param_store().keys() == set()
+
+
+@pytest.mark.parametrize("name", ["enumerated_parallel", "enumerated_sequential"])
+def test_rescaled_minibatches_under_trace_enum_elbo_are_exact(name):
+    """Pyro's TraceEnum_ELBO sums the label out exactly, so with the parameters held still one
+    epoch of minibatches of the rescaled program gives exactly the data set's mean ELBO, which
+    pyro_vae's own enumeration computes independently."""
+    from pyro_vae.estimators import exact_elbo
+
+    case = CASES[name]
+    program, data = case.build(), case.data(N)
+    res = fit(
+        program.model,
+        program.guide,
+        data,
+        loss=TraceEnum_ELBO(max_plate_nesting=1),
+        optimizer=lambda params: torch.optim.SGD(params, lr=1e-30),
+        epochs=1,
+        batch_size=8,
+        progress=False,
+    )
+    exact = exact_elbo(program.model, program.guide, *data).mean().item()
+    assert res.scaling == ("rescaled",)
+    assert res.history[0]["train_objective"] == pytest.approx(exact, rel=1e-9)
