@@ -3,11 +3,12 @@ log-density, and how a term becomes one value per particle and datapoint."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.sites import Site
@@ -85,17 +86,44 @@ class PlateLayout:
         return lp.reshape(lp.shape[0], -1).sum(1)
 
 
-def _frame_size(frame_size: int, site: Site) -> int:
-    """A plate's size; ``pyro.plate("data")`` without a size records -1, so read it off the
-    site's batch shape."""
-    if frame_size is not None and frame_size >= 0:
-        return frame_size
-    for frame in site.frames:
-        if frame.size == frame_size and frame.dim is not None:
-            shape = tuple(site.fn.batch_shape)
-            if len(shape) >= -frame.dim:
-                return shape[frame.dim]
+def frame_size(frame: CondIndepStackFrame, batch_shape: Sequence[int]) -> int:
+    """A vectorized plate's size; ``pyro.plate("data")`` without a size (Pyro's SS-VAE)
+    records -1, so it is read off the batch shape of a site inside it (-1 if it cannot be)."""
+    if frame.size is not None and frame.size >= 0:
+        return frame.size
+    if frame.dim is not None and len(batch_shape) >= -frame.dim:
+        return batch_shape[frame.dim]
     return -1
+
+
+def broadcast_error(sites: Iterable[Site], *, nesting: int, particles: int) -> str | None:
+    """Why a vectorized run of ``particles`` particles did not broadcast, or ``None``: every
+    site's batch shape, padded to ``nesting + 1`` dims, must hold the particles (or 1) at
+    dim 0 and, at every other dim, 1 or the size of a plate the site is in at that dim. A
+    program that moves the particle dim (a transpose of sampled values, say) fails this
+    while still running, and would otherwise give silently wrong per-datapoint terms."""
+    ndim = nesting + 1
+    for site in sites:
+        shape = tuple(site.fn.batch_shape)
+        if len(shape) > ndim:
+            return f"sample site '{site.name}' has batch shape {shape}, more dims than its plates"
+        shape = (1,) * (ndim - len(shape)) + shape
+        if shape[0] not in (1, particles):
+            return f"sample site '{site.name}' has batch shape {shape}: the particles are not at dim 0"
+        for axis in range(1, ndim):
+            size, dim = shape[axis], axis - ndim
+            if size != 1 and not any(
+                f.dim == dim and frame_size(f, shape) in (size, -1) for f in site.frames
+            ):
+                return (
+                    f"sample site '{site.name}' has batch shape {shape}, "
+                    f"size {size} at dim {dim} outside its plates"
+                )
+    return None
+
+
+def _frame_size(frame: CondIndepStackFrame, site: Site) -> int:
+    return frame_size(frame, tuple(site.fn.batch_shape))
 
 
 def find_layout(
@@ -126,7 +154,7 @@ def find_layout(
             frames[name]
             for name in common
             if frames[name][0].dim is not None
-            and (rows is None or _frame_size(frames[name][0].size, frames[name][1]) == rows)
+            and (rows is None or _frame_size(frames[name][0], frames[name][1]) == rows)
         ]
         if not candidates:
             where = f" of size {rows} (the number of rows)" if rows is not None else ""
@@ -148,7 +176,7 @@ def find_layout(
         return _no_plate(nesting, rows), (
             f"plate '{frame.name}' must be vectorized (`with pyro.plate(...)`), not iterated over"
         )
-    size = _frame_size(frame.size, site)
+    size = _frame_size(frame, site)
     full = frame.full_size if frame.full_size is not None and frame.full_size >= 0 else size
     return PlateLayout(
         nesting=nesting, data_plate=frame.name, data_dim=frame.dim, size=size, full_size=full

@@ -14,7 +14,7 @@ from pyro.poutine.runtime import Message
 from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
 from pyro_vae.errors import InputError
-from pyro_vae.infer.layout import PARTICLES, PlateLayout, find_layout
+from pyro_vae.infer.layout import PARTICLES, PlateLayout, broadcast_error, find_layout
 from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.sites import Site, SiteRecorder, ValueHook
 
@@ -223,6 +223,11 @@ def _chain(*hooks: ValueHook | None) -> ValueHook | None:
     return hook
 
 
+class _NotBroadcast(Exception):
+    """A vectorized run that completed with particles in the wrong place (see
+    :func:`~pyro_vae.infer.layout.broadcast_error`)."""
+
+
 def run_particles(
     model: Callable,
     guide: Callable,
@@ -270,12 +275,20 @@ def run_particles(
                     relaxed=relaxed,
                 ),
             )
+            if plan.vectorize is None:  # the first vectorized run: check it broadcast as it should
+                problem = broadcast_error(
+                    [*passes[0][0].values(), *passes[0][1].values()],
+                    nesting=plan.nesting,
+                    particles=num_particles,
+                )
+                if problem is not None:
+                    raise _NotBroadcast(problem)
             run = _finish(passes, plan, args, num_particles, VECTORIZED)
             plan.vectorize = True
             return run
         except InputError:
             raise
-        except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
+        except (_NotBroadcast, RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
             if want is True:
                 raise InputError(
                     f"the program does not broadcast over a leading particle dimension ({e}); "

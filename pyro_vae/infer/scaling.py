@@ -10,7 +10,7 @@ from pyro.poutine.runtime import Message
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.errors import InputError
-from pyro_vae.infer.layout import PLATE_HELP, PlateLayout
+from pyro_vae.infer.layout import PLATE_HELP, PlateLayout, frame_size
 from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.particles import forked_rng, plan_program, run_particles
 
@@ -39,8 +39,9 @@ class ScaleDataPlate(Messenger):
         for i, frame in enumerate(stack):
             if frame.name != self.plate_name:
                 continue
-            if frame.size > 0 and frame.full_size in (None, frame.size) and frame.size != self.num_data:
-                msg["scale"] = msg["scale"] * (self.num_data / frame.size)
+            size = frame_size(frame, tuple(msg["fn"].batch_shape))  # type: ignore[union-attr]
+            if size > 0 and frame.full_size in (None, frame.size) and size != self.num_data:
+                msg["scale"] = msg["scale"] * (self.num_data / size)
                 rescaled = frame._replace(full_size=self.num_data)
                 msg["cond_indep_stack"] = (*stack[:i], rescaled, *stack[i + 1 :])
             return

@@ -163,10 +163,15 @@ def _gaussian_programs():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
 
-    return {"program": declares, "ignores": ignores, "plain": plain}
+    def sizeless(x):  # Pyro's SS-VAE: pyro.plate("data") with no size
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data"):
+            pyro.sample("x", dist.Normal(loc.expand(x.shape), 1.0).to_event(1), obs=x)
+
+    return {"program": declares, "ignores": ignores, "plain": plain, "sizeless": sizeless}
 
 
-@pytest.mark.parametrize("name", ["program", "ignores", "plain"])
+@pytest.mark.parametrize("name", ["program", "ignores", "plain", "sizeless"])
 def test_minibatch_objective_is_scaled_to_the_data_set_however_the_program_is_written(name):
     """With the parameters held still (SGD at lr 1e-30), one epoch of 3 minibatches of 10
     sums -(N/B) sum_batch log p(x) over the batches, so the epoch's train_objective is the
