@@ -33,24 +33,35 @@ from pyro_vae.errors import InputError
 from pyro_vae.estimators.enumeration import DEFAULT_MAX_CONFIGURATIONS
 from pyro_vae.estimators.registry import Estimator, get_estimator
 from pyro_vae.estimators.relaxed import RelaxedELBO
+from pyro_vae.infer.modes import BufferSnapshot
 from pyro_vae.infer.per_datapoint import rows_of
 from pyro_vae.train import fit
 
 
-def _snapshot() -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+@dataclass(frozen=True)
+class _Initial:
+    """The program's state at the start: its parameters (from the store) and its modules'
+    buffers (BatchNorm statistics), so that every estimator starts from the same place."""
+
+    params: dict[str, torch.Tensor]
+    buffers: BufferSnapshot
 
 
-def _restore(snapshot: dict[str, torch.Tensor]) -> None:
-    """Reset the program's parameters and drop any an estimator added (baseline networks),
-    so that the next estimator registers its own."""
+def _snapshot(buffers: BufferSnapshot) -> _Initial:
+    return _Initial({k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}, buffers)
+
+
+def _restore(initial: _Initial) -> None:
+    """Reset the program's parameters and buffers and drop any parameters an estimator added
+    (baseline networks), so that the next estimator registers its own."""
     store = pyro.get_param_store()
-    for name in [n for n in store.keys() if n not in snapshot]:
+    for name in [n for n in store.keys() if n not in initial.params]:
         del store[name]
     params = dict(store.named_parameters())
     with torch.no_grad():
-        for name, value in snapshot.items():
+        for name, value in initial.params.items():
             params[name].copy_(value)
+    initial.buffers.restore()
 
 
 def _preflight(
@@ -191,13 +202,13 @@ class Settings:
 
 
 @contextmanager
-def _private_state(seed: int, data: torch.Tensor) -> Iterator[None]:
-    """A private parameter store and forked random number generators: the caller's state is
-    unchanged by the comparison."""
+def _private_state(seed: int, data: torch.Tensor) -> Iterator[BufferSnapshot]:
+    """A private parameter store, forked random number generators and a snapshot of the
+    buffers of every module that runs: the caller's state is unchanged by the comparison."""
     devices = [data.device] if data.device.type == "cuda" else []
-    with pyro.get_param_store().scope(), torch.random.fork_rng(devices=devices):
+    with pyro.get_param_store().scope(), torch.random.fork_rng(devices=devices), BufferSnapshot() as buffers:
         torch.manual_seed(seed)
-        yield
+        yield buffers
 
 
 def _held_out(
@@ -218,7 +229,7 @@ def _run_estimator(
     spec: Estimator,
     data: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]],
     groups: dict[str, dict[str, torch.Tensor]],
-    initial: dict[str, torch.Tensor],
+    initial: _Initial,
     references: dict[int, Reference],
     settings: Settings,
 ) -> EstimatorResult:
@@ -367,11 +378,11 @@ def compare(
         raise InputError(f"estimator names must be distinct, got {names}")
     batch = rows_of(train, 0, settings.gradient_batch_size)
     results = []
-    with _private_state(settings.seed, train[0]):
+    with _private_state(settings.seed, train[0]) as buffers:
         groups = parameter_groups(model, guide, *batch)
         if not any(groups.values()):
             raise InputError("model and guide have no parameters to compare gradients of")
-        initial = _snapshot()
+        initial = _snapshot(buffers)
         _preflight(model, guide, batch, specs)
         _restore(initial)
         ks = {s.objective_particles for s in specs}

@@ -13,13 +13,14 @@ from pyro_vae.infer.layout import PlateLayout
 from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp, log_mean_exp
 from pyro_vae.infer.loss import ParticleLoss, ParticleOptions, StatefulLoss
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
-from pyro_vae.infer.modes import evaluation_mode, frozen_evaluation
+from pyro_vae.infer.modes import BufferSnapshot, evaluation_mode, frozen_evaluation
 from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
 from pyro_vae.infer.per_datapoint import LogTerms, chunked_log_terms, log_terms, max_plate_nesting
 from pyro_vae.infer.sites import Site, SiteRecorder
 from pyro_vae.infer.terms import Terms, collect_terms
 
 __all__ = [
+    "BufferSnapshot",
     "LogTerms",
     "MeanFieldELBO",
     "ParticleLoss",

@@ -44,3 +44,40 @@ def frozen_evaluation() -> Iterator[None]:
     """:func:`evaluation_mode` without gradients: the setting of every evaluator."""
     with torch.no_grad(), evaluation_mode():
         yield
+
+
+class BufferSnapshot:
+    """The buffers (BatchNorm's running statistics, counters) of every ``nn.Module`` that
+    runs while the snapshot is active, as they were when each module first ran;
+    :meth:`restore` puts them back, and leaving the block does too.
+
+    For tools that train a caller's program on the side and must leave it as they found it
+    (:func:`~pyro_vae.comparison.compare`): the parameter store holds the parameters, but
+    buffers live only in the modules. Like :func:`evaluation_mode` it needs no list of the
+    program's modules: a global forward pre-hook sees each one before it first runs.
+    """
+
+    def __init__(self) -> None:
+        self._saved: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
+        self._handle: object | None = None
+
+    def _see(self, module: nn.Module, _inputs: object) -> None:
+        if id(module) not in self._saved:
+            buffers = {n: b.detach().clone() for n, b in module.named_buffers(recurse=False) if b is not None}
+            self._saved[id(module)] = (module, buffers)
+
+    def restore(self) -> None:
+        """Every module seen so far gets the buffers it had when first seen."""
+        with torch.no_grad():
+            for module, buffers in self._saved.values():
+                for name, value in buffers.items():
+                    getattr(module, name).copy_(value)
+
+    def __enter__(self) -> BufferSnapshot:
+        self._handle = register_module_forward_pre_hook(self._see)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()  # type: ignore[attr-defined]
+        self.restore()

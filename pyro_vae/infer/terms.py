@@ -261,7 +261,9 @@ def _model_terms(
     return with_kl
 
 
-def _guide_terms(sums: _PassSums, guide_sites: dict[str, Site], with_kl: set[str]) -> None:
+def _guide_terms(
+    sums: _PassSums, guide_sites: dict[str, Site], model_sites: dict[str, Site], with_kl: set[str]
+) -> None:
     """Add the guide's sites: latents to ``log_guide`` (and the score part), observed sites
     (factors) to the training terms, subtracted as Pyro's ``Trace_ELBO`` counts them."""
     for name, site in guide_sites.items():
@@ -271,6 +273,12 @@ def _guide_terms(sums: _PassSums, guide_sites: dict[str, Site], with_kl: set[str
             continue
         if name in with_kl:
             continue
+        if not sums.scaled and name not in model_sites:
+            raise InputError(
+                f"guide site '{name}' is not a site of the model, so its -log q has no prior to "
+                "cancel against and per-datapoint bounds would not bound log p(x) (Pyro warns of the "
+                "same); add the site to the model or remove it from the guide"
+            )
         lp = site.log_prob()
         sums.add("log_guide", site, lp)
         if not site.reparameterized:
@@ -291,7 +299,7 @@ def _pass_terms(
         raise InputError("the model has no observed sample sites")
     sums = _PassSums(layout, k, scaled, totals)
     with_kl = _model_terms(sums, model_sites, guide_sites, analytic_kl)
-    _guide_terms(sums, guide_sites, with_kl)
+    _guide_terms(sums, guide_sites, model_sites, with_kl)
     return sums.fields(), tuple(sums.outside)
 
 

@@ -240,3 +240,43 @@ def test_parameter_groups_follow_use_not_registration():
         f"ss_vae$$${m}.{p}" for m in ("encoder_y", "encoder_z") for p in ("weight", "bias")
     }
     assert set(groups["model"]) == {"ss_vae$$$decoder.weight", "ss_vae$$$decoder.bias"}
+
+
+def test_compare_leaves_the_callers_batchnorm_statistics_as_they_were():
+    """compare trains each estimator in train mode; the running statistics it changes are put
+    back (they moved by 0.32 and counted 109 batches in a trial before), and every estimator
+    starts from the same ones."""
+    torch.manual_seed(0)
+    x = (torch.rand(40, 6) < 0.3).double()
+    enc = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3)).double()
+    dec = torch.nn.Linear(3, 6).double()
+
+    def model(x):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(torch.full((x.shape[0], 3), 0.5, dtype=x.dtype)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=dec(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc", enc)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(logits=enc(x)).to_event(1))
+
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    result = compare(
+        model,
+        guide,
+        x,
+        ["score", "enum"],
+        num_gradient_samples=3,
+        gradient_batch_size=10,
+        warmup_steps=0,
+        epochs=2,
+        batch_size=10,
+        eval_particles=2,
+        progress=False,
+    )
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert enc.training
+    assert [r.name for r in result.results] == ["score", "enum"]

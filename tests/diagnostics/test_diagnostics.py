@@ -94,3 +94,29 @@ def test_posterior_samples_as_inference_data_approach_the_exact_posterior_when_r
     assert ((z.mean(0) - post.mean.detach()).abs() < 4 * se).all()
     plain = posterior_inference_data(m.model, m.guide, x, num_samples=10)
     assert plain.posterior["z"].shape == (1, 10, 2, 2)
+
+
+def test_a_scalar_latent_has_one_dimension_and_a_one_hot_code_is_refused():
+    """z_n ~ N(0, 1) scalar, q(z_n | x_n) = N(mean(x_n), 0.5): one latent dimension, whose KL
+    is the closed-form average and whose active-unit variance is that of mean(x_n)."""
+    x = torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], dtype=x.dtype), 1.0))
+            y = pyro.sample("y", dist.OneHotCategorical(logits=torch.zeros(x.shape[0], 3, dtype=x.dtype)))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1) + y, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.mean(-1), 0.5))
+            pyro.sample("y", dist.OneHotCategorical(logits=x))
+
+    kl = kl_per_dimension(model, guide, x)
+    expected = torch.distributions.kl_divergence(dist.Normal(x.mean(-1), 0.5), dist.Normal(0.0, 1.0)).mean()
+    assert kl.shape == (1,)
+    torch.testing.assert_close(kl[0], expected)
+    au = active_units(guide, x)
+    torch.testing.assert_close(au.variance, x.mean(-1).var().reshape(1))
+    with pytest.raises(InputError, match="not factorized over its event"):
+        kl_per_dimension(model, guide, x, site="y")
