@@ -93,3 +93,19 @@ def as_tensors(data: object, name: str) -> tuple:
         if isinstance(t, torch.Tensor) and (t.dim() == 0 or t.shape[0] != n):
             raise InputError(f"{name}: tensor {i} has shape {tuple(t.shape)} but x has {n} rows")
     return args
+
+
+def check_rows(args: tuple, *, name: str = "data") -> None:
+    """The positional data of an evaluation: a first argument that is a tensor with at least
+    one row (datapoints along dim 0), and finite where it is floating point."""
+    if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+        raise InputError("the first positional argument must be the data tensor (rows are datapoints)")
+    x = args[0]
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is empty: it has no rows")
+    for i, t in enumerate(args):
+        if isinstance(t, torch.Tensor) and torch.is_floating_point(t):
+            bad = ~torch.isfinite(t)
+            if bad.any():
+                where = _where(bad.reshape(t.shape[0], -1)) if t.dim() > 0 else "its value"
+                raise InputError(f"{name}: argument {i} has non-finite values (NaN or inf) at {where}")

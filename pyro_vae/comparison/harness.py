@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -366,6 +367,13 @@ def compare(
     :param data: ``x`` or a tuple ``(x, y, ...)`` as the program takes them (rows are datapoints).
     :param options: the fields of :class:`Settings` (keyword-only).
     """
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(
+            f"compare got unknown options {unknown}; its options are {sorted(known)}. Keyword "
+            "arguments of the program itself are bound beforehand, e.g. functools.partial(model, t=2.0)"
+        )
     settings = Settings(**options)
     settings.validate()
     train = as_tensors(data, "data")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.distributions import Distribution, Independent, kl_divergence
 
+from pyro_vae._checks import check_rows
 from pyro_vae.errors import InputError
 from pyro_vae.infer.layout import find_layout
 from pyro_vae.infer.modes import frozen_evaluation
@@ -53,6 +54,7 @@ def posterior_means(guide: Callable, *args: Any, site: str = "z", **kwargs: Any)
     dimension). One run of the guide with modules in eval mode; the random number
     generators are left as they were. In a guide where ``site`` depends on an earlier
     discrete draw (M2's :math:`z` given :math:`y`), this is the mean given that one draw."""
+    check_rows(args)
     with forked_rng(args), frozen_evaluation():
         sites = record_program(guide, args, kwargs).sites
     latent = _site(sites, site, "guide")
@@ -120,6 +122,7 @@ def kl_per_dimension(
     References:
         [1] Bowman et al. (2016), "Generating sentences from a continuous space", CoNLL.
     """
+    check_rows(args)
     with forked_rng(args), frozen_evaluation():
         model_sites, guide_sites = record(model, guide, args, kwargs)
     q = _site(guide_sites, site, "guide")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,10 @@ def pareto_k_hat(log_weights: torch.Tensor) -> torch.Tensor:
     ArviZ's ``psislw`` [1, 2]. :math:`\\hat k < 0.5`: the importance weights have finite
     variance and :math:`\\mathcal L_K` is reliable; :math:`0.5 \\le \\hat k < 0.7`: usable but
     slow; :math:`\\hat k \\ge 0.7`: unreliable (the proposal :math:`q` misses mass of the posterior).
-    Equal weights (a perfect proposal) give :math:`-\\infty`.
+    Equal weights (a perfect proposal) give :math:`-\\infty`. Weights that take a few values
+    only (a discrete guide over a small support: their tail has ties that a generalized
+    Pareto fit cannot use, and such bounded weights have finite variance anyway) give NaN,
+    "no tail to fit", rather than the :math:`+\\infty` ArviZ returns for them.
 
     References:
         [1] Yao, Vehtari, Simpson & Gelman (2018), "Yes, but did it work?: evaluating
@@ -33,7 +37,8 @@ def pareto_k_hat(log_weights: torch.Tensor) -> torch.Tensor:
     constant = np.ptp(lw, axis=-1) < 1e-9
     with np.errstate(invalid="ignore", divide="ignore"):
         _, k = arviz().psislw(np.ascontiguousarray(lw))
-    k = np.where(constant, -np.inf, np.asarray(k, dtype=np.float64))
+    k = np.asarray(k, dtype=np.float64)
+    k = np.where(constant, -np.inf, np.where(np.isposinf(k), np.nan, k))
     return torch.as_tensor(k, dtype=log_weights.dtype, device=log_weights.device)
 
 
@@ -51,10 +56,14 @@ class ImportanceDiagnostics:
     num_particles: int
 
     def summary(self) -> dict[str, float]:
-        k = self.k_hat
+        """Medians and fractions over the datapoints whose :math:`\\hat k` could be fitted
+        (``num_k_hat_not_fitted`` counts the NaN ones, see :func:`pareto_k_hat`)."""
+        fitted = self.k_hat[~torch.isnan(self.k_hat)]
+        k = fitted if fitted.numel() else torch.full((1,), math.nan, dtype=self.k_hat.dtype)
         return {
-            "num_data": k.shape[0],
+            "num_data": self.k_hat.shape[0],
             "num_particles": self.num_particles,
+            "num_k_hat_not_fitted": int(torch.isnan(self.k_hat).sum()),
             "k_hat_median": k.median().item(),
             "k_hat_max": k.max().item(),
             "fraction_k_hat_below_0.5": (k < GOOD).double().mean().item(),

@@ -146,7 +146,13 @@ def find_layout(
             return _no_plate(nesting, rows), f"the program has no plate named '{plate_name}'; {PLATE_HELP}"
         chosen = frames[plate_name]
     else:
-        observed = [s for s in sites if s.is_observed and not s.auxiliary] or [s for s in sites]
+        observed = [  # observed sites in some plate: a global factor says nothing of the data plate
+            s
+            for s in sites
+            if s.is_observed
+            and not s.auxiliary
+            and any(f.dim is not None and f.name != PARTICLES for f in s.frames)
+        ] or list(sites)
         common = set(frames)
         for site in observed:
             common &= {f.name for f in site.frames}
@@ -157,6 +163,21 @@ def find_layout(
             and (rows is None or _frame_size(frames[name][0], frames[name][1]) == rows)
         ]
         if not candidates:
+            iterated = sorted({f.name for f, _ in frames.values() if f.dim is None and f.size == rows})
+            if iterated:
+                return _no_plate(nesting, rows), (
+                    f"plate '{iterated[0]}' must be vectorized (`with pyro.plate(...)`), not iterated over "
+                    "(`for i in pyro.plate(...)`): per-datapoint terms need the datapoints along one dim"
+                )
+            subsampled = sorted(
+                {f.name for f, _ in frames.values() if f.full_size == rows and f.size != rows}
+            )
+            if subsampled:
+                return _no_plate(nesting, rows), (
+                    f"plate '{subsampled[0]}' subsamples the data itself (subsample_size=...); per-datapoint "
+                    "tools need the plate over every row they are given: drop subsample_size and pass "
+                    "minibatches (fit does) or chunks (the bounds do) instead"
+                )
             where = f" of size {rows} (the number of rows)" if rows is not None else ""
             return _no_plate(
                 nesting, rows

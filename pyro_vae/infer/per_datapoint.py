@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from pyro_vae._checks import check_positive_int
+from pyro_vae._checks import check_positive_int, check_rows
 from pyro_vae.errors import InputError
 from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
@@ -106,6 +106,7 @@ def log_terms(
     """
     check_positive_int(num_particles, "num_particles")
     if plan is None:
+        check_rows(args)
         plan = probe(model, guide, args, kwargs, plate_name)
     return evaluate_particles(
         model,
@@ -119,12 +120,17 @@ def log_terms(
     )[1]
 
 
-def data_chunks(args: tuple, data_chunk: int) -> Iterator[tuple]:
-    """Consecutive chunks of ``data_chunk`` rows of the positional data (see :func:`rows_of`)."""
+def data_chunks(args: tuple, kwargs: dict, data_chunk: int) -> Iterator[tuple[tuple, dict]]:
+    """Consecutive chunks of ``data_chunk`` rows of the program's arguments: every tensor with
+    one row per datapoint is split, positional or keyword (see :func:`rows_of`); other
+    arguments pass through."""
     check_positive_int(data_chunk, "data_chunk")
     n = num_rows(args)
+    names = list(kwargs)
     for start in range(0, n, data_chunk):
-        yield rows_of(args, start, start + data_chunk)
+        stop = start + data_chunk
+        chunk = rows_of((*args, *kwargs.values()), start, stop)
+        yield chunk[: len(args)], dict(zip(names, chunk[len(args) :], strict=True))
 
 
 def particle_chunks(
@@ -175,16 +181,18 @@ def streamed_log_terms(
     default a chunk holds at most ``max_rows`` particle-rows, so that an accumulator over
     particles (a streaming log-mean-exp, running moments) keeps memory flat in
     ``num_particles``. The program is probed once, on the first chunk."""
+    check_rows(args)
+    check_positive_int(num_particles, "num_particles")
     default_data, default_particles = chunk_sizes(num_rows(args), num_particles, max_rows)
     plan = None
-    for chunk in data_chunks(args, data_chunk or default_data):
+    for chunk, chunk_kwargs in data_chunks(args, kwargs, data_chunk or default_data):
         if plan is None:
-            plan = probe(model, guide, chunk, kwargs, plate_name)
+            plan = probe(model, guide, chunk, chunk_kwargs, plate_name)
         yield particle_chunks(
             model,
             guide,
             chunk,
-            kwargs,
+            chunk_kwargs,
             num_particles=num_particles,
             particle_chunk=particle_chunk or default_particles,
             plan=plan,

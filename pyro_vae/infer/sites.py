@@ -24,11 +24,26 @@ class Site:
 
     :ivar frames: the vectorized and sequential plates around the site (Pyro's
         ``cond_indep_stack``).
+    :ivar auxiliary: an observed model site marked :data:`~pyro_vae.conventions.AUXILIARY` (a
+        training term, not part of the model's density).
+    :ivar auxiliary_latent: a guide latent marked ``infer={"is_auxiliary": True}`` (Pyro's
+        autoguides): a guide-only variable whose density a later site completes.
     :ivar relaxed: the value was replaced by a reparameterized stand-in (a relaxed draw), so
         the site's own ``log_prob`` at that value is not a density of the value.
     """
 
-    __slots__ = ("auxiliary", "fn", "frames", "is_observed", "mask", "name", "relaxed", "scale", "value")
+    __slots__ = (
+        "auxiliary",
+        "auxiliary_latent",
+        "fn",
+        "frames",
+        "is_observed",
+        "mask",
+        "name",
+        "relaxed",
+        "scale",
+        "value",
+    )
 
     def __init__(self, msg: Message, relaxed: bool = False) -> None:
         self.name: str = msg["name"]  # type: ignore[assignment]
@@ -39,6 +54,7 @@ class Site:
         self.is_observed: bool = bool(msg["is_observed"])
         self.frames: tuple[CondIndepStackFrame, ...] = tuple(msg["cond_indep_stack"])
         self.auxiliary: bool = is_auxiliary(msg["infer"])  # type: ignore[arg-type]
+        self.auxiliary_latent: bool = bool(msg["infer"].get("is_auxiliary", False))  # type: ignore[union-attr]
         self.relaxed = relaxed
 
     @property
@@ -67,7 +83,8 @@ the sample is then marked done, so the distribution's sampler is not called."""
 
 
 class SiteRecorder(Messenger):
-    """Records the sample sites of one run (not Pyro's subsample sites) as :class:`Site` s,
+    """Records the sample sites of one run (not Pyro's subsample sites, nor the values that
+    ``pyro.deterministic`` records) as :class:`Site` s,
     and the names of the parameters it reads (``params``), optionally replaying latent
     values from another record.
 
@@ -115,8 +132,8 @@ class SiteRecorder(Messenger):
             self.params.append(name)
 
     def _pyro_post_sample(self, msg: Message) -> None:
-        if site_is_subsample(msg):
-            return
+        if site_is_subsample(msg) or msg["infer"].get("_deterministic"):  # type: ignore[union-attr]
+            return  # pyro.deterministic records a value, not a density
         name: str = msg["name"]  # type: ignore[assignment]
         if name in self.sites:
             raise InputError(f"sample site '{name}' appears twice in one run of the program")

@@ -228,6 +228,20 @@ class _PassSums:
         return out
 
 
+def _check_observed_rows(site: Site, layout: PlateLayout) -> None:
+    """An observed value whose data-plate length is not the batch's: data bound to the model
+    (``pyro.condition``) rather than passed in, which cannot follow the rows of a chunk."""
+    if layout.data_dim is None or not layout.in_data_plate(site):
+        return
+    batch = tuple(site.value.shape[: site.value.dim() - len(site.fn.event_shape)])
+    if len(batch) >= -layout.data_dim and batch[layout.data_dim] not in (1, layout.size):
+        raise InputError(
+            f"observed site '{site.name}' holds {batch[layout.data_dim]} rows but the batch has "
+            f"{layout.size}: data bound to the model (pyro.condition) cannot be split into chunks or "
+            "minibatches; pass it to the program as an argument and observe it with obs="
+        )
+
+
 def _model_terms(
     sums: _PassSums, model_sites: dict[str, Site], guide_sites: dict[str, Site], analytic_kl: bool
 ) -> set[str]:
@@ -235,6 +249,8 @@ def _model_terms(
     with_kl: set[str] = set()
     for name, site in model_sites.items():
         if site.is_observed:
+            if not sums.scaled:
+                _check_observed_rows(site, sums.layout)
             if not site.auxiliary:
                 sums.add("log_likelihood", site, site.log_prob())
             elif sums.scaled:
@@ -273,11 +289,12 @@ def _guide_terms(
             continue
         if name in with_kl:
             continue
-        if not sums.scaled and name not in model_sites:
+        if not sums.scaled and name not in model_sites and not site.auxiliary_latent:
             raise InputError(
                 f"guide site '{name}' is not a site of the model, so its -log q has no prior to "
                 "cancel against and per-datapoint bounds would not bound log p(x) (Pyro warns of the "
-                "same); add the site to the model or remove it from the guide"
+                "same); add the site to the model, remove it from the guide, or mark it "
+                "infer={'is_auxiliary': True} if a later site's density completes it (Pyro's autoguides)"
             )
         lp = site.log_prob()
         sums.add("log_guide", site, lp)

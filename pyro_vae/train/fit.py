@@ -443,6 +443,7 @@ def fit(
             particles=eval_particles,
             batch_size=eval_batch_size,
             max_points=eval_max_points,
+            validation=val,
         )
         params = _store_params()
         if not params:

@@ -43,17 +43,23 @@ def plan_metrics(
     particles: int,
     batch_size: int,
     max_points: int,
+    validation: tuple | None = None,
 ) -> MetricsPlan:
-    """The metrics plan, after one evaluation of the program on two rows (random number
-    generators forked, modules in eval mode) to find whether it has per-datapoint terms."""
+    """The metrics plan, after one evaluation of the program on the rows the metrics will
+    read (random number generators forked, modules in eval mode) to find whether it has
+    per-datapoint terms there. A program that cannot be evaluated on them (no data plate,
+    global sites, a guide with parameters per training row such as Pyro's ``AutoNormal``)
+    trains all the same, with the reason in ``unavailable``."""
     train = tuple(rows_of(tensors, 0, max_points) for tensors in streams.tensors)
     unavailable = ""
     try:
-        probe_rows = rows_of(train[0], 0, 2)
-        with forked_rng(probe_rows):
-            log_terms(model, guide, *probe_rows, plate_name=plate_name)
+        for rows in (train[0], *((validation,) if validation is not None else ())):
+            with forked_rng(rows):
+                log_terms(model, guide, *rows, plate_name=plate_name)
     except InputError as e:
         unavailable = str(e)
+    except (ValueError, RuntimeError, IndexError) as e:  # the program's own error on these rows
+        unavailable = f"the program cannot be evaluated on the metrics' rows ({type(e).__name__}: {e})"
     return MetricsPlan(train, plate_name, particles, batch_size, unavailable)
 
 

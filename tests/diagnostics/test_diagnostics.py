@@ -120,3 +120,18 @@ def test_a_scalar_latent_has_one_dimension_and_a_one_hot_code_is_refused():
     torch.testing.assert_close(au.variance, x.mean(-1).var().reshape(1))
     with pytest.raises(InputError, match="not factorized over its event"):
         kl_per_dimension(model, guide, x, site="y")
+
+
+def test_k_hat_of_tied_discrete_weights_is_not_fitted_rather_than_infinite():
+    """Log-weights with two values only (a discrete guide over a small support): ArviZ gives
+    k-hat = inf; they are bounded, so their variance is finite; we report NaN, counted apart."""
+    lw = torch.zeros(200, 3, dtype=torch.float64)
+    lw[::7] = -0.3
+    k = pareto_k_hat(lw)
+    assert torch.isnan(k).all()
+    from pyro_vae.diagnostics import ImportanceDiagnostics
+
+    summary = ImportanceDiagnostics(
+        k_hat=torch.tensor([0.2, float("nan")]), ess=torch.ones(2), num_particles=200
+    ).summary()
+    assert summary["num_k_hat_not_fitted"] == 1 and summary["k_hat_median"] == pytest.approx(0.2)

@@ -199,8 +199,9 @@ def test_totals_fast_path_equals_the_per_datapoint_path(num_particles, vectorize
 
 
 def test_evaluation_refuses_a_guide_latent_the_model_does_not_have():
-    """A guide-only latent (auxiliary or not) adds -log q(u) with no prior: the 'bound' then
-    exceeded log p(x) (1.10 against -5.09 in a trial); evaluation names the site instead."""
+    """A guide-only latent adds -log q(u) with no prior: the 'bound' then exceeded log p(x)
+    (1.10 against -5.09 in a trial); evaluation names the site instead. Sites marked
+    is_auxiliary are Pyro's promise that a later site completes them (its autoguides)."""
 
     def model(x):
         with pyro.plate("data", x.shape[0]):
@@ -209,8 +210,23 @@ def test_evaluation_refuses_a_guide_latent_the_model_does_not_have():
 
     def guide(x):
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("u", dist.Normal(torch.zeros_like(x), 1.0), infer={"is_auxiliary": True})
+            pyro.sample("u", dist.Normal(torch.zeros_like(x), 1.0))
             pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
 
     with pytest.raises(InputError, match="guide site 'u' is not a site of the model"):
         log_terms(model, guide, X)
+
+
+def test_pyros_autonormal_is_evaluated_exactly():
+    """AutoNormal samples an auxiliary 'z_unconstrained' and a Delta at 'z' that carries the
+    change of variables: the pair is q(z). With its loc and scale set to the exact posterior,
+    every log-weight is log p(x)."""
+    from pyro.infer.autoguide import AutoNormal
+
+    model, _ = _gaussian()
+    guide = AutoNormal(model)
+    guide(X)
+    guide.locs.z = torch.nn.Parameter(X / 2)
+    guide.scales.z = torch.full_like(X, 0.5**0.5)
+    lw = log_terms(model, guide, X, num_particles=5).log_weight
+    assert torch.allclose(lw, _exact(X).expand(5, 3), atol=1e-10)
