@@ -42,3 +42,19 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def make_output_dir(path: str | Path, *, what: str = "output directory") -> Path:
+    """Create ``path`` (and its parents) for a command's results, or raise
+    :class:`~pyro_vae.errors.InputError` saying why it cannot be (an existing file in the
+    way, no permission, a read-only or virtual file system such as ``/proc``)."""
+    from pyro_vae.errors import InputError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test.", delete=True)
+        probe.close()
+    except OSError as e:
+        raise InputError(f"cannot write the {what} {path}: {e.strerror or e}") from None
+    return path

@@ -58,7 +58,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--binarization",
         choices=list(BINARIZATIONS),
         default=_DEFAULT.binarization,
-        help="for the Bernoulli likelihood on grey levels in [0, 1]",
+        help="for the Bernoulli likelihood on grey levels in [0, 1] (default %(default)s: static for "
+        "bernoulli, none for the other likelihoods)",
     )
     p.add_argument("--label-column", type=int, default=None, help="CSV/array column holding labels")
     p.add_argument("--likelihood", choices=sorted(LIKELIHOOD_NAMES), default=_DEFAULT.likelihood)
@@ -87,7 +88,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=_DEFAULT.eval_particles,
         help="samples per datapoint for the test ELBO",
     )
-    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<data>-<time>)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="run directory (default %(default)s: runs/<data>-<time>)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -229,7 +232,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure the gradients again at each estimator's trained parameters",
     )
-    p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/compare-<time>)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output directory (default %(default)s: runs/compare-<time>)"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_compare)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import __version__
-from pyro_vae._io import atomic_write_json
+from pyro_vae._io import atomic_write_json, make_output_dir
 from pyro_vae.commands.configs import MODELS, CompareConfig, TrainConfig
 from pyro_vae.commands.train import load_dataset
 from pyro_vae.comparison import Comparison, compare
@@ -74,7 +74,7 @@ def compare_run(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
     estimators = [
         get_estimator(n, num_particles=config.num_particles, temperature=tau) for n in config.estimators
     ]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir)
     atomic_write_json(out_dir / "config.json", {**config.to_json(), "pyro_vae_version": __version__})
     result = compare(
         vae.model,

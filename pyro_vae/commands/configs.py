@@ -35,7 +35,9 @@ class TrainConfig:
     """Everything that defines a training run (saved as ``config.json``)."""
 
     data: str = "digits"
-    binarization: str = "static"  # "none", "static" or "dynamic"
+    binarization: str | None = None
+    """``"none"``, ``"static"`` or ``"dynamic"``; ``None`` follows the likelihood (static for
+    Bernoulli, none otherwise): see :attr:`binarize`."""
     label_column: int | None = None
     likelihood: str = "bernoulli"
     allow_probabilities: bool = False
@@ -52,6 +54,14 @@ class TrainConfig:
     test_fraction: float = 0.1
     eval_particles: int = 10
 
+    @property
+    def binarize(self) -> str:
+        """The binarization in force: the one given, or the likelihood's default (static for
+        Bernoulli, none for the others)."""
+        if self.binarization is not None:
+            return self.binarization
+        return "static" if self.likelihood == "bernoulli" else "none"
+
     def validate(self) -> None:
         from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int
 
@@ -59,10 +69,13 @@ class TrainConfig:
             raise InputError(
                 f"unknown likelihood {self.likelihood!r}; choose from {sorted(LIKELIHOOD_NAMES)}"
             )
-        if self.binarization not in BINARIZATIONS:
+        if self.binarization is not None and self.binarization not in BINARIZATIONS:
             raise InputError(f"binarization must be none, static or dynamic, got {self.binarization!r}")
-        if self.binarization != "none" and self.likelihood != "bernoulli":
-            raise InputError(f"binarization applies to the Bernoulli likelihood, not {self.likelihood!r}")
+        if self.binarization not in (None, "none") and self.likelihood != "bernoulli":
+            raise InputError(
+                f"binarization applies to the Bernoulli likelihood, not {self.likelihood!r}; "
+                "drop --binarization (or pass --binarization none)"
+            )
         check_positive_int(self.latent_dim, "latent dim")
         if not self.hidden:
             raise InputError("hidden needs at least one layer width")

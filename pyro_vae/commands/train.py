@@ -20,7 +20,7 @@ import pyro
 import torch
 
 from pyro_vae import __version__
-from pyro_vae._io import atomic_write_json, atomic_write_text
+from pyro_vae._io import atomic_write_json, atomic_write_text, make_output_dir
 from pyro_vae._stats import mean_and_se
 from pyro_vae.commands.configs import TrainConfig
 from pyro_vae.data import (
@@ -77,7 +77,7 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 
 def load_dataset(config: TrainConfig) -> Dataset:
     """The data named by ``config.data``: ``digits``, ``fashion-mnist``, an IDX directory, or a file."""
-    static = config.binarization == "static"
+    static = config.binarize == "static"
     if config.data == "digits":
         return load_digits(binarize=static, seed=config.seed)
     if config.data == "fashion-mnist":
@@ -101,7 +101,7 @@ def load_dataset(config: TrainConfig) -> Dataset:
 def build_model(config: TrainConfig, data: Dataset) -> VAE:
     """The VAE described by ``config``, for data shaped like ``data``."""
     cls = LIKELIHOODS[config.likelihood]
-    probs = config.allow_probabilities or config.binarization == "dynamic"
+    probs = config.allow_probabilities or config.binarize == "dynamic"
     likelihood = (
         cls(data.num_features, allow_probabilities=probs) if cls is Bernoulli else cls(data.num_features)
     )
@@ -170,7 +170,7 @@ def train_run(
         )
     splits, model = prepare(config)
     with_labels = config.conditional
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(run_dir, what="run directory")
     if not resume:
         atomic_write_json(run_dir / CONFIG, {**config.to_json(), "pyro_vae_version": __version__})
     tic = time.perf_counter()
@@ -184,7 +184,7 @@ def train_run(
         batch_size=config.batch_size,
         seed=config.seed,
         kl_warmup=KLWarmup(config.warmup_epochs) if config.warmup_epochs > 0 else None,
-        transform=DynamicBinarization() if config.binarization == "dynamic" else None,
+        transform=DynamicBinarization() if config.binarize == "dynamic" else None,
         checkpoint=run_dir / CHECKPOINT,
         resume=resume,
         progress=progress,

@@ -92,4 +92,26 @@ def _read_csv(path: Path) -> np.ndarray:
         rows = np.genfromtxt(path, delimiter=",", skip_header=skip, dtype=np.float64, ndmin=2)
     if rows.size == 0:
         raise InputError(f"{path} has no data rows")
+    _check_numeric_cells(path, rows, skip)
     return rows
+
+
+def _check_numeric_cells(path: Path, rows: np.ndarray, skip: int) -> None:
+    """NaN where a cell did not parse as a number: name the first such cell (an explicit
+    ``nan`` in the file is left to the finiteness check, which names it as NaN)."""
+    bad = np.argwhere(np.isnan(rows))
+    if not len(bad):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()[skip:]
+    for r, c in bad[:1000]:
+        cells = lines[r].split(",") if r < len(lines) else []
+        cell = cells[c].strip() if c < len(cells) else ""
+        try:
+            float(cell)
+        except ValueError:
+            shown = repr(cell) if cell else "an empty cell"
+            raise InputError(
+                f"{path}: not a number at (row {r}, column {c}): {shown}; every cell after an optional "
+                "header row must be a number"
+            ) from None

@@ -34,6 +34,11 @@ class Likelihood(nn.Module, ABC):
     #: how many decoder outputs each feature needs
     outputs_per_feature: int = 1
 
+    #: largest magnitude of a value a network decoder can be expected to fit from the usual
+    #: initialization and learning rates (``None``: no limit); larger data get an error naming
+    #: the scale and suggesting to standardize, rather than a non-finite loss later
+    max_magnitude: float | None = None
+
     def __init__(self, num_features: int) -> None:
         super().__init__()
         check_positive_int(num_features, "num_features")
@@ -62,6 +67,16 @@ class Likelihood(nn.Module, ABC):
                 f"{name} has {x.shape[1]} features (columns) but the model expects {self.num_features}"
             )
         self.validate(x, name=name)
+        if self.max_magnitude is not None:
+            largest = x.abs().max().item()
+            if largest > self.max_magnitude:
+                raise InputError(
+                    f"{name} has values up to {largest:.3g} in magnitude, beyond {self.max_magnitude:.0e}, "
+                    f"the scale a {type(self).__name__} likelihood with a network decoder can fit: "
+                    f"{self.scale_advice}"
+                )
+
+    scale_advice = "standardize the features (subtract each column's mean, divide by its standard deviation)"
 
     def _split(self, decoder_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return decoder_output.split(self.num_features, dim=-1)

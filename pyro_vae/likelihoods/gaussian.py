@@ -22,6 +22,8 @@ class Gaussian(Likelihood):
     :param min_scale: the floor :math:`\\sigma_{\\min}`.
     """
 
+    max_magnitude = 1e6
+
     def __init__(self, num_features: int, *, init_scale: float = 1.0, min_scale: float = 1e-3) -> None:
         super().__init__(num_features)
         if not init_scale > min_scale >= 0:

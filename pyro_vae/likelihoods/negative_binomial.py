@@ -52,6 +52,12 @@ class NegativeBinomial(Likelihood):
         single-cell transcriptomics", Nature Methods 15, 1053-1058.
     """
 
+    max_magnitude = 1e8
+    scale_advice = (
+        "are these counts? Raw single-cell or sequencing counts stay far below this; divide them "
+        "by a size factor, or model log-transformed values with a Gaussian likelihood"
+    )
+
     def __init__(self, num_features: int, *, init_inverse_dispersion: float = 1.0) -> None:
         super().__init__(num_features)
         self.log_inverse_dispersion = nn.Parameter(

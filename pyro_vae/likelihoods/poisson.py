@@ -12,6 +12,12 @@ from pyro_vae.likelihoods.base import Likelihood
 class Poisson(Likelihood):
     """:math:`x_d \\mid z \\sim \\mathrm{Poisson}(\\exp f_d(z))`: the decoder outputs log-rates."""
 
+    max_magnitude = 1e8
+    scale_advice = (
+        "are these counts? Raw single-cell or sequencing counts stay far below this; divide them "
+        "by a size factor, or model log-transformed values with a Gaussian likelihood"
+    )
+
     def forward(self, decoder_output: torch.Tensor) -> dist.TorchDistribution:
         return dist.Poisson(decoder_output.exp(), validate_args=False).to_event(1)
 

@@ -31,12 +31,21 @@ def load_checkpoint(path: str | Path, *, map_location: torch.device | str | None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyro_vae checkpoint")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, expected {VERSION}")
     return state
+
+
+def _reason(error: Exception) -> str:
+    """One line on why ``torch.load`` failed, without its advice to load unsafely."""
+    text = str(error)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    if isinstance(error, EOFError | OSError) or "PytorchStreamReader" in text:
+        return f"damaged or truncated: {first}"
+    return "not a checkpoint this library wrote; it is only read with weights_only=True"
 
 
 def check_compatible(state: dict[str, Any], params: dict[str, torch.Tensor], path: str | Path) -> None:
