@@ -45,11 +45,15 @@ class ProgramPlan:
     :ivar nesting: ``max_plate_nesting``.
     :ivar plate_name: the data plate's name as given (``None``: found by size).
     :ivar vectorize: whether several particles can run in one pass (``None``: not yet known).
+    :ivar local_params: parameters with one entry per element of a plate (Pyro's
+        ``AutoNormal``), with the plates' names: the rows of such a plate cannot be split
+        into chunks or minibatches without splitting the parameters with them.
     """
 
     nesting: int
     plate_name: str | None = None
     vectorize: bool | None = None
+    local_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
     fallback_reason: str = field(default="", repr=False)
 
 
@@ -101,15 +105,20 @@ def record(
     value_hook: ValueHook | None = None,
     relaxed: bool = False,
     params: list[str] | None = None,
+    local_params: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[dict[str, Site], dict[str, Site]]:
     """One run of the guide, then the model with its latents replayed from the guide:
     ``(model sites, guide sites)``. ``particles=(K, dim)`` runs both inside a plate of
     ``K`` particles at ``dim``. Gradients flow as in the program. The names of the
-    parameters the guide and then the model read are appended to ``params``."""
+    parameters the guide and then the model read are appended to ``params``, and those
+    with one entry per plate element to ``local_params`` (see :class:`SiteRecorder`)."""
     g = record_program(guide, args, kwargs, particles=particles, value_hook=value_hook, relaxed=relaxed)
     m = record_program(model, args, kwargs, replay=g.sites, particles=particles)
     if params is not None:
         params.extend(n for n in (*g.params, *m.params) if n not in params)
+    if local_params is not None:
+        local_params.update(g.local_params)
+        local_params.update(m.local_params)
     return m.sites, g.sites
 
 
@@ -126,8 +135,9 @@ def plan_program(
     gradients and with the random number generators forked: the probe changes no running
     statistic, no parameter and no later draw. It runs on the batch it is given (never on
     a single row, which BatchNorm in train mode refuses)."""
+    local: dict[str, tuple[str, ...]] = {}
     with forked_rng(args), frozen_evaluation():
-        model_sites, guide_sites = record(model, guide, args, kwargs)
+        model_sites, guide_sites = record(model, guide, args, kwargs, local_params=local)
     dims = [
         -frame.dim
         for site in (*model_sites.values(), *guide_sites.values())
@@ -143,7 +153,7 @@ def plan_program(
         nesting = max_plate_nesting
     if not model_sites:
         raise InputError("the model has no sample sites")
-    return ProgramPlan(nesting=nesting, plate_name=plate_name)
+    return ProgramPlan(nesting=nesting, plate_name=plate_name, local_params=local)
 
 
 def gumbel_max_sample(fn: Distribution) -> torch.Tensor | None:

@@ -180,14 +180,24 @@ def streamed_log_terms(
     particle chunks: ``for chunk in streamed_log_terms(...): for terms in chunk: ...``. By
     default a chunk holds at most ``max_rows`` particle-rows, so that an accumulator over
     particles (a streaming log-mean-exp, running moments) keeps memory flat in
-    ``num_particles``. The program is probed once, on the first chunk."""
+    ``num_particles``. The program is probed once, on all the rows; a program with
+    parameters per datapoint (Pyro's ``AutoNormal``) is never split into chunks of rows."""
     check_rows(args)
     check_positive_int(num_particles, "num_particles")
-    default_data, default_particles = chunk_sizes(num_rows(args), num_particles, max_rows)
-    plan = None
+    n = num_rows(args)
+    plan = probe(model, guide, args, kwargs, plate_name)
+    if plan.local_params:  # parameters per row (AutoNormal): the rows are never split
+        if data_chunk is not None and data_chunk < n:
+            name = next(iter(plan.local_params))
+            raise InputError(
+                f"the program has parameters per datapoint ('{name}'), so its {n} rows cannot be split "
+                f"into chunks of {data_chunk}; leave data_chunk unset"
+            )
+        data_chunk = n
+    default_data, default_particles = chunk_sizes(n, num_particles, max_rows)
+    if data_chunk is not None:
+        default_particles = max(1, min(num_particles, max_rows // data_chunk))
     for chunk, chunk_kwargs in data_chunks(args, kwargs, data_chunk or default_data):
-        if plan is None:
-            plan = probe(model, guide, chunk, chunk_kwargs, plate_name)
         yield particle_chunks(
             model,
             guide,

@@ -58,6 +58,13 @@ def data_plate(
         run = run_particles(model, guide, args, kwargs, plan=plan, num_particles=1)
     if run.layout.data_plate is None:
         raise InputError(run.layout_error or f"the program has no data plate; {PLATE_HELP}")
+    local = [n for n, plates in plan.local_params.items() if run.layout.data_plate in plates]
+    if local:
+        raise InputError(
+            f"the program has parameters per datapoint ({local[0]!r}, as Pyro's AutoNormal has), which "
+            "minibatches of rows would share across datapoints; train it full batch (batch_size=None) "
+            "or use an amortized guide"
+        )
     return run.layout
 
 

@@ -85,7 +85,9 @@ the sample is then marked done, so the distribution's sampler is not called."""
 class SiteRecorder(Messenger):
     """Records the sample sites of one run (not Pyro's subsample sites, nor the values that
     ``pyro.deterministic`` records) as :class:`Site` s,
-    and the names of the parameters it reads (``params``), optionally replaying latent
+    and the names of the parameters it reads (``params``; ``local_params``: those read
+    inside plates with an ``event_dim``, one entry per plate element, with the plates'
+    names), optionally replaying latent
     values from another record.
 
     :param replay: sites whose values the run's *latent* sites take (the guide's, when the
@@ -105,6 +107,7 @@ class SiteRecorder(Messenger):
         super().__init__()
         self.sites: dict[str, Site] = {}
         self.params: list[str] = []
+        self.local_params: dict[str, tuple[str, ...]] = {}
         self.replay = replay
         self.value_hook = value_hook
         self.relaxed = relaxed
@@ -130,6 +133,10 @@ class SiteRecorder(Messenger):
         name: str = msg["args"][0]  # type: ignore[index]
         if name not in self.params:
             self.params.append(name)
+        if msg["kwargs"].get("event_dim") is not None:  # type: ignore[union-attr]
+            plates = tuple(f.name for f in msg["cond_indep_stack"] if f.dim is not None)
+            if plates:  # a parameter per plate entry, subsampled by the plate (Pyro's AutoNormal)
+                self.local_params[name] = plates
 
     def _pyro_post_sample(self, msg: Message) -> None:
         if site_is_subsample(msg) or msg["infer"].get("_deterministic"):  # type: ignore[union-attr]

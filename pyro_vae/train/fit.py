@@ -212,8 +212,10 @@ def _run_epoch(
     Returns the training objective per datapoint, :math:`-\\sum_s \\overline{\\text{loss}}_s
     / \\sum_s N_s` (each stream's mean loss estimates its full-data loss)."""
     epoch = state.epoch
-    orders = [
+    orders = [  # a full-batch stream keeps its order: rows may own parameters (AutoNormal)
         _permutation(n, seed, epoch, s).to(t[0].device)
+        if streams.minibatch(s)
+        else torch.arange(n, device=t[0].device)
         for s, (n, t) in enumerate(zip(streams.sizes, streams.tensors, strict=True))
     ]
     totals, counts = [0.0] * len(bound), [0] * len(bound)

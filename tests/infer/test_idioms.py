@@ -122,3 +122,44 @@ def test_bad_input_is_named_before_work(call, message):
 
     with pytest.raises(InputError, match=message):
         call(model)
+
+
+def _normal_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def test_an_autonormal_guide_is_never_split_into_chunks():
+    """AutoNormal has one location per datapoint; set to the exact posterior N(x/2, 1/2), every
+    importance weight is p(x), and the default log_marginal (whose K=5000 would chunk 50 rows
+    into 10s) evaluates all rows at once."""
+    from pyro.infer.autoguide import AutoNormal
+
+    guide = AutoNormal(_normal_model)
+    guide(X)
+    guide.locs.z = torch.nn.Parameter(X / 2)
+    guide.scales.z = torch.full_like(X, 0.5**0.5)
+    bound = log_marginal(_normal_model, guide, X)
+    torch.testing.assert_close(bound.value, _exact(X))
+    with pytest.raises(InputError, match="parameters per datapoint .*cannot be split into chunks of 7"):
+        iwae(_normal_model, guide, X, num_particles=3, data_chunk=7)
+
+
+def test_autonormal_trains_full_batch_and_is_refused_minibatches():
+    """Full batch keeps the rows in place, so each row's parameters learn that row's posterior
+    (mean x/2 here; reshuffled rows gave locations unrelated to their rows, max error 2.1);
+    minibatches would share them across rows and are refused."""
+    from pyro.infer import Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+
+    guide = AutoNormal(_normal_model)
+    res = fit(
+        _normal_model, guide, X, loss=Trace_ELBO(), epochs=400, batch_size=None, lr=0.05, progress=False
+    )
+    with pyro.get_param_store().scope(res.param_state):
+        loc = pyro.param("AutoNormal.locs.z").detach()
+    corr = torch.corrcoef(torch.stack([loc.flatten(), X.flatten() / 2]))[0, 1]
+    assert corr > 0.95, corr  # rows shuffled under their parameters would give about 0
+    with pytest.raises(InputError, match="parameters per datapoint .*AutoNormal.locs.z"):
+        fit(_normal_model, AutoNormal(_normal_model), X, loss=Trace_ELBO(), batch_size=10, progress=False)
