@@ -109,7 +109,17 @@ class IWAE(ParticleLoss):
                 if not s.is_observed
             }
             passes.append((model_sg, stopped))
-        sg = collect_terms(ParticleRun(tuple(passes), run.layout, run.num_particles, run.mode), scaled=True)
+        sg = collect_terms(
+            ParticleRun(
+                tuple(passes),
+                run.num_particles,
+                run.mode,
+                plan=run.plan,
+                args=run.args,
+                layout=(run.layout, run.layout_error),
+            ),
+            scaled=True,
+        )
         log_p = terms.log_likelihood + terms.log_prior
         log_p_sgz = sg.log_likelihood + sg.log_prior  # log p(x, sg(z))
         log_q = log_p - terms.log_weight

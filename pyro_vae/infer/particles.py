@@ -54,6 +54,8 @@ class ProgramPlan:
     plate_name: str | None = None
     vectorize: bool | None = None
     local_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    found_plate: str | None = field(default=None, repr=False)
+    """The data plate found by size in an earlier run (looked up by name afterwards)."""
     fallback_reason: str = field(default="", repr=False)
 
 
@@ -186,23 +188,50 @@ def _gumbel_max_hook(msg: Message) -> torch.Tensor | None:
     return gumbel_max_sample(msg["fn"])  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
 class ParticleRun:
     """The recorded sites of ``num_particles`` draws per datapoint.
 
     :ivar passes: ``(model sites, guide sites)`` per pass: one pass for a vectorized or
         single-particle run, one per particle for a sequential run.
-    :ivar layout: where particles and datapoints sit in the log-densities.
+    :ivar layout: where particles and datapoints sit in the log-densities (found on first
+        use: the totals of a training step never need it).
     :ivar mode: :data:`VECTORIZED`, :data:`SEQUENTIAL` or :data:`SINGLE`.
     :ivar layout_error: why the run has no data plate (``None`` when it has one).
     """
 
-    passes: tuple[tuple[dict[str, Site], dict[str, Site]], ...]
-    layout: PlateLayout
-    num_particles: int
-    mode: str
-    layout_error: str | None = None
-    args: tuple = ()
+    __slots__ = ("_layout", "args", "mode", "num_particles", "passes", "plan")
+
+    def __init__(
+        self,
+        passes: tuple[tuple[dict[str, Site], dict[str, Site]], ...],
+        num_particles: int,
+        mode: str,
+        *,
+        plan: ProgramPlan,
+        args: tuple = (),
+        layout: tuple[PlateLayout, str | None] | None = None,
+    ) -> None:
+        self.passes, self.num_particles, self.mode, self.plan, self.args = (
+            passes,
+            num_particles,
+            mode,
+            plan,
+            args,
+        )
+        self._layout = layout
+
+    def _found(self) -> tuple[PlateLayout, str | None]:
+        if self._layout is None:
+            self._layout = _find_layout(self.passes, self.plan, self.args)
+        return self._layout
+
+    @property
+    def layout(self) -> PlateLayout:
+        return self._found()[0]
+
+    @property
+    def layout_error(self) -> str | None:
+        return self._found()[1]
 
     def guide_values(self, name: str) -> torch.Tensor:
         """The values of guide site ``name`` for all particles, particles first: ``(K, ...)``
@@ -313,6 +342,22 @@ def run_particles(
     return _finish(passes, plan, args, num_particles, SEQUENTIAL)
 
 
+def _find_layout(
+    passes: tuple[tuple[dict[str, Site], dict[str, Site]], ...], plan: ProgramPlan, args: tuple
+) -> tuple[PlateLayout, str | None]:
+    model_sites, guide_sites = passes[0]
+    sites = [*model_sites.values(), *guide_sites.values()]
+    rows = _rows(args)
+    name = plan.plate_name or plan.found_plate  # once found, the data plate is looked up by name
+    layout, error = find_layout(sites, plate_name=name, nesting=plan.nesting, rows=rows)
+    if error is not None and plan.plate_name is None and name is not None:
+        layout, error = find_layout(sites, plate_name=None, nesting=plan.nesting, rows=rows)
+    if error is not None and plan.plate_name is not None:
+        raise InputError(error)
+    plan.found_plate = layout.data_plate if error is None else None
+    return layout, error
+
+
 def _finish(
     passes: tuple[tuple[dict[str, Site], dict[str, Site]], ...],
     plan: ProgramPlan,
@@ -320,15 +365,7 @@ def _finish(
     num_particles: int,
     mode: str,
 ) -> ParticleRun:
-    model_sites, guide_sites = passes[0]
-    layout, error = find_layout(
-        [*model_sites.values(), *guide_sites.values()],
-        plate_name=plan.plate_name,
-        nesting=plan.nesting,
-        rows=_rows(args),
-    )
-    if error is not None and plan.plate_name is not None:
-        raise InputError(error)
-    return ParticleRun(
-        passes=passes, layout=layout, num_particles=num_particles, mode=mode, layout_error=error, args=args
-    )
+    run = ParticleRun(passes, num_particles, mode, plan=plan, args=args)
+    if plan.plate_name is not None:  # a plate the user named is checked at once
+        run.layout  # noqa: B018
+    return run

@@ -52,9 +52,10 @@ class Site:
         self.scale: float | torch.Tensor = msg["scale"]
         self.mask: Any = msg["mask"]
         self.is_observed: bool = bool(msg["is_observed"])
-        self.frames: tuple[CondIndepStackFrame, ...] = tuple(msg["cond_indep_stack"])
-        self.auxiliary: bool = is_auxiliary(msg["infer"])  # type: ignore[arg-type]
-        self.auxiliary_latent: bool = bool(msg["infer"].get("is_auxiliary", False))  # type: ignore[union-attr]
+        self.frames: tuple[CondIndepStackFrame, ...] = msg["cond_indep_stack"]  # a tuple in Pyro
+        infer = msg["infer"]
+        self.auxiliary: bool = is_auxiliary(infer) if infer else False  # type: ignore[arg-type]
+        self.auxiliary_latent: bool = bool(infer.get("is_auxiliary", False)) if infer else False
         self.relaxed = relaxed
 
     @property
@@ -106,7 +107,7 @@ class SiteRecorder(Messenger):
     ) -> None:
         super().__init__()
         self.sites: dict[str, Site] = {}
-        self.params: list[str] = []
+        self._params: dict[str, None] = {}
         self.local_params: dict[str, tuple[str, ...]] = {}
         self.replay = replay
         self.value_hook = value_hook
@@ -131,12 +132,16 @@ class SiteRecorder(Messenger):
 
     def _pyro_post_param(self, msg: Message) -> None:
         name: str = msg["args"][0]  # type: ignore[index]
-        if name not in self.params:
-            self.params.append(name)
+        self._params[name] = None
         if msg["kwargs"].get("event_dim") is not None:  # type: ignore[union-attr]
             plates = tuple(f.name for f in msg["cond_indep_stack"] if f.dim is not None)
             if plates:  # a parameter per plate entry, subsampled by the plate (Pyro's AutoNormal)
                 self.local_params[name] = plates
+
+    @property
+    def params(self) -> list[str]:
+        """Names of the parameters the run read, in the order first read."""
+        return list(self._params)
 
     def _pyro_post_sample(self, msg: Message) -> None:
         if site_is_subsample(msg) or msg["infer"].get("_deterministic"):  # type: ignore[union-attr]

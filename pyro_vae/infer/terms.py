@@ -118,7 +118,7 @@ def collect_terms(
         parents in the model are descendants of it in the guide [1].
     :param totals: a fast path for objectives that are sums over datapoints of the particle
         average (the ELBO): each term is the scaled sum over every site and datapoint,
-        averaged over particles, shape ``(1, 1)`` with ``data_scale = 1``, so that
+        averaged over particles, one number (shape ``()``) with ``data_scale = 1``, so that
         ``batch_objective(terms.training_weight().mean(0))`` is the same number with fewer
         operations (tested equal to the per-datapoint path). Only with ``scaled``.
 
@@ -127,26 +127,29 @@ def collect_terms(
     """
     if totals and not scaled:
         raise ValueError("totals are a training fast path: they need scaled=True")
-    if run.layout.data_plate is None and run.layout_error is not None:
-        if not scaled:
-            raise InputError(run.layout_error)
+    if not scaled and run.layout_error is not None:
+        raise InputError(run.layout_error)
     k = run.num_particles if run.mode == VECTORIZED else 1
-    parts = [_pass_terms(m, g, run.layout, k, scaled, analytic_kl, totals) for m, g in run.passes]
+    layout = None if totals else run.layout  # totals need no layout: every site is summed whole
+    parts = [_pass_terms(m, g, layout, k, scaled, analytic_kl, totals) for m, g in run.passes]
     if len(parts) == 1:
         fields, names = parts[0]
     else:
         names = parts[0][1]
-        fields = {
-            key: None if parts[0][0][key] is None else torch.cat([p[0][key] for p in parts], 0)
-            for key in parts[0][0]
-            if key != "total"
-        }
-        if totals:  # each pass holds one particle: the objective averages them
-            fields["total"] = sum(p[0]["total"] for p in parts) / len(parts)
+        if totals:  # numbers, each pass holding one particle: average them
+            fields = {
+                key: None if parts[0][0][key] is None else sum(p[0][key] for p in parts) / len(parts)
+                for key in parts[0][0]
+            }
+        else:
+            fields = {
+                key: None if parts[0][0][key] is None else torch.cat([p[0][key] for p in parts], 0)
+                for key in parts[0][0]
+            }
     return Terms(
         **fields,
         global_sites=names,
-        data_scale=run.layout.data_scale if scaled and not totals else 1.0,
+        data_scale=run.layout.data_scale if scaled and not totals else 1.0,  # type: ignore[union-attr]
         mode=run.mode,
         args=run.args,
         per_datapoint=not totals,
@@ -160,7 +163,7 @@ class _PassSums:
 
     KEYS = ("log_likelihood", "log_prior", "log_guide", "log_guide_score", "extra", "global")
 
-    def __init__(self, layout: PlateLayout, k: int, scaled: bool, totals: bool = False) -> None:
+    def __init__(self, layout: PlateLayout | None, k: int, scaled: bool, totals: bool = False) -> None:
         self.layout, self.k, self.scaled, self.totals = layout, k, scaled, totals
         self.sums: dict[str, torch.Tensor | None] = dict.fromkeys(self.KEYS)
         self.outside: list[str] = []
@@ -168,8 +171,11 @@ class _PassSums:
     def add(self, key: str, site: Site, lp: torch.Tensor | float, sign: float = 1.0) -> None:
         layout = self.layout
         if self.totals:
-            total = scale_and_mask(lp, site.scale, site.mask)
-            value = total.sum() if isinstance(total, torch.Tensor) else torch.as_tensor(total)
+            if site.mask is not None:
+                lp = scale_and_mask(lp, mask=site.mask)
+            value = lp.sum() if isinstance(lp, torch.Tensor) else torch.as_tensor(lp)
+            if not _is_one(site.scale, 1.0):  # scale the sum: one multiply of a number
+                value = value * site.scale
             current = self.sums[key]
             if sign < 0:
                 self.sums[key] = -value if current is None else current - value
@@ -206,25 +212,26 @@ class _PassSums:
         return out
 
     def _total_fields(self) -> dict[str, torch.Tensor | None]:
-        """Each term as ``(1, 1)``: the sum over sites and datapoints, averaged over the ``k``
+        """Each term as one number: the sum over sites and datapoints, averaged over the ``k``
         particles (a vectorized pass sums all of them); and ``total``, the training objective
         :math:`\\log p + \\mathrm{extra} - \\log q` from the terms present only (fewest operations)."""
-        like = next(v for v in self.sums.values() if v is not None)
-        present = [self.sums[key] for key in ("log_likelihood", "log_prior", "extra")]
-        total = sum((v for v in present[1:] if v is not None), present[0] if present[0] is not None else 0.0)
-        if self.sums["log_guide"] is not None:
-            total = total - self.sums["log_guide"]
-        out: dict[str, torch.Tensor | None] = {
-            "global_weight": None,
-            "total": total / self.k if self.k != 1 else total,
-        }
+        sums = self.sums
+        total: torch.Tensor | float = 0.0
+        for key in ("log_likelihood", "log_prior", "extra"):
+            value = sums[key]
+            if value is not None:
+                total = value if isinstance(total, float) else total + value
+        if sums["log_guide"] is not None:
+            total = total - sums["log_guide"]
+        like = next(v for v in sums.values() if v is not None)
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        out: dict[str, torch.Tensor | None] = {"global_weight": None}
         for key in ("log_likelihood", "log_prior", "log_guide", "log_guide_score", "extra"):
-            value = self.sums[key]
+            value = sums[key]
             if value is None and key in ("log_likelihood", "log_prior", "log_guide"):
-                value = torch.zeros((), dtype=like.dtype, device=like.device)
-            if value is not None and self.k != 1:
-                value = value / self.k
-            out[key] = None if value is None else value.reshape(1, 1)
+                value = zero
+            out[key] = value if value is None or self.k == 1 else value / self.k
+        out["total"] = total if self.k == 1 else total / self.k  # type: ignore[assignment]
         return out
 
 
@@ -305,7 +312,7 @@ def _guide_terms(
 def _pass_terms(
     model_sites: dict[str, Site],
     guide_sites: dict[str, Site],
-    layout: PlateLayout,
+    layout: PlateLayout | None,
     k: int,
     scaled: bool,
     analytic_kl: bool,
