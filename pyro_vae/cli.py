@@ -22,7 +22,7 @@ from pyro_vae.commands.configs import (
     EvaluateConfig,
     TrainConfig,
 )
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.errors import PyroVAEError, TrainingInterrupted
 
 _DEFAULT = TrainConfig()
 
@@ -291,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"pyro-vae: {e}", file=sys.stderr)
+        return 130
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2

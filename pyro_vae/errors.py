@@ -26,3 +26,17 @@ class NonFiniteLossError(PyroVAEError, FloatingPointError):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+
+
+class TrainingInterrupted(PyroVAEError):
+    """Training stopped on SIGINT or SIGTERM at the end of a step, after writing a checkpoint
+    (when it had a path for one) from which ``resume=True`` continues exactly.
+
+    :param epoch: the (0-based) epoch in which it stopped.
+    :param step: optimizer steps taken.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step

@@ -15,6 +15,7 @@ import torch
 
 from pyro_vae import __version__
 from pyro_vae._io import atomic_write_json, make_output_dir
+from pyro_vae._lock import RunLock
 from pyro_vae.commands.configs import MODELS, CompareConfig, TrainConfig
 from pyro_vae.commands.train import load_dataset
 from pyro_vae.comparison import Comparison, compare
@@ -75,23 +76,24 @@ def compare_run(config: CompareConfig, out_dir: str | Path, *, progress: bool = 
         get_estimator(n, num_particles=config.num_particles, temperature=tau) for n in config.estimators
     ]
     make_output_dir(out_dir)
-    atomic_write_json(out_dir / "config.json", {**config.to_json(), "pyro_vae_version": __version__})
-    result = compare(
-        vae.model,
-        vae.guide,
-        splits.train.x,
-        estimators,
-        validation=splits.val.x,
-        num_gradient_samples=config.gradient_samples,
-        gradient_batch_size=config.gradient_batch,
-        warmup_steps=config.warmup_steps,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
-        eval_particles=config.eval_particles,
-        trained_gradients=config.trained_gradients,
-        progress=progress,
-    )
-    result.save(out_dir)
+    with RunLock(out_dir):
+        atomic_write_json(out_dir / "config.json", {**config.to_json(), "pyro_vae_version": __version__})
+        result = compare(
+            vae.model,
+            vae.guide,
+            splits.train.x,
+            estimators,
+            validation=splits.val.x,
+            num_gradient_samples=config.gradient_samples,
+            gradient_batch_size=config.gradient_batch,
+            warmup_steps=config.warmup_steps,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            eval_particles=config.eval_particles,
+            trained_gradients=config.trained_gradients,
+            progress=progress,
+        )
+        result.save(out_dir)
     return result

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae._io import atomic_write_json, atomic_write_text
+from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.bounds import amortization_gap, elbo, iwae
 from pyro_vae.commands.configs import EvaluateConfig
@@ -38,8 +39,6 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
 
     :raises InputError: if ``run_dir`` holds no run of :func:`~pyro_vae.commands.train.train_run`.
     """
-    from pyro_vae.plotting import plot_bound_vs_k, plot_k_hat, plot_kl_per_dimension  # matplotlib: when used
-
     run_dir = Path(run_dir)
     train_config = read_config(run_dir)
     config.validate()
@@ -78,6 +77,17 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
     results["active_units"] = au.count
     results["latent_dim"] = int(au.variance.shape[0])
     results["kl_per_dimension"] = kl.tolist()
+    with RunLock(run_dir):  # not while another process writes into the run directory
+        _write_results(run_dir, results, rows, diag.k_hat, kl)
+    return results
+
+
+def _write_results(
+    run_dir: Path, results: dict[str, Any], rows: list[dict[str, Any]], k_hat: torch.Tensor, kl: torch.Tensor
+) -> None:
+    """``evaluation.json``, ``bounds.csv`` and the figures, each written atomically."""
+    from pyro_vae.plotting import plot_bound_vs_k, plot_k_hat, plot_kl_per_dimension  # matplotlib: when used
+
     atomic_write_json(run_dir / "evaluation.json", results)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -92,9 +102,8 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
         elbo=results["elbo"],
         log_marginal=results["log_marginal"],
     )
-    plot_k_hat(diag.k_hat, run_dir / "k_hat.png")
+    plot_k_hat(k_hat, run_dir / "k_hat.png")
     plot_kl_per_dimension(kl, run_dir / "kl_per_dim.png")
-    return results
 
 
 def format_evaluation(results: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ import torch
 
 from pyro_vae import __version__
 from pyro_vae._io import atomic_write_json, atomic_write_text, make_output_dir
+from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.commands.configs import TrainConfig
 from pyro_vae.data import (
@@ -156,7 +157,8 @@ def train_run(
     A new run refuses a non-empty ``run_dir`` (nothing there is overwritten); ``resume``
     continues the run in ``run_dir`` from its checkpoint with the saved configuration,
     taking only ``config.epochs`` from the caller (to train longer).
-    All data and options are checked before anything is written.
+    All data and options are checked before anything is written, and the run directory is
+    locked while the run writes into it: a second process is refused.
     """
     run_dir = Path(run_dir)
     if resume:
@@ -169,8 +171,16 @@ def train_run(
             f"run directory {run_dir} already exists and is not empty; choose another --out, or --resume it"
         )
     splits, model = prepare(config)
-    with_labels = config.conditional
     make_output_dir(run_dir, what="run directory")
+    with RunLock(run_dir):
+        return _train_locked(config, run_dir, splits, model, resume=resume, progress=progress)
+
+
+def _train_locked(
+    config: TrainConfig, run_dir: Path, splits: Splits, model: VAE, *, resume: bool, progress: bool
+) -> TrainRun:
+    """The run itself, with the run directory locked (see :class:`pyro_vae._lock.RunLock`)."""
+    with_labels = config.conditional
     if not resume:
         atomic_write_json(run_dir / CONFIG, {**config.to_json(), "pyro_vae_version": __version__})
     tic = time.perf_counter()

@@ -17,13 +17,14 @@ from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae._checks import as_tensors, check_positive, check_positive_int
-from pyro_vae.errors import InputError, NonFiniteLossError
+from pyro_vae.errors import InputError, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import evaluation_mode
 from pyro_vae.infer.particles import forked_rng, record
 from pyro_vae.infer.per_datapoint import take_rows
 from pyro_vae.infer.scaling import scaled_to_data
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.train.interrupt import GracefulStop
 from pyro_vae.train.metrics import MetricsPlan, epoch_metrics, plan_metrics
 from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
@@ -207,10 +208,13 @@ def _run_epoch(
     transform: Callable | None,
     checkpoint: str | Path | None,
     bar: Any,
-) -> float:
-    """One epoch: every stream's minibatches, interleaved (:meth:`StreamData.schedule`).
-    Returns the training objective per datapoint, :math:`-\\sum_s \\overline{\\text{loss}}_s
-    / \\sum_s N_s` (each stream's mean loss estimates its full-data loss)."""
+    stop: GracefulStop,
+) -> float | None:
+    """One epoch: every stream's minibatches, interleaved (:meth:`StreamData.schedule`),
+    from ``state.epoch_step`` on. Returns the training objective per datapoint,
+    :math:`-\\sum_s \\overline{\\text{loss}}_s / \\sum_s N_s` (each stream's mean loss estimates
+    its full-data loss), or ``None`` when ``stop`` was requested: the epoch's progress is
+    then in ``state`` (its steps so far, the loss totals), for a checkpoint."""
     epoch = state.epoch
     orders = [  # a full-batch stream keeps its order: rows may own parameters (AutoNormal)
         _permutation(n, seed, epoch, s).to(t[0].device)
@@ -218,8 +222,10 @@ def _run_epoch(
         else torch.arange(n, device=t[0].device)
         for s, (n, t) in enumerate(zip(streams.sizes, streams.tensors, strict=True))
     ]
-    totals, counts = [0.0] * len(bound), [0] * len(bound)
-    for s, j in streams.schedule():
+    if state.epoch_step == 0:
+        state.epoch_totals, state.epoch_counts = [0.0] * len(bound), [0] * len(bound)
+    totals, counts = state.epoch_totals, state.epoch_counts
+    for s, j in streams.schedule()[state.epoch_step :]:
         size = streams.batch_sizes[s]
         idx = orders[s][j * size : (j + 1) * size]
         batch = take_rows(streams.tensors[s], idx)
@@ -255,9 +261,13 @@ def _run_epoch(
         totals[s] += value
         counts[s] += 1
         state.step += 1
+        state.epoch_step += 1
         bar.update()
         if state.step % 20 == 0:
             bar.set_postfix(epoch=epoch + 1, loss=f"{value / n:.3f}", refresh=False)
+        if stop.requested is not None:
+            return None
+    state.epoch_step = 0
     return -sum(t / max(c, 1) for t, c in zip(totals, counts, strict=True)) / sum(streams.sizes)
 
 
@@ -288,6 +298,34 @@ def _check_options(
                 )
 
 
+def _stopped(
+    state: TrainState,
+    stop: GracefulStop,
+    checkpoint: str | Path | None,
+    params: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    losses: list[Any],
+    *,
+    cuda: bool,
+) -> None:
+    """Write the checkpoint of a run stopped by a signal mid-epoch and raise
+    :class:`~pyro_vae.errors.TrainingInterrupted` saying how to go on."""
+    where = f"{stop.name} at epoch {state.epoch + 1}, step {state.step}"
+    if checkpoint is None:
+        raise TrainingInterrupted(
+            f"stopped on {where}; no checkpoint was written (pass checkpoint= to make a run resumable)",
+            epoch=state.epoch,
+            step=state.step,
+        )
+    save_checkpoint(checkpoint, state.to_checkpoint(params, opt, losses, cuda=cuda))
+    raise TrainingInterrupted(
+        f"stopped on {where}; checkpoint written to {checkpoint}: resume with resume=True "
+        "(pyro-vae train --out RUN_DIR --resume)",
+        epoch=state.epoch,
+        step=state.step,
+    )
+
+
 def _train(
     state: TrainState,
     bound: list[list[_Bound]],
@@ -316,7 +354,7 @@ def _train(
         dynamic_ncols=True,
         mininterval=0.5,
     )
-    with bar, pyro.validation_enabled(False):
+    with bar, pyro.validation_enabled(False), GracefulStop() as stop:
         while state.epoch < epochs:
             tic = time.perf_counter()
             objective = _run_epoch(
@@ -330,7 +368,10 @@ def _train(
                 transform=transform,
                 checkpoint=checkpoint,
                 bar=bar,
+                stop=stop,
             )
+            if objective is None:
+                _stopped(state, stop, checkpoint, params, opt, losses, cuda=cuda)
             record = {
                 "epoch": state.epoch + 1,
                 "step": state.step,
@@ -401,7 +442,10 @@ def fit(
     parameters, optimizer, RNG, history, and the state of losses that have their own,
     :class:`~pyro_vae.infer.StatefulLoss`) is written atomically after every epoch;
     ``resume=True`` continues from it and ends with the same parameters as an uninterrupted
-    run.
+    run. SIGINT (Ctrl-C) or SIGTERM stops the run at the end of the current step: the
+    checkpoint is written then, mid-epoch, and :class:`~pyro_vae.errors.TrainingInterrupted`
+    is raised; resuming from it ends bitwise equal to an uninterrupted run (tested). A second
+    SIGINT interrupts at once.
 
     :param data: ``x``, a tuple ``(x, y, ...)`` of tensors with one row per datapoint, or a
         sequence of :class:`~pyro_vae.train.Stream`.

@@ -22,11 +22,16 @@ class TrainState:
     :ivar epoch: epochs completed.
     :ivar step: optimizer steps taken.
     :ivar history: one record per completed epoch.
+    :ivar epoch_step: steps taken in the current, unfinished epoch (a run stopped by a signal
+        resumes there), with each stream's loss total and step count so far.
     """
 
     epoch: int = 0
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    epoch_step: int = 0
+    epoch_totals: list[float] = field(default_factory=list)
+    epoch_counts: list[int] = field(default_factory=list)
 
     def to_checkpoint(
         self,
@@ -45,6 +50,9 @@ class TrainState:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None,
             "history": list(self.history),
+            "epoch_step": self.epoch_step,
+            "epoch_totals": list(self.epoch_totals),
+            "epoch_counts": list(self.epoch_counts),
             "loss_state": [loss.state_dict() if isinstance(loss, StatefulLoss) else None for loss in losses],
         }
 
@@ -80,5 +88,10 @@ class TrainState:
         if cuda and checkpoint.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
         return cls(
-            epoch=int(checkpoint["epoch"]), step=int(checkpoint["step"]), history=list(checkpoint["history"])
+            epoch=int(checkpoint["epoch"]),
+            step=int(checkpoint["step"]),
+            history=list(checkpoint["history"]),
+            epoch_step=int(checkpoint.get("epoch_step", 0)),
+            epoch_totals=[float(v) for v in checkpoint.get("epoch_totals", [])],
+            epoch_counts=[int(v) for v in checkpoint.get("epoch_counts", [])],
         )
