@@ -12,11 +12,24 @@ from typing import IO, Any
 import torch
 
 
+def _before_rename(tmp: Path, path: Path) -> None:
+    """Called between writing the temporary file and renaming it over ``path``: nothing here;
+    the reliability tests put a ``kill -9`` of the process there."""
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it over ``path``:
+    a reader, or the next run after a crash, sees the old file or the new one, never part of
+    one. A failed write (a full disk, a lost permission) raises
+    :class:`~pyro_vae.errors.OutputError` and leaves the old file as it was."""
+    from pyro_vae.errors import OutputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -25,11 +38,25 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        _before_rename(Path(tmp), path)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
+        raise OutputError(f"cannot write {path}: {e.strerror or e}{kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write` that a killed process left in
+    ``directory`` (call it holding the directory's lock); returns what was removed."""
+    stale = [p for p in Path(directory).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -11,6 +11,11 @@ class InputError(PyroVAEError, ValueError):
     """Bad data or bad hyperparameters, detected before any work starts."""
 
 
+class OutputError(PyroVAEError):
+    """A result could not be written (a full disk, no permission); what was there before is
+    unchanged."""
+
+
 class CheckpointError(PyroVAEError):
     """A checkpoint that is corrupt, of another format, or of another model."""
 

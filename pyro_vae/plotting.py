@@ -186,6 +186,7 @@ def plot_gradient_variance(rows: Sequence[dict], path: str | Path, *, point: str
         (f"gradient variance, tr Cov (log scale), {point} parameters", "SNR = |E g| / sqrt(tr Cov)"),
         strict=True,
     ):
+        drawn = False
         for i, group in enumerate(groups):
             values = [
                 next((r[key] for r in rows if r["estimator"] == n and r["group"] == group), math.nan)
@@ -195,8 +196,12 @@ def plot_gradient_variance(rows: Sequence[dict], path: str | Path, *, point: str
             keep = [j for j, v in enumerate(values) if 0 < v < math.inf]
             offset = (i - (len(groups) - 1) / 2) * width
             ax.bar([j + offset for j in keep], [values[j] for j in keep], width, label=group, color=f"C{i}")
+            drawn = drawn or bool(keep)
         ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
-        ax.set_yscale("log")
+        if drawn:
+            ax.set_yscale("log")
+        else:  # only exact estimators: zero variance, infinite SNR
+            ax.text(0.5, 0.5, "exact: zero variance", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(title="parameters")

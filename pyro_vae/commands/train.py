@@ -20,7 +20,7 @@ import pyro
 import torch
 
 from pyro_vae import __version__
-from pyro_vae._io import atomic_write_json, atomic_write_text, make_output_dir
+from pyro_vae._io import atomic_write_json, atomic_write_text, make_output_dir, remove_stale_temporaries
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.commands.configs import TrainConfig
@@ -173,6 +173,7 @@ def train_run(
     splits, model = prepare(config)
     make_output_dir(run_dir, what="run directory")
     with RunLock(run_dir):
+        remove_stale_temporaries(run_dir)  # a killed run's half-written files, never renamed
         return _train_locked(config, run_dir, splits, model, resume=resume, progress=progress)
 
 

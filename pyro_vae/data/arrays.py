@@ -61,6 +61,8 @@ def load_array(
         raise InputError(f"cannot read {path}: {e}") from e
     if x.ndim != 2:
         raise InputError(f"{path}: data must be 2-D (datapoints x features), got shape {x.shape}")
+    if x.dtype == np.bool_:  # binary data: 0/1
+        x = x.astype(np.float64)
     if not np.issubdtype(x.dtype, np.number):
         raise InputError(f"{path}: data must be numeric, got dtype {x.dtype}")
     if label_column is not None:
