@@ -69,6 +69,14 @@ def check_positive_int(value: int, name: str, *, minimum: int = 1) -> None:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_widths(hidden: object, *, allow_empty: bool = False) -> None:
+    """Hidden-layer widths: a sequence of integers >= 1 (at least one unless ``allow_empty``)."""
+    if not allow_empty and not hidden:
+        raise InputError("hidden needs at least one layer width")
+    for h in hidden:  # type: ignore[attr-defined]
+        check_positive_int(h, "hidden width")
+
+
 def check_nonnegative(value: float, name: str) -> None:
     if not (isinstance(value, int | float) and value >= 0 and value == value and value != float("inf")):
         raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -95,11 +103,18 @@ def as_tensors(data: object, name: str) -> tuple:
     return args
 
 
+def data_rows(args: tuple) -> int:
+    """Datapoints in a program's positional data: the rows of the first argument, which
+    must be a tensor with at least one dimension."""
+    if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+        raise InputError("the first positional argument must be the data tensor (rows are datapoints)")
+    return args[0].shape[0]
+
+
 def check_rows(args: tuple, *, name: str = "data") -> None:
     """The positional data of an evaluation: a first argument that is a tensor with at least
     one row (datapoints along dim 0), and finite where it is floating point."""
-    if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
-        raise InputError("the first positional argument must be the data tensor (rows are datapoints)")
+    data_rows(args)
     x = args[0]
     if x.shape[0] == 0:
         raise InputError(f"{name} is empty: it has no rows")

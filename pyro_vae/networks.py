@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from pyro_vae._checks import check_positive_int
+from pyro_vae._checks import check_positive_int, check_widths
 
 
 def mlp(
@@ -21,10 +21,10 @@ def mlp(
     """``Linear -> activation`` for each hidden width, then a final ``Linear``."""
     check_positive_int(in_features, "in_features")
     check_positive_int(out_features, "out_features")
+    check_widths(hidden, allow_empty=True)
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
-        check_positive_int(h, "hidden width")
         layers += [nn.Linear(width, h), activation()]
         width = h
     layers.append(nn.Linear(width, out_features))

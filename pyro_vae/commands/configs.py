@@ -63,7 +63,7 @@ class TrainConfig:
         return "static" if self.likelihood == "bernoulli" else "none"
 
     def validate(self) -> None:
-        from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int
+        from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int, check_widths
 
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise InputError(
@@ -77,10 +77,7 @@ class TrainConfig:
                 "drop --binarization (or pass --binarization none)"
             )
         check_positive_int(self.latent_dim, "latent dim")
-        if not self.hidden:
-            raise InputError("hidden needs at least one layer width")
-        for h in self.hidden:
-            check_positive_int(h, "hidden width")
+        check_widths(self.hidden)
         check_nonnegative(self.beta, "beta")
         check_nonnegative(self.warmup_epochs, "warm-up epochs")
         check_positive_int(self.epochs, "epochs")
@@ -161,7 +158,7 @@ class CompareConfig:
     trained_gradients: bool = False
 
     def validate(self) -> None:
-        from pyro_vae._checks import check_positive, check_positive_int
+        from pyro_vae._checks import check_positive, check_positive_int, check_widths
         from pyro_vae.estimators.enumeration import DEFAULT_MAX_CONFIGURATIONS
 
         if self.model not in MODELS:
@@ -179,10 +176,7 @@ class CompareConfig:
         check_positive_int(self.gradient_samples, "gradient samples", minimum=2)
         check_positive_int(self.warmup_steps, "warm-up steps", minimum=0)
         check_positive_int(self.eval_particles, "eval particles")
-        if not self.hidden:
-            raise InputError("hidden needs at least one layer width")
-        for h in self.hidden:
-            check_positive_int(h, "hidden width")
+        check_widths(self.hidden)
         check_positive(self.lr, "learning rate")
         check_positive(self.min_temperature, "minimum temperature")
         if self.temperature < self.min_temperature:

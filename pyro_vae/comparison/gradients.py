@@ -13,8 +13,7 @@ import torch
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
 from pyro_vae.estimators.enumeration import DEFAULT_MAX_CONFIGURATIONS, configurations, enumerate_terms
-from pyro_vae.infer.modes import evaluation_mode
-from pyro_vae.infer.particles import forked_rng, record
+from pyro_vae.infer.particles import probing, record
 
 GROUPS = ("guide", "model")
 
@@ -30,7 +29,7 @@ def parameter_groups(
     store if they are not there yet; one run with modules in eval mode and the random number
     generators forked."""
     names: list[str] = []
-    with forked_rng(args), evaluation_mode():
+    with probing(args, gradients=True):
         _, guide_sites = record(model, guide, args, kwargs, params=names)
     store = pyro.get_param_store()
     params = {name: store.get_param(name).unconstrained() for name in names}

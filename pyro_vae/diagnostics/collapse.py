@@ -12,8 +12,7 @@ from torch.distributions import Distribution, Independent, kl_divergence
 from pyro_vae._checks import check_rows
 from pyro_vae.errors import InputError
 from pyro_vae.infer.layout import find_layout
-from pyro_vae.infer.modes import frozen_evaluation
-from pyro_vae.infer.particles import forked_rng, record, record_program
+from pyro_vae.infer.particles import probing, record, record_program
 from pyro_vae.infer.per_datapoint import num_rows
 from pyro_vae.infer.sites import Site
 
@@ -55,7 +54,7 @@ def posterior_means(guide: Callable, *args: Any, site: str = "z", **kwargs: Any)
     generators are left as they were. In a guide where ``site`` depends on an earlier
     discrete draw (M2's :math:`z` given :math:`y`), this is the mean given that one draw."""
     check_rows(args)
-    with forked_rng(args), frozen_evaluation():
+    with probing(args):
         sites = record_program(guide, args, kwargs).sites
     latent = _site(sites, site, "guide")
     return _per_datapoint(latent.fn.mean, latent, num_rows(args), "posterior means")
@@ -123,7 +122,7 @@ def kl_per_dimension(
         [1] Bowman et al. (2016), "Generating sentences from a continuous space", CoNLL.
     """
     check_rows(args)
-    with forked_rng(args), frozen_evaluation():
+    with probing(args):
         model_sites, guide_sites = record(model, guide, args, kwargs)
     q = _site(guide_sites, site, "guide")
     p = _site(model_sites, site, "model")

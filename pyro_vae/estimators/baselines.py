@@ -8,7 +8,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_vae._checks import check_positive_int
+from pyro_vae._checks import check_widths
 from pyro_vae.errors import InputError
 
 
@@ -102,8 +102,7 @@ class NeuralBaseline(Baseline):
 
     def __init__(self, *, hidden: Sequence[int] = (100,), beta: float = 0.9, name: str = "nvil_baseline"):
         super().__init__()
-        for h in hidden:
-            check_positive_int(h, "hidden width")
+        check_widths(hidden, allow_empty=True)
         self.name = name
         self.average = DecayingAverageBaseline(beta=beta)
         layers: list[nn.Module] = []

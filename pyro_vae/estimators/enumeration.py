@@ -15,8 +15,7 @@ from torch.distributions import Distribution, Independent
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
 from pyro_vae.infer.loss import ParticleLoss, ParticleOptions
-from pyro_vae.infer.modes import frozen_evaluation
-from pyro_vae.infer.particles import ProgramPlan, forked_rng, plan_program, record, run_particles
+from pyro_vae.infer.particles import ProgramPlan, plan_program, probing, record, run_particles
 from pyro_vae.infer.sites import ValueHook
 from pyro_vae.infer.terms import Terms, collect_terms
 
@@ -167,7 +166,7 @@ def _latent_sites(
 ) -> tuple[dict[str, Distribution], bool]:
     """The guide's discrete latent sites, and whether it has reparameterized ones too (one
     probe: modules in eval mode, no gradients, random number generators forked)."""
-    with forked_rng(args), frozen_evaluation():
+    with probing(args):
         _, guide_sites = record(model, guide, args, kwargs)
     sites, continuous = {}, False
     for name, site in guide_sites.items():

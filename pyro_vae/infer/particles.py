@@ -3,8 +3,8 @@ an extra leading dimension, one particle at a time when it does not."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from torch.distributions import Categorical, Distribution, Independent, OneHotCa
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.layout import PARTICLES, PlateLayout, broadcast_error, find_layout
-from pyro_vae.infer.modes import frozen_evaluation
+from pyro_vae.infer.modes import evaluation_mode, frozen_evaluation
 from pyro_vae.infer.sites import Site, SiteRecorder, ValueHook
 
 VECTORIZED, SEQUENTIAL, SINGLE = "vectorized", "sequential", "single"
@@ -32,6 +32,16 @@ def forked_rng(args: Iterable[Any]) -> AbstractContextManager:
     for passes that discover a program's structure without changing any later draw."""
     devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
     return torch.random.fork_rng(devices=devices)
+
+
+@contextmanager
+def probing(args: Iterable[Any], *, gradients: bool = False) -> Iterator[None]:
+    """The setting of a run that only looks at a program (its structure, its parameters,
+    one evaluation): the random number generators forked (no later draw changes), every
+    module in eval mode (no running statistic changes) and, unless ``gradients``, no
+    autograd."""
+    with forked_rng(args), evaluation_mode() if gradients else frozen_evaluation():
+        yield
 
 
 def _rows(args: tuple) -> int | None:
@@ -138,7 +148,7 @@ def plan_program(
     statistic, no parameter and no later draw. It runs on the batch it is given (never on
     a single row, which BatchNorm in train mode refuses)."""
     local: dict[str, tuple[str, ...]] = {}
-    with forked_rng(args), frozen_evaluation():
+    with probing(args):
         model_sites, guide_sites = record(model, guide, args, kwargs, local_params=local)
     dims = [
         -frame.dim

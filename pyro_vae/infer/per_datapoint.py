@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from pyro_vae._checks import check_positive_int, check_rows
+from pyro_vae._checks import check_positive_int, check_rows, data_rows
 from pyro_vae.errors import InputError
 from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
@@ -25,11 +25,8 @@ def max_plate_nesting(model: Callable, guide: Callable, *args: Any, **kwargs: An
     return plan_program(model, guide, args, kwargs).nesting
 
 
-def num_rows(args: tuple) -> int:
-    """Datapoints in the positional data: rows of the first argument, a tensor."""
-    if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
-        raise InputError("the first positional argument must be the data tensor (rows are datapoints)")
-    return args[0].shape[0]
+num_rows = data_rows
+"""Datapoints in the positional data: rows of the first argument, a tensor."""
 
 
 def rows_of(args: tuple, start: int, stop: int) -> tuple:

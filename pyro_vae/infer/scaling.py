@@ -11,8 +11,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.layout import PLATE_HELP, PlateLayout, frame_size
-from pyro_vae.infer.modes import frozen_evaluation
-from pyro_vae.infer.particles import forked_rng, plan_program, run_particles
+from pyro_vae.infer.particles import plan_program, probing, run_particles
 
 
 class ScaleDataPlate(Messenger):
@@ -53,7 +52,7 @@ def data_plate(
     """The data plate of a program run on ``args`` (one run with modules in eval mode, no
     gradients, the random number generators forked): its name, dim, size :math:`B` and the
     full size :math:`N` the program declares. :class:`InputError` if it has none."""
-    with forked_rng(args), frozen_evaluation():
+    with probing(args):
         plan = plan_program(model, guide, args, kwargs, plate_name=plate_name)
         run = run_particles(model, guide, args, kwargs, plan=plan, num_particles=1)
     if run.layout.data_plate is None:

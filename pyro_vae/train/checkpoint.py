@@ -11,8 +11,7 @@ import torch
 
 from pyro_vae._io import atomic_torch_save
 from pyro_vae.errors import CheckpointError
-from pyro_vae.infer.modes import evaluation_mode
-from pyro_vae.infer.particles import forked_rng, record
+from pyro_vae.infer.particles import probing, record
 
 FORMAT = "pyro_vae.checkpoint"
 VERSION = 1
@@ -81,7 +80,7 @@ def load_parameters(
     """
     store = pyro.get_param_store()
     with store.scope():
-        with forked_rng(args), evaluation_mode():
+        with probing(args, gradients=True):
             record(model, guide, args, kwargs)
         params = dict(store.named_parameters())
         state = load_checkpoint(path, map_location=args[0].device if args else None)
