@@ -26,6 +26,7 @@ from pyro_vae.infer.scaling import scaled_to_data
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.train.interrupt import GracefulStop
 from pyro_vae.train.metrics import MetricsPlan, epoch_metrics, plan_metrics
+from pyro_vae.train.optimizers import default_optimizer
 from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
 from pyro_vae.train.step import train_step
@@ -450,7 +451,8 @@ def fit(
     :param data: ``x``, a tuple ``(x, y, ...)`` of tensors with one row per datapoint, or a
         sequence of :class:`~pyro_vae.train.Stream`.
     :param validation: held-out data (tensors) for the main program.
-    :param optimizer: ``params -> torch.optim.Optimizer``; default Adam at ``lr``.
+    :param optimizer: ``params -> torch.optim.Optimizer``; default Adam at ``lr``, fused where
+        the parameters allow it (:func:`~pyro_vae.train.optimizers.default_optimizer`).
     :param kl_warmup: passes ``kl_weight=w`` to model and guide every step.
     :param transform: applied to each training minibatch (e.g. dynamic binarization).
     :param plate_name: the data plate (found by its size, the rows of ``x``, when omitted).
@@ -473,7 +475,7 @@ def fit(
         for a in auxiliary
     ]
     losses = [o[2] for o in objectives]
-    make_optimizer = optimizer if optimizer is not None else partial(torch.optim.Adam, lr=lr)
+    make_optimizer = optimizer if optimizer is not None else partial(default_optimizer, lr=lr)
     device = streams.tensors[0][0].device
     devices = [device] if device.type == "cuda" else []
 
