@@ -7,20 +7,20 @@ with K particles and leave-one-out control variates; Gumbel-softmax with the ana
 categorical KL; REINFORCE without baseline). Steps are interleaved in one process so that
 machine noise hits all paths alike; we report medians and ratios.
 
-    python benchmarks/estimator_step.py [--steps 200] [--particles 5] [--json out.json]
+    python benchmarks/estimator_step.py [--steps 200] [--particles 5] [--quick] [--threads N]
+        [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-import time
 from collections.abc import Callable
 
 import pyro
 import torch
+from _common import emit, environment, interleave, set_threads
 from pyro.infer import Trace_ELBO
 from torch import nn
 from torch.distributions import OneHotCategorical
@@ -31,6 +31,7 @@ from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import CategoricalLatent, DiscreteVAE
 from pyro_vae.networks import mlp
 from pyro_vae.train import train_step
+from pyro_vae.train.optimizers import default_optimizer
 
 D, HIDDEN, L, C, B, N, LR, TAU = 784, (512, 256), 20, 10, 100, 60000, 1e-3, 0.5
 
@@ -88,19 +89,26 @@ def pyro_vae_step(x: torch.Tensor, loss: object, name: str) -> Callable[[], None
     kwargs = {"num_data": N}
     loss.loss(vae.model, vae.guide, x, **kwargs)  # type: ignore[attr-defined]
     params = [p for n, p in pyro.get_param_store().named_parameters() if n.startswith(f"{name}_")]
-    opt = torch.optim.Adam(params, lr=LR)
+    opt = default_optimizer(params, lr=LR)  # fit's default
     return lambda: train_step(loss, opt, vae.model, vae.guide, (x,), kwargs)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--particles", type=int, default=5)
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="40 steps, 5 warm-up (for run_all.py)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--json", default=None, help="also write the results as JSON to this file ('-': stdout)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup = 40, 5
+    set_threads(args.threads)
     torch.manual_seed(0)
     x = (torch.rand(B, D) < 0.3).float()
     hand = HandCategoricalVAE()
@@ -115,16 +123,7 @@ def main() -> None:
             ("REINFORCE", "pyro_vae"): pyro_vae_step(x, ScoreFunctionELBO(), "score"),
             ("REINFORCE", "Pyro Trace_ELBO"): pyro_vae_step(x, Trace_ELBO(), "trace"),
         }
-        times: dict[tuple[str, str], list[float]] = {p: [] for p in paths}
-        for _ in range(args.warmup):
-            for f in paths.values():
-                f()
-        names = list(paths)
-        for i in range(args.steps):
-            for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate the order
-                tic = time.perf_counter()
-                paths[name]()
-                times[name].append(time.perf_counter() - tic)
+        times = interleave(paths, steps=args.steps, warmup=args.warmup)
     rows = []
     print(f"{'estimator':<16} {'path':<16} {'median ms/step':>15} {'IQR ms':>15} {'ratio':>7}")
     for (estimator, path), t in times.items():
@@ -143,13 +142,21 @@ def main() -> None:
         )
         iqr = f"{q[0] * 1e3:.2f}-{q[2] * 1e3:.2f}"
         print(f"{estimator:<16} {path:<16} {med * 1e3:>15.3f} {iqr:>15} {med / base:>7.3f}")
+    env = environment()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, K={k}, "
-        f"{args.steps} interleaved steps each"
+        f"torch {torch.__version__}, {env['torch_threads']} threads, K={k}, "
+        f"{args.steps} interleaved steps each, load {env['loadavg']}"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"steps": args.steps, "particles": k, "results": rows}, f, indent=2)
+    result = {
+        "benchmark": "estimator_step",
+        "steps": args.steps,
+        "particles": k,
+        "environment": env,
+        "ratios": {f"{r['estimator']} {r['path']}": r["ratio"] for r in rows if r["path"] != "hand-written"},
+        "results": rows,
+    }
+    emit(result, args.json)
+    return result
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ one process. Reports (datapoints x particles) per second, medians over repeats, 
 and the peak resident memory of a separate process evaluating K=--memory-k (to show that
 chunking bounds it).
 
-    python benchmarks/iwae_eval.py [--k 1000] [--points 1000] [--repeats 3]
+    python benchmarks/iwae_eval.py [--k 1000] [--points 1000] [--repeats 3] [--max-rows R] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import inspect
 import math
 import statistics
 import subprocess
@@ -22,8 +22,10 @@ import time
 import pyro
 import torch
 import torch.nn.functional as F
+from _common import emit, environment, set_threads
 
 from pyro_vae.bounds import iwae
+from pyro_vae.infer.per_datapoint import chunk_sizes
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 
@@ -67,7 +69,20 @@ def _peak_memory(k: int, points: int) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB (Linux reports KiB)
 
 
-def main() -> None:
+def sgemm_rate(rows: int, repeats: int = 5) -> float:
+    """GFLOP/s of the decoder's two matrix multiplies alone (``rows`` particle-rows, the chunk
+    size of the evaluation): the rate the evaluation's decoder could reach at best."""
+    a, w1, w2 = torch.randn(rows, Z), torch.randn(Z, H), torch.randn(H, D)
+    flops = 2 * rows * (Z * H + H * D)
+    times = []
+    for _ in range(repeats + 1):
+        tic = time.perf_counter()
+        torch.mm(torch.mm(a, w1), w2)
+        times.append(time.perf_counter() - tic)
+    return flops / statistics.median(times[1:]) / 1e9
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -75,58 +90,95 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-k", type=int, default=5000)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    parser.add_argument("--max-rows", type=int, default=None, help="chunk size (default: iwae's)")
+    parser.add_argument("--quick", action="store_true", help="K=1000, 100 points, 3 repeats, no memory runs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--json", default=None, help="also write the results as JSON to this file ('-': stdout)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.k, args.points, args.repeats, args.memory_k = 1000, 100, 3, 0
+    set_threads(args.threads)
     vae, x = build()
     x = x[: args.points]
-    max_rows = 50_000  # pyro_vae's default chunking, given to the baseline too
-    data_chunk = max(1, min(args.points, max_rows // min(args.k, max_rows)))
-    particle_chunk = max(1, min(args.k, max_rows // data_chunk))
+    default_rows = inspect.signature(iwae).parameters["max_rows"].default
+    max_rows = args.max_rows or default_rows  # pyro_vae's chunking, given to the baseline too
+    data_chunk, particle_chunk = chunk_sizes(args.points, args.k, max_rows)
     paths = {
         "hand-written logsumexp": lambda: hand_iwae(vae, x, args.k, data_chunk, particle_chunk),
-        "pyro_vae.bounds.iwae": lambda: iwae(vae.model, vae.guide, x, num_particles=args.k),
+        "pyro_vae.bounds.iwae": lambda: iwae(
+            vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows
+        ),
     }
     times: dict[str, list[float]] = {name: [] for name in paths}
     values = {}
+    rates = []
     with pyro.get_param_store().scope():
         names = list(paths)
         for r in range(args.repeats):
+            rates.append(sgemm_rate(data_chunk * particle_chunk))
             for name in names[r % 2 :] + names[: r % 2]:
                 tic = time.perf_counter()
                 values[name] = paths[name]()
                 times[name].append(time.perf_counter() - tic)
     work = args.points * args.k
+    decoder_gflop = 2 * work * (Z * H + H * D) / 1e9
+    rate = statistics.median(rates)
     base = statistics.median(times["hand-written logsumexp"])
+    env = environment()
     print(
         f"K={args.k}, {args.points} points, chunks of {data_chunk} points x {particle_chunk} particles, "
-        f"{torch.get_num_threads()} threads, {args.repeats} interleaved repeats"
+        f"{env['torch_threads']} threads, {args.repeats} interleaved repeats, load {env['loadavg']}"
     )
-    print(f"{'path':<24} {'median s':>9} {'points*K / s':>14} {'throughput ratio':>17}")
+    print(f"decoder matmuls alone: {rate:.1f} GFLOP/s ({decoder_gflop:.0f} GFLOP in the evaluation)")
+    print(
+        f"{'path':<24} {'median s':>9} {'points*K / s':>14} {'throughput ratio':>17} {'decoder GFLOP/s':>16}"
+        f" {'of sgemm':>9}"
+    )
     rows = []
     for name, t in times.items():
         med = statistics.median(t)
-        rows.append({"path": name, "median_s": med, "throughput": work / med, "ratio": base / med})
-        print(f"{name:<24} {med:>9.2f} {work / med:>14.0f} {base / med:>17.3f}")
+        achieved = decoder_gflop / med
+        rows.append(
+            {
+                "path": name,
+                "median_s": med,
+                "throughput": work / med,
+                "ratio": base / med,
+                "decoder_gflops": achieved,
+                "fraction_of_sgemm": achieved / rate,
+            }
+        )
+        print(
+            f"{name:<24} {med:>9.2f} {work / med:>14.0f} {base / med:>17.3f} {achieved:>16.1f}"
+            f" {achieved / rate:>9.2f}"
+        )
     ours, hand = (values[n].mean().item() for n in ("pyro_vae.bounds.iwae", "hand-written logsumexp"))
     print(
         f"mean L_K: pyro_vae {ours:.3f}, hand {hand:.3f} (difference {ours - hand:+.3f}, independent draws)"
     )
-    mem_small = _peak_memory(max(1, args.memory_k // 10), 100)
-    mem_big = _peak_memory(args.memory_k, 100)
-    small_k = max(1, args.memory_k // 10)
-    print(f"peak RSS, 100 points: K={small_k}: {mem_small:.0f} MiB; K={args.memory_k}: {mem_big:.0f} MiB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "k": args.k,
-                    "points": args.points,
-                    "results": rows,
-                    "peak_rss_mib": {str(args.memory_k // 10): mem_small, str(args.memory_k): mem_big},
-                },
-                f,
-                indent=2,
-            )
+    memory = {}
+    if args.memory_k:
+        small_k = max(1, args.memory_k // 10)
+        memory = {
+            str(small_k): _peak_memory(small_k, 100),
+            str(args.memory_k): _peak_memory(args.memory_k, 100),
+        }
+        print("peak RSS, 100 points: " + "; ".join(f"K={k}: {m:.0f} MiB" for k, m in memory.items()))
+    result = {
+        "benchmark": "iwae_eval",
+        "k": args.k,
+        "points": args.points,
+        "chunk": [data_chunk, particle_chunk],
+        "environment": env,
+        "sgemm_gflops": rate,
+        "ratios": {"pyro_vae.bounds.iwae": base / statistics.median(times["pyro_vae.bounds.iwae"])},
+        "results": rows,
+        "peak_rss_mib": memory,
+    }
+    emit(result, args.json)
+    return result
 
 
 if __name__ == "__main__":

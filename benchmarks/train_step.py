@@ -4,26 +4,27 @@ Both are the same network (784-400-(50+50) encoder, 50-400-784 decoder, ReLU, so
 scale, Bernoulli likelihood), batch 128, the same Adam. Steps are interleaved in one
 process so that machine noise hits both alike; we report medians and their ratio.
 
-    python benchmarks/train_step.py [--steps 300] [--json out.json]
+    python benchmarks/train_step.py [--steps 300] [--quick] [--threads N] [--compile] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from collections.abc import Callable
 
 import pyro
 import torch
+from _common import emit, environment, interleave, set_threads, summary
 from torch import nn
 from torch.nn import functional as F
 
 from pyro_vae.infer import MeanFieldELBO
+from pyro_vae.infer.captured import CapturedLoss
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import train_step
+from pyro_vae.train.optimizers import default_optimizer
 
 D, H, K, B, N, LR = 784, 400, 50, 128, 60000, 1e-3
 
@@ -55,15 +56,24 @@ def hand_step(model: HandVAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> Ca
     return step
 
 
-def pyro_vae_step(x: torch.Tensor) -> Callable[[], None]:
-    """The step :func:`pyro_vae.train.fit` runs by default (validation off, as in fit)."""
-    vae = VAE(Bernoulli(D), latent_dim=K, hidden=(H,), name="pyro_vae")
+def pyro_vae_step(
+    x: torch.Tensor, *, name: str = "pyro_vae", capture: bool = False, compile: bool = False
+) -> Callable[[], None]:
+    """The step :func:`pyro_vae.train.fit` runs by default (validation off, as in fit; its
+    default optimizer), or with the loss wrapped in :class:`~pyro_vae.infer.captured.CapturedLoss`."""
+    vae = VAE(Bernoulli(D), latent_dim=K, hidden=(H,), name=name)
     loss = MeanFieldELBO()
     kwargs = {"num_data": N}
     loss.loss(vae.model, vae.guide, x, **kwargs)  # registers the parameters, as fit does
     prefix = f"{vae.name}_"
     params = [p for n, p in pyro.get_param_store().named_parameters() if n.startswith(prefix)]
-    opt = torch.optim.Adam(params, lr=LR)
+    opt = default_optimizer(params, lr=LR)
+    if capture:
+        loss = CapturedLoss(loss, compile=compile)
+        for _ in range(2):  # first sight, then capture (and compile)
+            train_step(loss, opt, vae.model, vae.guide, (x,), kwargs)
+        if not loss.captured_steps:
+            raise RuntimeError(f"the step was not captured: {loss.fallback_reason}")
     return lambda: train_step(loss, opt, vae.model, vae.guide, (x,), kwargs)
 
 
@@ -74,56 +84,67 @@ def pyro_svi_step(x: torch.Tensor) -> Callable[[], None]:
     return lambda: svi.step(x, num_data=N)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="60 steps, 10 warm-up (for run_all.py)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time CapturedLoss(compile=True) (compiling takes a minute)",
+    )
+    parser.add_argument(
+        "--json", default=None, help="also write the results as JSON to this file ('-': stdout)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup = 60, 10
+    set_threads(args.threads)
     torch.manual_seed(0)
     x = (torch.rand(B, D) < 0.3).float()
-    hand = HandVAE()
-    # One private parameter store for the whole run (the two Pyro paths use distinct names).
+    hand, hand_fused = HandVAE(), HandVAE()
+    # One private parameter store for the whole run (the Pyro paths use distinct names).
     with pyro.get_param_store().scope(), pyro.validation_enabled(False):
         steps = {
             "hand-written PyTorch": hand_step(hand, torch.optim.Adam(hand.parameters(), lr=LR), x),
+            "hand-written, fused Adam": hand_step(
+                hand_fused, torch.optim.Adam(hand_fused.parameters(), lr=LR, fused=True), x
+            ),
             "pyro_vae (fit's step)": pyro_vae_step(x),
+            "pyro_vae CapturedLoss": pyro_vae_step(x, name="captured", capture=True),
             "Pyro SVI Trace_ELBO": pyro_svi_step(x),
         }
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        for _ in range(args.warmup):
-            for f in steps.values():
-                f()
-        names = list(steps)
-        for i in range(args.steps):
-            for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate the order
-                tic = time.perf_counter()
-                steps[name]()
-                times[name].append(time.perf_counter() - tic)
+        if args.compile:
+            steps["pyro_vae CapturedLoss(compile)"] = pyro_vae_step(
+                x, name="compiled", capture=True, compile=True
+            )
+        times = interleave(steps, steps=args.steps, warmup=args.warmup)
     base = statistics.median(times["hand-written PyTorch"])
     rows = []
-    print(f"{'path':<24} {'median ms/step':>15} {'IQR ms':>15} {'ratio':>7}")
+    print(f"{'path':<32} {'median ms/step':>15} {'IQR ms':>15} {'ratio':>7}")
     for name, t in times.items():
-        q = statistics.quantiles(t, n=4)
-        med = statistics.median(t)
-        rows.append(
-            {
-                "path": name,
-                "median_ms": med * 1e3,
-                "q1_ms": q[0] * 1e3,
-                "q3_ms": q[2] * 1e3,
-                "ratio": med / base,
-            }
-        )
-        print(f"{name:<24} {med * 1e3:>15.3f} {f'{q[0] * 1e3:.2f}-{q[2] * 1e3:.2f}':>15} {med / base:>7.3f}")
+        row = {"path": name, **summary(t), "ratio": statistics.median(t) / base}
+        rows.append(row)
+        iqr = f"{row['q1_ms']:.2f}-{row['q3_ms']:.2f}"
+        print(f"{name:<32} {row['median_ms']:>15.3f} {iqr:>15} {row['ratio']:>7.3f}")
+    env = environment()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} interleaved steps each"
+        f"torch {torch.__version__}, {env['torch_threads']} threads, {args.steps} interleaved steps each, "
+        f"load {env['loadavg']}"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"steps": args.steps, "threads": torch.get_num_threads(), "results": rows}, f, indent=2)
+    result = {
+        "benchmark": "train_step",
+        "steps": args.steps,
+        "environment": env,
+        "ratios": {r["path"]: r["ratio"] for r in rows},
+        "results": rows,
+    }
+    emit(result, args.json)
+    return result
 
 
 if __name__ == "__main__":

@@ -160,6 +160,24 @@ def chunk_sizes(n: int, num_particles: int, max_rows: int) -> tuple[int, int]:
     return data_chunk, max(1, min(num_particles, max_rows // data_chunk))
 
 
+def _probe_first_chunk(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, plate_name: str | None, rows: int
+) -> ProgramPlan:
+    """:func:`probe` on the first chunk of ``rows`` rows (an evaluation's first chunk: the probe
+    then costs one chunk, not one more pass over all the data), or on all the rows when the
+    program has parameters per datapoint (Pyro's ``AutoNormal``, whose rows must not be split)
+    or cannot run on a chunk."""
+    if rows < num_rows(args):
+        chunk, chunk_kwargs = next(data_chunks(args, kwargs, rows))
+        try:
+            plan = probe(model, guide, chunk, chunk_kwargs, plate_name)
+        except Exception:
+            plan = None
+        if plan is not None and not plan.local_params:
+            return plan
+    return probe(model, guide, args, kwargs, plate_name)
+
+
 def streamed_log_terms(
     model: Callable,
     guide: Callable,
@@ -177,12 +195,13 @@ def streamed_log_terms(
     particle chunks: ``for chunk in streamed_log_terms(...): for terms in chunk: ...``. By
     default a chunk holds at most ``max_rows`` particle-rows, so that an accumulator over
     particles (a streaming log-mean-exp, running moments) keeps memory flat in
-    ``num_particles``. The program is probed once, on all the rows; a program with
+    ``num_particles``. The program is probed once, on the first chunk; a program with
     parameters per datapoint (Pyro's ``AutoNormal``) is never split into chunks of rows."""
     check_rows(args)
     check_positive_int(num_particles, "num_particles")
     n = num_rows(args)
-    plan = probe(model, guide, args, kwargs, plate_name)
+    default_data, default_particles = chunk_sizes(n, num_particles, max_rows)
+    plan = _probe_first_chunk(model, guide, args, kwargs, plate_name, data_chunk or default_data)
     if plan.local_params:  # parameters per row (AutoNormal): the rows are never split
         if data_chunk is not None and data_chunk < n:
             name = next(iter(plan.local_params))
@@ -191,7 +210,6 @@ def streamed_log_terms(
                 f"into chunks of {data_chunk}; leave data_chunk unset"
             )
         data_chunk = n
-    default_data, default_particles = chunk_sizes(n, num_particles, max_rows)
     if data_chunk is not None:
         default_particles = max(1, min(num_particles, max_rows // data_chunk))
     for chunk, chunk_kwargs in data_chunks(args, kwargs, data_chunk or default_data):

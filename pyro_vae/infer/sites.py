@@ -14,6 +14,7 @@ from torch.distributions import Distribution
 
 from pyro_vae.conventions import is_auxiliary
 from pyro_vae.errors import InputError
+from pyro_vae.infer.log_prob import site_log_prob
 
 
 class Site:
@@ -71,7 +72,7 @@ class Site:
         return new
 
     def log_prob(self) -> torch.Tensor:
-        return self.fn.log_prob(self.value)
+        return site_log_prob(self.fn, self.value)
 
     def __repr__(self) -> str:
         kind = "observed" if self.is_observed else "latent"

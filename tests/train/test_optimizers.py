@@ -11,7 +11,10 @@ from pyro_vae.train.optimizers import can_fuse, default_optimizer
 
 def _params(seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(5, 3, generator=g, dtype=dtype).requires_grad_(), torch.randn(3, generator=g, dtype=dtype)]
+    return [
+        torch.randn(5, 3, generator=g, dtype=dtype).requires_grad_(),
+        torch.randn(3, generator=g, dtype=dtype),
+    ]
 
 
 def test_fused_where_possible_and_default_otherwise():

@@ -1,0 +1,66 @@
+"""What every benchmark records with its figures: the machine's load, threads and versions."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import pyro
+import torch
+
+
+def environment() -> dict:
+    """Load average (1, 5, 15 min), threads, versions, date: to read a ratio against."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "loadavg": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads`` when given (the benchmark then states it)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def interleave(paths: dict, *, steps: int, warmup: int) -> dict:
+    """Time each path ``steps`` times, interleaved step by step with the order rotated, so that
+    machine noise hits every path alike: ``{name: [seconds, ...]}``."""
+    times: dict = {name: [] for name in paths}
+    for _ in range(warmup):
+        for f in paths.values():
+            f()
+    names = list(paths)
+    for i in range(steps):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            tic = time.perf_counter()
+            paths[name]()
+            times[name].append(time.perf_counter() - tic)
+    return times
+
+
+def summary(t: list[float]) -> dict:
+    q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+    return {"median_ms": statistics.median(t) * 1e3, "q1_ms": q[0] * 1e3, "q3_ms": q[2] * 1e3}
+
+
+def emit(result: dict, target: str | None) -> None:
+    """Write ``result`` as JSON to the file ``target`` (``-``: one final line on stdout)."""
+    if target == "-":
+        print(json.dumps(result))
+    elif target:
+        with open(target, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+Step = Callable[[], object]
