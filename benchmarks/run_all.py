@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         entry = run_one(script, full=args.full, timeout=args.timeout)
         report["benchmarks"][script.stem] = entry
         print(f"  {entry['status']} in {entry['wall_s']:.0f} s {entry.get('reason', '')}", flush=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))  # what has run so far survives an abort
     report["environment_after"] = environment()
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"\n{'benchmark':<18} {'path':<40} {'ratio':>8}")
