@@ -36,6 +36,8 @@ class GaussianEncoder(nn.Module):
 
     The last layer has ``2 * latent_dim`` outputs ``(loc, rho)`` and
     :math:`\\sigma = \\mathrm{softplus}(\\rho) + \\epsilon`, one matrix product for both.
+    With ``context_dim > 0`` it has ``context_dim`` more outputs, a context :math:`h` for a
+    flow posterior (:mod:`pyro_vae.guides`), and returns ``(loc, scale, h)``.
     """
 
     def __init__(
@@ -46,12 +48,19 @@ class GaussianEncoder(nn.Module):
         *,
         activation: Callable[[], nn.Module] = nn.ReLU,
         min_scale: float = 1e-5,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
+        check_positive_int(context_dim, "context_dim", minimum=0)
+        self.in_features = in_features
         self.latent_dim = latent_dim
+        self.context_dim = context_dim
         self.min_scale = min_scale
-        self.net = mlp(in_features, hidden, 2 * latent_dim, activation=activation)
+        self.net = mlp(in_features, hidden, 2 * latent_dim + context_dim, activation=activation)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, rho = self.net(x).split(self.latent_dim, dim=-1)
-        return loc, softplus(rho) + self.min_scale
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.context_dim == 0:
+            loc, rho = self.net(x).split(self.latent_dim, dim=-1)
+            return loc, softplus(rho) + self.min_scale
+        loc, rho, h = self.net(x).split((self.latent_dim, self.latent_dim, self.context_dim), dim=-1)
+        return loc, softplus(rho) + self.min_scale, h

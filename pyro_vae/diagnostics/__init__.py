@@ -1,7 +1,14 @@
 """Diagnostics: importance-weight reliability (PSIS k-hat, ESS), posterior collapse
 (active units, KL per dimension) and posterior samples as ArviZ InferenceData."""
 
-from pyro_vae.diagnostics.collapse import ActiveUnits, active_units, kl_per_dimension, posterior_means
+from pyro_vae.diagnostics.collapse import (
+    ActiveUnits,
+    active_units,
+    active_units_per_site,
+    kl_per_dimension,
+    kl_per_site,
+    posterior_means,
+)
 from pyro_vae.diagnostics.importance import (
     ImportanceDiagnostics,
     effective_sample_size,
@@ -14,9 +21,11 @@ __all__ = [
     "ActiveUnits",
     "ImportanceDiagnostics",
     "active_units",
+    "active_units_per_site",
     "effective_sample_size",
     "importance_diagnostics",
     "kl_per_dimension",
+    "kl_per_site",
     "pareto_k_hat",
     "posterior_inference_data",
     "posterior_means",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.distributions import Distribution, Independent, kl_divergence
 
-from pyro_vae._checks import check_rows
+from pyro_vae._checks import check_positive_int, check_rows
 from pyro_vae.errors import InputError
 from pyro_vae.infer.layout import find_layout
 from pyro_vae.infer.particles import probing, record, record_program
@@ -53,11 +53,55 @@ def posterior_means(guide: Callable, *args: Any, site: str = "z", **kwargs: Any)
     dimension). One run of the guide with modules in eval mode; the random number
     generators are left as they were. In a guide where ``site`` depends on an earlier
     discrete draw (M2's :math:`z` given :math:`y`), this is the mean given that one draw."""
+    return _site_means(guide, args, kwargs, (site,), num_samples=1)[site]
+
+
+def _mean_of(site: Site, num_samples: int) -> torch.Tensor:
+    """The site's conditional mean, or (when averaging several draws) its drawn value."""
+    try:
+        return site.fn.mean
+    except NotImplementedError:
+        if num_samples > 1:
+            return site.value
+        raise InputError(
+            f"the guide's distribution at '{site.name}' ({type(site.fn).__name__}) has no closed-form "
+            "mean; pass num_samples > 1 to average draws instead"
+        ) from None
+
+
+def _site_means(
+    guide: Callable, args: tuple, kwargs: dict, names: tuple[str, ...] | None, *, num_samples: int
+) -> dict[str, torch.Tensor]:
+    """:math:`E_q[z_s \\mid x_n]` per named latent site (all latent sites for ``None``), averaged
+    over ``num_samples`` guide runs: see :func:`_site_mean_draws`."""
+    return {
+        name: draws.mean(0)
+        for name, draws in _site_mean_draws(guide, args, kwargs, names, num_samples).items()
+    }
+
+
+def _site_mean_draws(
+    guide: Callable, args: tuple, kwargs: dict, names: tuple[str, ...] | None, num_samples: int
+) -> dict[str, torch.Tensor]:
+    """Each named latent site's conditional mean (or draw) in each of ``num_samples`` guide
+    runs, ``(S, N, latent dimensions)``: in one probing context (eval mode, generators restored)."""
     check_rows(args)
+    check_positive_int(num_samples, "num_samples")
+    rows = num_rows(args)
+    draws: dict[str, list[torch.Tensor]] = {}
     with probing(args):
-        sites = record_program(guide, args, kwargs).sites
-    latent = _site(sites, site, "guide")
-    return _per_datapoint(latent.fn.mean, latent, num_rows(args), "posterior means")
+        for _ in range(num_samples):
+            sites = record_program(guide, args, kwargs).sites
+            for name in names if names is not None else _latent_names(sites):
+                latent = _site(sites, name, "guide")
+                draws.setdefault(name, []).append(
+                    _per_datapoint(_mean_of(latent, num_samples), latent, rows, "posterior means")
+                )
+    return {name: torch.stack(values) for name, values in draws.items()}
+
+
+def _latent_names(sites: dict[str, Site]) -> tuple[str, ...]:
+    return tuple(n for n, s in sites.items() if not s.is_observed)
 
 
 @dataclass(frozen=True)
@@ -87,10 +131,47 @@ def active_units(
     References:
         [1] Burda, Grosse & Salakhutdinov (2016), "Importance weighted autoencoders", ICLR.
     """
-    means = posterior_means(guide, *args, site=site, **kwargs)
+    return _active(posterior_means(guide, *args, site=site, **kwargs), threshold)
+
+
+def _active(means: torch.Tensor, threshold: float) -> ActiveUnits:
     if means.shape[0] < 2:
         raise InputError("active units need at least two datapoints (a variance over the data)")
     return ActiveUnits(variance=means.var(0), threshold=threshold)
+
+
+def active_units_per_site(
+    guide: Callable,
+    *args: Any,
+    sites: Sequence[str] | None = None,
+    threshold: float = 0.01,
+    num_samples: int = 1,
+    **kwargs: Any,
+) -> dict[str, ActiveUnits]:
+    """:func:`active_units` of every latent site of the guide (or of ``sites``), e.g. each
+    stochastic layer of a :class:`~pyro_vae.models.HierarchicalVAE`, from the bottom up.
+
+    In a guide where a site depends on earlier draws (layer :math:`z_2` given :math:`z_1`),
+    :math:`E_q[z_2 \\mid x] = E_{q(z_1 \\mid x)} E_q[z_2 \\mid z_1]` is estimated by averaging
+    the site's conditional mean over :math:`S` = ``num_samples`` guide runs (for a site without
+    a closed-form mean, a flow posterior, the draws themselves), :math:`\\hat m_n`. Its noise
+    would add :math:`\\overline{s^2}/S` to the variance over the data (:math:`s_n^2` the
+    unbiased variance of the :math:`S` values of datapoint :math:`n`), so that is subtracted:
+
+    .. math::
+        \\hat A_j = \\max\\Big(0,\\ \\widehat{\\mathrm{Var}}_n(\\hat m_{nj})
+        - \\frac1{NS}\\sum_n s_{nj}^2\\Big),
+
+    unbiased before the clamp at 0. Sites that depend on no draw are exact with :math:`S = 1`."""
+    names = None if sites is None else tuple(sites)
+    out = {}
+    for name, draws in _site_mean_draws(guide, args, kwargs, names, num_samples).items():
+        unit = _active(draws.mean(0), threshold)
+        if num_samples > 1:
+            noise = draws.var(0).mean(0) / num_samples
+            unit = ActiveUnits(variance=(unit.variance - noise).clamp(min=0), threshold=threshold)
+        out[name] = unit
+    return out
 
 
 def _factorized_kl(q: Distribution, p: Distribution, name: str) -> torch.Tensor:
@@ -121,10 +202,28 @@ def kl_per_dimension(
     References:
         [1] Bowman et al. (2016), "Generating sentences from a continuous space", CoNLL.
     """
+    return kl_per_site(model, guide, *args, sites=(site,), **kwargs)[site]
+
+
+def kl_per_site(
+    model: Callable, guide: Callable, *args: Any, sites: Sequence[str] | None = None, **kwargs: Any
+) -> dict[str, torch.Tensor]:
+    """:func:`kl_per_dimension` of every latent site of the guide (or of ``sites``), from one
+    run: for a :class:`~pyro_vae.models.HierarchicalVAE`, the KL of each stochastic layer per
+    dimension, :math:`\\mathrm{KL}(q(z_{l,j} \\mid \\cdot) \\| p(z_{l,j} \\mid z_{l+1}))`. Each
+    site's two conditionals are taken at the run's draw of their parents, so for a layer whose
+    model parent is drawn after it in the guide (:math:`z_1` given a :math:`z_2 \\sim q(z_2
+    \\mid z_1)`) the value is at one draw of that parent (a collapse diagnostic; the layer's
+    term of the ELBO is :math:`E_q[\\log q - \\log p]`, see ``rate`` of
+    :func:`pyro_vae.infer.log_terms`). Sites in the order of the guide."""
     check_rows(args)
     with probing(args):
         model_sites, guide_sites = record(model, guide, args, kwargs)
-    q = _site(guide_sites, site, "guide")
-    p = _site(model_sites, site, "model")
-    kl = _factorized_kl(q.fn, p.fn, site)
-    return _per_datapoint(kl, q, num_rows(args), "KL per dimension").mean(0)
+    rows = num_rows(args)
+    out: dict[str, torch.Tensor] = {}
+    for name in sites if sites is not None else _latent_names(guide_sites):
+        q = _site(guide_sites, name, "guide")
+        p = _site(model_sites, name, "model")
+        kl = _factorized_kl(q.fn, p.fn, name)
+        out[name] = _per_datapoint(kl, q, rows, "KL per dimension").mean(0)
+    return out

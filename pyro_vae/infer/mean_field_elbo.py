@@ -26,10 +26,14 @@ class MeanFieldELBO(ParticleLoss):
     the same estimator as Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` (the same value and
     gradients for the same random draws; tested), with the same requirement: the guide
     is mean-field, or more precisely no latent's parents in the model are descendants of
-    it in the guide [1]. Extra training terms (auxiliary model sites, ``pyro.factor`` in the
-    guide) count as in Pyro's ``Trace_ELBO``. It records sites with the one minimal site
-    recorder of :mod:`pyro_vae.infer`, which is what makes pyro_vae's default training step
-    nearly as fast as a hand-written PyTorch step (see ``benchmarks/train_step.py``).
+    it in the guide [1]; where the order of the sites shows it might be (a latent drawn in
+    the guide before one that precedes it in the model, as in a bottom-up hierarchical
+    guide), that site's term is sampled instead of taken in closed form, which keeps the
+    estimate unbiased (Pyro's estimator only warns). Extra training terms (auxiliary model
+    sites, ``pyro.factor`` in the guide) count as in Pyro's ``Trace_ELBO``. It records sites
+    with the one minimal site recorder of :mod:`pyro_vae.infer`, which is what makes
+    pyro_vae's default training step nearly as fast as a hand-written PyTorch step (see
+    ``benchmarks/train_step.py``).
 
     Guides with a non-reparameterizable site (discrete latents) raise an
     :class:`~pyro_vae.errors.InputError` naming the site; use Pyro's ``Trace_ELBO`` or an

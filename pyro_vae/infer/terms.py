@@ -115,7 +115,8 @@ def collect_terms(
         :math:`-\\mathrm{KL}(q(z_i \\mid \\cdot) \\| p(z_i \\mid \\cdot))` in closed form replaces
         :math:`\\log p(z_i) - \\log q(z_i)` at the sampled value (``log_prior`` then holds
         :math:`-\\mathrm{KL}` and ``log_guide`` leaves the site out). Valid when no latent's
-        parents in the model are descendants of it in the guide [1].
+        parents in the model are descendants of it in the guide [1]: a latent drawn in the
+        guide before a latent that precedes it in the model has its term sampled.
     :param totals: a fast path for objectives that are sums over datapoints of the particle
         average (the ELBO): each term is the scaled sum over every site and datapoint,
         averaged over particles, one number (shape ``()``) with ``data_scale = 1``, so that
@@ -254,6 +255,7 @@ def _model_terms(
 ) -> set[str]:
     """Add the model's sites; returns the latents whose KL was taken in closed form."""
     with_kl: set[str] = set()
+    ordered = _kl_in_order(model_sites, guide_sites) if analytic_kl else set()
     for name, site in model_sites.items():
         if site.is_observed:
             if not sums.scaled:
@@ -266,7 +268,7 @@ def _model_terms(
         q = guide_sites.get(name)
         if q is None or q.is_observed:
             continue  # proposed by the model itself: its density cancels from the weight
-        if analytic_kl or q.relaxed:
+        if (analytic_kl and name in ordered) or q.relaxed:
             try:
                 kl = kl_divergence(q.fn, site.fn)
             except NotImplementedError:
@@ -282,6 +284,27 @@ def _model_terms(
                 continue
         sums.add("log_prior", site, site.log_prob())
     return with_kl
+
+
+def _kl_in_order(model_sites: dict[str, Site], guide_sites: dict[str, Site]) -> set[str]:
+    """The latents whose closed-form KL is an unbiased term: those drawn, in the guide, after
+    every latent that precedes them in the model. A latent whose model parent is drawn after
+    it in the guide (the bottom-up guide of a hierarchical VAE: :math:`z_1` before
+    :math:`z_2`, while :math:`p(z_1 \\mid z_2)`) would get
+    :math:`\\mathrm{KL}(q(z_1 \\mid x) \\| p(z_1 \\mid z_2))` at a :math:`z_2` that depends on
+    :math:`z_1`, which is biased; its term is sampled instead. Conservative: a preceding
+    latent that is not a parent also keeps the closed form out (still unbiased)."""
+    order = {name: i for i, (name, site) in enumerate(guide_sites.items()) if not site.is_observed}
+    allowed: set[str] = set()
+    latest = -1  # the latest guide position among the model's latents so far
+    for name, site in model_sites.items():
+        position = order.get(name)
+        if site.is_observed or position is None:
+            continue
+        if position > latest:
+            allowed.add(name)
+        latest = max(latest, position)
+    return allowed
 
 
 def _guide_terms(

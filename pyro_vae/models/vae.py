@@ -6,13 +6,13 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
 
 from pyro_vae._checks import check_nonnegative, check_positive_int
 from pyro_vae.errors import InputError
+from pyro_vae.guides import DiagonalGaussian
 from pyro_vae.likelihoods.base import Likelihood, check_likelihood
 from pyro_vae.networks import GaussianEncoder, mlp
 from pyro_vae.priors import StandardNormal
@@ -23,6 +23,28 @@ def _kl_scale(factor: float) -> AbstractContextManager:
     if factor == 1.0:
         return nullcontext()
     return poutine.mask(mask=False) if factor == 0 else poutine.scale(scale=factor)
+
+
+def _check_composition(vae: VAE, context_dim: int) -> None:
+    """The parts passed in fit together: encoder outputs, posterior context, a VampPrior's encoder."""
+    if getattr(vae.encoder, "context_dim", 0) != context_dim:
+        raise InputError(
+            f"the posterior needs a context of width {context_dim} but the encoder outputs "
+            f"{getattr(vae.encoder, 'context_dim', 0)}; build the encoder with context_dim={context_dim}"
+        )
+    shared = getattr(vae.prior, "encoder", None)
+    if shared is None:
+        return
+    if shared is not vae.encoder:
+        raise InputError(
+            "the prior mixes posteriors of an encoder that is not this VAE's; pass the same module: "
+            "enc = GaussianEncoder(...); VAE(..., encoder=enc, prior=VampPrior(enc, ...))"
+        )
+    if vae.num_classes or not isinstance(vae.posterior, DiagonalGaussian):
+        raise InputError(
+            "a VampPrior mixes the encoder's Gaussian posteriors at pseudo-inputs of the data alone: "
+            "it needs an unconditional VAE (num_classes=0) with the default diagonal Gaussian posterior"
+        )
 
 
 class VAE(nn.Module):
@@ -52,7 +74,18 @@ class VAE(nn.Module):
         ``y`` of shape ``(B, num_classes)`` is used as given (continuous covariates).
     :param beta: the KL weight :math:`\\beta \\ge 0`.
     :param prior: :math:`p(z)`, a module mapping a reference tensor to a distribution;
-        default :class:`~pyro_vae.priors.StandardNormal`.
+        default :class:`~pyro_vae.priors.StandardNormal`; others in :mod:`pyro_vae.priors`
+        (learned Gaussian, mixture of Gaussians, VampPrior). Its parameters, if any, are
+        registered in ``model`` as ``{name}_prior``.
+    :param posterior: the family of :math:`q(z \\mid x)`, a module mapping the encoder's
+        ``(loc, scale[, h])`` to a distribution; default
+        :class:`~pyro_vae.guides.DiagonalGaussian` (the guide above, no parameters of its
+        own); flows in :mod:`pyro_vae.guides` (IAF, planar). Its parameters are registered
+        in ``guide`` as ``{name}_posterior``; the encoder is built with the
+        ``posterior.context_dim`` extra outputs it needs.
+    :param encoder: the encoder network, default a :class:`~pyro_vae.networks.GaussianEncoder`
+        with ``hidden`` widths; pass one to share it with a
+        :class:`~pyro_vae.priors.VampPrior`.
     :param name: prefix of the parameter names in Pyro's parameter store.
 
     References:
@@ -73,6 +106,8 @@ class VAE(nn.Module):
         num_classes: int = 0,
         beta: float = 1.0,
         prior: nn.Module | None = None,
+        posterior: nn.Module | None = None,
+        encoder: nn.Module | None = None,
         name: str = "vae",
     ) -> None:
         super().__init__()
@@ -87,9 +122,20 @@ class VAE(nn.Module):
         self.name = name
         self.likelihood = likelihood
         self.prior = prior if prior is not None else StandardNormal(latent_dim)
-        self.encoder = GaussianEncoder(
-            self.num_features + num_classes, hidden, latent_dim, activation=activation
+        self.posterior = posterior if posterior is not None else DiagonalGaussian()
+        context_dim = getattr(self.posterior, "context_dim", 0)
+        self.encoder = (
+            encoder
+            if encoder is not None
+            else GaussianEncoder(
+                self.num_features + num_classes,
+                hidden,
+                latent_dim,
+                activation=activation,
+                context_dim=context_dim,
+            )
         )
+        _check_composition(self, context_dim)
         self.decoder = mlp(
             latent_dim + num_classes, tuple(reversed(hidden)), likelihood.num_outputs, activation=activation
         )
@@ -106,6 +152,7 @@ class VAE(nn.Module):
         """:math:`p(x, z)`; ``kl_weight`` multiplies :math:`\\beta` (KL warm-up)."""
         pyro.module(f"{self.name}_decoder", self.decoder)
         pyro.module(f"{self.name}_likelihood", self.likelihood)
+        pyro.module(f"{self.name}_prior", self.prior)  # learned priors; nothing for N(0, I)
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
             with _kl_scale(self.beta * kl_weight):
@@ -121,13 +168,15 @@ class VAE(nn.Module):
         num_data: int | None = None,
         kl_weight: float = 1.0,
     ) -> torch.Tensor:
-        """:math:`q_\\phi(z \\mid x)`, a diagonal Gaussian from the encoder."""
+        """:math:`q_\\phi(z \\mid x)`: the posterior family (a diagonal Gaussian by default)
+        at the encoder's outputs."""
         pyro.module(f"{self.name}_encoder", self.encoder)
+        pyro.module(f"{self.name}_posterior", self.posterior)  # flow steps; nothing for the default
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
-            loc, scale = self.encoder(self._cat(x, y))
+            q = self.posterior(*self.encoder(self._cat(x, y)))
             with _kl_scale(self.beta * kl_weight):
-                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                return pyro.sample("z", q)
 
     # ----------------------------------------------------------------- helpers
     def _cat(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -169,8 +218,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation of :math:`q(z \\mid x)`."""
-        return self.encoder(self._cat(x, y))
+        """Mean and standard deviation of :math:`q(z \\mid x)` (for a flow posterior: of its
+        Gaussian base, before the flow)."""
+        loc, scale = self.encoder(self._cat(x, y))[:2]
+        return loc, scale
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

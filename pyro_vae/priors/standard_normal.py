@@ -1,4 +1,4 @@
-"""Priors :math:`p(z)` over the latent code, passed into models."""
+"""The standard normal prior :math:`p(z) = \\mathcal N(0, I)`."""
 
 from __future__ import annotations
 

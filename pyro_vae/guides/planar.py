@@ -1,0 +1,70 @@
+"""Planar flow posterior with parameters computed from the encoder's context."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.transforms import ConditionalPlanar
+from pyro.nn import DenseNN
+from torch import nn
+
+from pyro_vae._checks import check_positive_int, check_widths
+
+
+class PlanarPosterior(nn.Module):
+    """Planar flows [1] on top of the encoder's diagonal Gaussian, amortized as in [1]:
+    each step's parameters are a function of the context :math:`h(x)` the encoder outputs.
+
+    .. math::
+        z_0 = \\mu(x) + \\sigma(x) \\odot \\epsilon, \\qquad
+        z_t = z_{t-1} + \\hat u_t\\, \\tanh(w_t^\\top z_{t-1} + b_t), \\qquad
+        \\log q(z_T \\mid x) = \\log \\mathcal N(z_0; \\mu, \\operatorname{diag}\\sigma^2)
+        - \\sum_{t=1}^T \\log \\big|1 + \\hat u_t^\\top \\psi_t(z_{t-1})\\big|,
+
+    with :math:`\\psi_t(z) = (1 - \\tanh^2(w_t^\\top z + b_t))\\, w_t`, :math:`(u_t, w_t, b_t)
+    = \\mathrm{MLP}_t(h(x))` and :math:`\\hat u_t` the modification of :math:`u_t` that
+    keeps the step invertible (:math:`w_t^\\top \\hat u_t \\ge -1`, [1] Appendix A). The steps
+    are Pyro's ``ConditionalPlanar`` with a ``DenseNN``. A planar step has no closed-form
+    inverse, so the density is available at the guide's own samples (which is all that the
+    ELBO, the bounds and ``fit`` need), not at arbitrary values.
+
+    :param latent_dim: :math:`K`.
+    :param context_dim: the width of :math:`h`.
+    :param num_steps: :math:`T`.
+    :param hidden: hidden widths of each step's MLP; default ``(max(10 K, context_dim),)``.
+
+    References:
+        [1] Rezende & Mohamed (2015), "Variational inference with normalizing flows", ICML.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        context_dim: int,
+        *,
+        num_steps: int = 2,
+        hidden: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int(latent_dim, "latent_dim")
+        check_positive_int(context_dim, "context_dim")
+        check_positive_int(num_steps, "num_steps")
+        hidden = tuple(hidden) if hidden is not None else (max(10 * latent_dim, context_dim),)
+        check_widths(hidden)
+        self.latent_dim = latent_dim
+        self.context_dim = context_dim
+        self.num_steps = num_steps
+        self.steps = nn.ModuleList(
+            ConditionalPlanar(DenseNN(context_dim, list(hidden), param_dims=[1, latent_dim, latent_dim]))
+            for _ in range(num_steps)
+        )
+
+    def forward(
+        self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor | None = None
+    ) -> dist.TorchDistribution:
+        if context is None:
+            raise ValueError("PlanarPosterior needs the encoder's context h (an encoder with context_dim)")
+        base = dist.Normal(loc, scale).to_event(1)
+        return dist.TransformedDistribution(base, [step.condition(context) for step in self.steps])
