@@ -90,6 +90,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="samples per datapoint for the test ELBO",
     )
     p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=_DEFAULT.refine_steps,
+        help="semi-amortized training: gradient steps refining q per datapoint (0: amortized)",
+    )
+    p.add_argument("--refine-lr", type=float, default=_DEFAULT.refine_lr, help="step size of the refinement")
+    p.add_argument(
         "--out", type=Path, default=None, help="run directory (default %(default)s: runs/<data>-<time>)"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -115,6 +122,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr,
         seed=args.seed,
         eval_particles=args.eval_particles,
+        refine_steps=args.refine_steps,
+        refine_lr=args.refine_lr,
     )
 
 

@@ -53,6 +53,12 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     eval_particles: int = 10
+    refine_steps: int = 0
+    """Semi-amortized training: gradient steps refining the encoder's Gaussian per datapoint
+    (0: amortized), differentiated through (SA-VAE); ``evaluate`` then also reports the
+    bounds of the refined guide."""
+    refine_lr: float = 0.1
+    """The step size of the refinement steps."""
 
     @property
     def binarize(self) -> str:
@@ -84,6 +90,8 @@ class TrainConfig:
         check_positive_int(self.batch_size, "batch size")
         check_positive(self.lr, "learning rate")
         check_positive_int(self.eval_particles, "eval particles")
+        check_positive_int(self.refine_steps, "refine steps", minimum=0)
+        check_positive(self.refine_lr, "refine learning rate")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
             raise InputError("validation and test fractions must lie in (0, 1)")
 
