@@ -57,7 +57,7 @@ class TrainConfig:
     """Semi-amortized training: gradient steps refining the encoder's Gaussian per datapoint
     (0: amortized), differentiated through (SA-VAE); ``evaluate`` then also reports the
     bounds of the refined guide."""
-    refine_lr: float = 0.1
+    refine_lr: float = 0.01
     """The step size of the refinement steps."""
 
     @property

@@ -12,7 +12,7 @@ def test_an_old_config_without_the_refinement_fields_still_loads():
     old = TrainConfig().to_json()
     del old["refine_steps"], old["refine_lr"]
     config = TrainConfig.from_json(old)
-    assert (config.refine_steps, config.refine_lr) == (0, 0.1)
+    assert (config.refine_steps, config.refine_lr) == (0, 0.01)
 
 
 def test_a_semi_amortized_run_records_its_steps_and_evaluate_reports_the_refined_bounds(tmp_path, capsys):
