@@ -122,6 +122,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="samples per datapoint for the test ELBO",
     )
     p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=_DEFAULT.refine_steps,
+        help="semi-amortized training: gradient steps refining q per datapoint (0: amortized)",
+    )
+    p.add_argument("--refine-lr", type=float, default=_DEFAULT.refine_lr, help="step size of the refinement")
+    p.add_argument(
         "--out", type=Path, default=None, help="run directory (default %(default)s: runs/<data>-<time>)"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -157,6 +164,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         layers=layers,
         prior_components=_given(args.prior_components, _DEFAULT.prior_components),
         flow_steps=_given(args.flow_steps, _DEFAULT.flow_steps),
+        refine_steps=args.refine_steps,
+        refine_lr=args.refine_lr,
     )
 
 

@@ -236,3 +236,23 @@ def plot_estimator_curves(histories: dict[str, Sequence[dict[str, float]]], path
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+def plot_imputations(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    samples: torch.Tensor,
+    mean: torch.Tensor,
+    path: str | Path,
+    image_shape: tuple[int, int],
+    *,
+    num_draws: int = 3,
+) -> Path:
+    """Images with missing pixels: the observed part (missing pixels mid-grey), ``num_draws``
+    imputations (draws from :math:`p(x_{\\mathrm{miss}} \\mid x_{\\mathrm{obs}})`), the
+    posterior-predictive mean, and the truth, one column per image."""
+    observed = torch.where(mask > 0.5, x, torch.full_like(x, 0.5))
+    rows = [observed, *samples[:num_draws], mean, x]
+    labels = ["observed", *(f"draw {i + 1}" for i in range(min(num_draws, len(samples)))), "mean", "truth"]
+    arrays = [r.detach().cpu().numpy() for r in rows]
+    return _image_grid(arrays, image_shape, labels, path, "Imputations of the missing pixels")

@@ -91,3 +91,13 @@ def test_gumbel_softmax_table(tmp_path, monkeypatch, capsys):
     for model in TABLE_ROWS:
         assert variance[model, "gumbel"] < variance[model, "score"], model
     assert (tmp_path / "table.txt").read_text().strip() == out.strip()
+
+
+def test_missing_digits(tmp_path, monkeypatch, capsys):
+    argv = ["--epochs", "1", "--hidden", "16", "--particles", "20", "--samples", "4", "--num-test", "10"]
+    _run("missing_digits.py", [*argv, "--out", str(tmp_path / "run"), "--quiet"], monkeypatch)
+    out = capsys.readouterr().out
+    assert "imputation (SNIS mean)" in out and "ESS of the weights" in out
+    assert (tmp_path / "run" / "imputations.png").is_file()
+    summary = json.loads((tmp_path / "run" / "imputation.json").read_text())
+    assert 1 <= summary["ess_min"] <= summary["ess_median"] <= 20

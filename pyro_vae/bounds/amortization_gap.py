@@ -6,10 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
-import pyro.distributions as dist
 import torch
-from torch.distributions import Independent, MultivariateNormal, Normal
 from tqdm.auto import trange
 
 from pyro_vae._checks import check_positive_int
@@ -17,11 +14,10 @@ from pyro_vae._stats import summarize
 from pyro_vae.bounds.elbo import elbo as elbo_bound
 from pyro_vae.bounds.estimate import BoundEstimate, difference
 from pyro_vae.bounds.iwae import log_marginal
-from pyro_vae.errors import InputError
-from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
+from pyro_vae.infer.local_guide import LocalGaussian, amortized_site, local_elbo
 from pyro_vae.infer.modes import evaluation_mode
-from pyro_vae.infer.particles import forked_rng
-from pyro_vae.infer.per_datapoint import evaluate_particles, num_rows, probe
+from pyro_vae.infer.particles import plan_program, probing
+from pyro_vae.infer.per_datapoint import num_rows
 
 
 @dataclass(frozen=True)
@@ -58,69 +54,6 @@ class AmortizationGap:
         return summarize({name: estimate.value for name, estimate in parts.items()})
 
 
-class _LocalGaussian(torch.nn.Module):
-    """Free per-datapoint Gaussian parameters, initialized from the amortized guide's output,
-    as a guide with the program's data plate (same name and dim)."""
-
-    def __init__(self, fn: Any, site: str, plate_name: str, plate_dim: int) -> None:
-        super().__init__()
-        self.site, self.plate_name, self.plate_dim = site, plate_name, plate_dim
-        base, event = fn, 0
-        while isinstance(base, Independent):
-            event += base.reinterpreted_batch_ndims
-            base = base.base_dist
-        self.event = event
-        if isinstance(base, MultivariateNormal):
-            self.kind = "mvn"
-            tril = base.scale_tril.detach().expand(base.batch_shape + base.event_shape + base.event_shape)
-            self.loc = torch.nn.Parameter(base.loc.detach().clone())
-            self.tril_off = torch.nn.Parameter(tril.tril(-1).clone())
-            self.log_diag = torch.nn.Parameter(tril.diagonal(dim1=-2, dim2=-1).log().clone())
-        elif isinstance(base, Normal):
-            self.kind = "normal"
-            self.loc = torch.nn.Parameter(base.loc.detach().clone())
-            self.log_scale = torch.nn.Parameter(base.scale.detach().expand_as(base.loc).log().clone())
-        else:
-            raise InputError(
-                f"the amortization gap needs a Normal or MultivariateNormal guide at '{site}', "
-                f"got {type(base).__name__}"
-            )
-
-    def distribution(self) -> Any:
-        if self.kind == "mvn":
-            tril = self.tril_off.tril(-1) + torch.diag_embed(self.log_diag.exp())
-            return dist.MultivariateNormal(self.loc, scale_tril=tril)
-        return dist.Normal(self.loc, self.log_scale.exp()).to_event(self.event)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        q = self.distribution()
-        size = q.batch_shape[self.plate_dim]
-        with pyro.plate(self.plate_name, size, dim=self.plate_dim):
-            return pyro.sample(self.site, q)
-
-
-def _guide_site(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, site: str, plate_name: str | None
-) -> tuple[Any, str, int]:
-    """The guide's distribution at ``site`` and the data plate's name and dim (one evaluation
-    run: modules in eval mode, random number generators forked)."""
-    plan = probe(model, guide, args, kwargs, plate_name)
-    with forked_rng(args):
-        run, _ = evaluate_particles(model, guide, args, kwargs, num_particles=1, plan=plan)
-    guide_sites = run.passes[0][1]
-    if site not in guide_sites or guide_sites[site].is_observed:
-        raise InputError(f"the guide has no latent sample site '{site}'")
-    others = [n for n, s in guide_sites.items() if n != site and not s.is_observed]
-    if others:
-        raise InputError(
-            f"the amortization gap refits one Gaussian site per datapoint, and the guide has other "
-            f"latent sites {others}; it needs a guide whose only latent is '{site}'"
-        )
-    layout = run.layout
-    assert layout.data_plate is not None and layout.data_dim is not None
-    return guide_sites[site].fn, layout.data_plate, layout.data_dim
-
-
 def amortization_gap(
     model: Callable,
     guide: Callable,
@@ -151,17 +84,22 @@ def amortization_gap(
         autoencoders", ICML.
     """
     check_positive_int(steps, "steps", minimum=0)
-    fn, plate, dim = _guide_site(model, guide, args, kwargs, site, plate_name)
-    local = _LocalGaussian(fn, site, plate, dim)
-    params = list(local.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
-    loss = MeanFieldELBO(num_particles=train_particles, plate_name=plate)
+    with probing(args):
+        fn_site, frame = amortized_site(
+            guide, args, kwargs, site, plate_name=plate_name, purpose="the amortization gap"
+        )
+    local = LocalGaussian.from_site(fn_site, frame, detach=True)
+    plate = local.plate_name
+    opt = torch.optim.Adam(local.params, lr=lr)
     with evaluation_mode():
+        plan = plan_program(model, local, args, kwargs, plate_name=plate)
         for _ in trange(steps, disable=not progress, desc="local ELBO", unit="step"):
-            grads = torch.autograd.grad(loss.differentiable_loss(model, local, *args, **kwargs), params)
-            for p, g in zip(params, grads, strict=True):
+            objective = local_elbo(model, local, args, kwargs, num_particles=train_particles, plan=plan).sum()
+            grads = torch.autograd.grad(-objective, local.params)
+            for p, g in zip(local.params, grads, strict=True):
                 p.grad = g
             opt.step()
+    local = local.detached()
     n = num_rows(args)  # q* holds parameters for exactly these rows: never split them
     lm = log_marginal(
         model, local, *args, num_particles=num_particles, plate_name=plate, data_chunk=n, **kwargs

@@ -91,6 +91,12 @@ class TrainConfig:
     def latent_widths(self) -> tuple[int, ...]:
         """The width of each stochastic layer: ``layers``, or ``(latent_dim,)``."""
         return self.layers or (self.latent_dim,)
+    refine_steps: int = 0
+    """Semi-amortized training: gradient steps refining the encoder's Gaussian per datapoint
+    (0: amortized), differentiated through (SA-VAE); ``evaluate`` then also reports the
+    bounds of the refined guide."""
+    refine_lr: float = 0.01
+    """The step size of the refinement steps."""
 
     @property
     def binarize(self) -> str:
@@ -122,6 +128,8 @@ class TrainConfig:
         check_positive_int(self.batch_size, "batch size")
         check_positive(self.lr, "learning rate")
         check_positive_int(self.eval_particles, "eval particles")
+        check_positive_int(self.refine_steps, "refine steps", minimum=0)
+        check_positive(self.refine_lr, "refine learning rate")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
             raise InputError("validation and test fractions must lie in (0, 1)")
         self._validate_latent_families()
@@ -148,6 +156,11 @@ class TrainConfig:
         if hierarchical and self.conditional:
             raise InputError(
                 "--conditional is for one stochastic layer; drop it or pass one width in --layers"
+            )
+        if self.refine_steps and (hierarchical or self.guide != "gaussian"):
+            raise InputError(
+                "--refine-steps refines the encoder's one diagonal Gaussian per datapoint: it needs one "
+                "stochastic layer and --guide gaussian"
             )
         if self.prior == "vamp" and (self.conditional or self.guide != "gaussian" or hierarchical):
             raise InputError(

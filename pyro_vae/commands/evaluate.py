@@ -21,6 +21,7 @@ from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.bounds import amortization_gap, elbo, iwae
 from pyro_vae.commands.configs import EvaluateConfig
+from pyro_vae.commands.refinement import format_refined, refined_evaluation
 from pyro_vae.commands.train import CHECKPOINT, prepare, read_config
 from pyro_vae.diagnostics import active_units_per_site, importance_diagnostics, kl_per_site
 from pyro_vae.errors import InputError
@@ -77,6 +78,17 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
                 results["amortization_unavailable"] = str(e)
             else:
                 results["amortization"] = gap.summary()
+        refined = refined_evaluation(
+            train_config,
+            model,
+            guide,
+            data,
+            elbo_particles=config.elbo_particles,
+            num_particles=k_max,
+            max_rows=config.max_rows,
+        )
+        if refined is not None:
+            results["refined"] = refined
     layers = layer_diagnostics(model, guide, data)
     results["layers"] = layers
     results["active_units"] = sum(layer["active_units"] for layer in layers.values())
@@ -156,6 +168,7 @@ def format_evaluation(results: dict[str, Any]) -> str:
         )
     )
     lines.append(row.format("ELBO gap", results["elbo_gap"], results["elbo_gap_se"]))
+    lines += format_refined(results)
     if "amortization" in results:
         a = results["amortization"]
         lines.append(

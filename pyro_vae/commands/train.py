@@ -24,6 +24,7 @@ from pyro_vae._io import atomic_write_json, atomic_write_text, make_output_dir, 
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.commands.configs import TrainConfig
+from pyro_vae.commands.refinement import training_guide
 from pyro_vae.data import (
     FASHION_MNIST_DIR,
     Dataset,
@@ -185,7 +186,7 @@ def _train_locked(
     tic = time.perf_counter()
     result = fit(
         model.model,
-        model.guide,
+        training_guide(config, model),
         splits.train.tensors(with_labels=with_labels),
         validation=splits.val.tensors(with_labels=with_labels),
         lr=config.lr,

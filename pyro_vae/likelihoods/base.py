@@ -10,6 +10,7 @@ from torch import nn
 
 from pyro_vae._checks import check_matrix, check_positive_int
 from pyro_vae.errors import InputError
+from pyro_vae.likelihoods.mask import mask_features
 
 
 def check_likelihood(likelihood: object) -> None:
@@ -53,6 +54,11 @@ class Likelihood(nn.Module, ABC):
     def forward(self, decoder_output: torch.Tensor) -> TorchDistribution:
         """Distribution of :math:`x` with batch shape ``decoder_output.shape[:-1]``
         and event shape ``(num_features,)``."""
+
+    def masked(self, decoder_output: torch.Tensor, mask: torch.Tensor) -> TorchDistribution:
+        """:meth:`forward` with the features where ``mask`` is 0 left out of the density (missing
+        data; see :func:`~pyro_vae.likelihoods.mask.mask_features`)."""
+        return mask_features(self(decoder_output), mask)
 
     @abstractmethod
     def validate(self, x: torch.Tensor, *, name: str = "data") -> None:

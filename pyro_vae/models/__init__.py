@@ -5,6 +5,7 @@ from pyro_vae.models.discrete_vae import DiscreteVAE
 from pyro_vae.models.hierarchical_vae import HierarchicalVAE
 from pyro_vae.models.linear_gaussian import LinearGaussian
 from pyro_vae.models.m2 import M2, UNLABELLED
+from pyro_vae.models.masked_vae import MaskedVAE
 from pyro_vae.models.vae import VAE
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "DiscreteVAE",
     "HierarchicalVAE",
     "LinearGaussian",
+    "MaskedVAE",
 ]

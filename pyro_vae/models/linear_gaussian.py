@@ -72,20 +72,35 @@ class LinearGaussian(nn.Module):
         self.generative = _Generative(num_features, latent_dim)
         self.recognition = _Recognition(num_features, latent_dim)
 
-    def model(self, x: torch.Tensor, *, num_data: int | None = None) -> torch.Tensor:
+    def model(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, *, num_data: int | None = None
+    ) -> torch.Tensor:
+        """:math:`p(x, z)`; with a missingness ``mask`` (observed = 1, one row per datapoint),
+        :math:`p(x_{\\mathrm{obs}}, z)`: the missing features are left out of the density."""
         g = pyro.module(f"{self.name}_generative", self.generative)
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
             zero = x.new_zeros(())
             z = pyro.sample("z", dist.Normal(zero, zero + 1).expand([self.latent_dim]).to_event(1))
             loc = z @ g.weight.T + g.bias
-            pyro.sample("x", dist.Normal(loc, g.noise_variance.sqrt()).to_event(1), obs=x)
+            noise = dist.Normal(loc, g.noise_variance.sqrt())
+            if mask is None:
+                pyro.sample("x", noise.to_event(1), obs=x)
+            else:
+                observed = mask > 0.5
+                pyro.sample("x", noise.mask(observed).to_event(1), obs=torch.where(observed, x, zero))
         return z
 
-    def guide(self, x: torch.Tensor, *, num_data: int | None = None) -> torch.Tensor:
+    def guide(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, *, num_data: int | None = None
+    ) -> torch.Tensor:
+        """:math:`q(z \\mid x) = \\mathcal N(Ax + c, LL^\\top)`; with a ``mask`` it reads the
+        zero-filled data :math:`x \\odot m`."""
         r = pyro.module(f"{self.name}_recognition", self.recognition)
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
+            if mask is not None:
+                x = torch.where(mask > 0.5, x, x.new_zeros(()))
             loc = x @ r.weight.T + r.bias
             return pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=r.scale_tril))
 
@@ -109,10 +124,32 @@ class LinearGaussian(nn.Module):
         gain = cov @ wt_psi_inv  # A = Σ Wᵀ Ψ⁻¹
         return gain, -gain @ g.bias, cov
 
-    def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
-        """Exact :math:`p(z \\mid x_n)`, batched over the rows of ``x``."""
-        gain, offset, cov = self._posterior_affine()
-        return dist.MultivariateNormal(x @ gain.T + offset, covariance_matrix=cov)
+    def posterior(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dist.MultivariateNormal:
+        """Exact :math:`p(z \\mid x_n)`, batched over the rows of ``x``; with a ``mask``,
+        :math:`p(z \\mid x_{n,\\mathrm{obs}})`: precision
+        :math:`I + W^\\top \\operatorname{diag}(m_n / \\psi) W`
+        and mean :math:`\\Sigma_n W^\\top \\operatorname{diag}(m_n / \\psi)(x_n - b)`."""
+        if mask is None:
+            gain, offset, cov = self._posterior_affine()
+            return dist.MultivariateNormal(x @ gain.T + offset, covariance_matrix=cov)
+        g = self.generative
+        m = (mask > 0.5).to(x.dtype)
+        weighted = g.weight.T.unsqueeze(0) * (m / g.noise_variance).unsqueeze(-2)  # (B, K, D)
+        eye = torch.eye(self.latent_dim, dtype=x.dtype, device=x.device)
+        cov = torch.cholesky_inverse(torch.linalg.cholesky(eye + weighted @ g.weight))
+        resid = torch.where(m > 0, x - g.bias, torch.zeros((), dtype=x.dtype, device=x.device))
+        loc = (cov @ (weighted @ resid.unsqueeze(-1))).squeeze(-1)
+        return dist.MultivariateNormal(loc, covariance_matrix=cov)
+
+    def predictive(self, x: torch.Tensor, mask: torch.Tensor) -> dist.MultivariateNormal:
+        """Exact :math:`p(\\tilde x \\mid x_{n,\\mathrm{obs}})` of a new draw of every feature,
+        :math:`\\mathcal N(W\\mu_n + b,\\ W\\Sigma_n W^\\top + \\Psi)` with :math:`(\\mu_n, \\Sigma_n)` of
+        :meth:`posterior`; its marginal on the missing features is the imputation distribution
+        :math:`p(x_{\\mathrm{miss}} \\mid x_{\\mathrm{obs}})`."""
+        post = self.posterior(x, mask)
+        g = self.generative
+        cov = g.weight @ post.covariance_matrix @ g.weight.T + torch.diag(g.noise_variance)
+        return dist.MultivariateNormal(post.loc @ g.weight.T + g.bias, covariance_matrix=cov)
 
     def guide_distribution(self, x: torch.Tensor) -> dist.MultivariateNormal:
         """The guide's :math:`q(z \\mid x_n)`, batched over rows."""
