@@ -91,6 +91,7 @@ class TrainConfig:
     def latent_widths(self) -> tuple[int, ...]:
         """The width of each stochastic layer: ``layers``, or ``(latent_dim,)``."""
         return self.layers or (self.latent_dim,)
+
     refine_steps: int = 0
     """Semi-amortized training: gradient steps refining the encoder's Gaussian per datapoint
     (0: amortized), differentiated through (SA-VAE); ``evaluate`` then also reports the
