@@ -29,6 +29,13 @@ MODELS = ("categorical", "bernoulli")
 BINARIZATIONS = ("none", "static", "dynamic")
 """How ``pyro-vae train`` binarizes grey levels for the Bernoulli likelihood."""
 
+TRAIN_MODELS = ("vae", "scvi")
+"""The models of ``pyro-vae train`` (``--model``): the VAE, or the scVI model of single-cell
+counts (:class:`pyro_vae.models.ScVI`)."""
+
+LIBRARIES = ("observed", "latent")
+"""The library size of the scVI model (``--library``): observed (a size factor) or latent."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -53,6 +60,22 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     eval_particles: int = 10
+    model: str | None = None
+    """``"vae"`` or ``"scvi"``; ``None`` follows the data: scVI for AnnData (``.h5ad``) counts
+    with an ``nb`` or ``zinb`` likelihood, the VAE otherwise (see :attr:`model_name`)."""
+    layer: str | None = None
+    """AnnData: the layer holding the counts (``None``: ``X``)."""
+    batch_key: str | None = None
+    """AnnData: the ``obs`` column of the batch (a covariate of encoder and decoder)."""
+    library: str = "observed"
+    """scVI: the library size observed (a size factor) or ``"latent"`` (log-normal prior)."""
+
+    @property
+    def model_name(self) -> str:
+        """The model in force: the one given, or the data's default (see :attr:`model`)."""
+        if self.model is not None:
+            return self.model
+        return "scvi" if self.data.endswith(".h5ad") and self.likelihood in ("nb", "zinb") else "vae"
 
     @property
     def binarize(self) -> str:
@@ -76,6 +99,7 @@ class TrainConfig:
                 f"binarization applies to the Bernoulli likelihood, not {self.likelihood!r}; "
                 "drop --binarization (or pass --binarization none)"
             )
+        self._validate_single_cell()
         check_positive_int(self.latent_dim, "latent dim")
         check_widths(self.hidden)
         check_nonnegative(self.beta, "beta")
@@ -86,6 +110,20 @@ class TrainConfig:
         check_positive_int(self.eval_particles, "eval particles")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
             raise InputError("validation and test fractions must lie in (0, 1)")
+
+    def _validate_single_cell(self) -> None:
+        if self.model is not None and self.model not in TRAIN_MODELS:
+            raise InputError(f"unknown model {self.model!r}; choose from {', '.join(TRAIN_MODELS)}")
+        if self.library not in LIBRARIES:
+            raise InputError(f"library must be observed or latent, got {self.library!r}")
+        if (self.layer is not None or self.batch_key is not None) and not self.data.endswith(".h5ad"):
+            raise InputError("--layer and --batch-key read AnnData files; --data must be a .h5ad file")
+        if self.model_name == "scvi" and self.likelihood not in ("nb", "zinb"):
+            raise InputError(f"the scvi model takes --likelihood nb or zinb, not {self.likelihood!r}")
+        if self.batch_key is not None and not self.conditional:
+            raise InputError("a batch key is a covariate: it needs conditional=True (the CLI sets it)")
+        if self.library != "observed" and self.model_name != "scvi":
+            raise InputError("--library applies to the scvi model (--model scvi)")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

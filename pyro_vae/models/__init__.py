@@ -4,6 +4,17 @@ from pyro_vae.models.discrete_latents import BernoulliLatent, CategoricalLatent
 from pyro_vae.models.discrete_vae import DiscreteVAE
 from pyro_vae.models.linear_gaussian import LinearGaussian
 from pyro_vae.models.m2 import M2, UNLABELLED
+from pyro_vae.models.scvi import LibraryPrior, ScVI
 from pyro_vae.models.vae import VAE
 
-__all__ = ["M2", "UNLABELLED", "VAE", "BernoulliLatent", "CategoricalLatent", "DiscreteVAE", "LinearGaussian"]
+__all__ = [
+    "M2",
+    "UNLABELLED",
+    "VAE",
+    "BernoulliLatent",
+    "CategoricalLatent",
+    "DiscreteVAE",
+    "LibraryPrior",
+    "LinearGaussian",
+    "ScVI",
+]
