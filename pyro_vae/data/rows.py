@@ -15,6 +15,7 @@ minibatch in memory at a time. Per-epoch training metrics read a bounded head of
 
 from __future__ import annotations
 
+import mmap
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
@@ -53,7 +54,7 @@ class RowSource(ABC):
         """Rows ``start:stop`` (contiguous) of each array."""
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        a = np.ascontiguousarray(a)
+        a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a)  # never alias a read-only map
         if a.dtype == np.bool_:
             a = a.astype(np.float64)
         if np.issubdtype(a.dtype, np.floating):
@@ -127,4 +128,29 @@ class ArrayRows(RowSource):
         return int(self.arrays[0].shape[0])
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, ...]:
-        return tuple(np.asarray(a[start:stop]) for a in self.arrays)
+        rows = tuple(np.array(a[start:stop]) for a in self.arrays)  # copies: the map can let go
+        for a in self.arrays:
+            _release(a, start, stop)
+        return rows
+
+
+def _release(a: np.ndarray, start: int, stop: int) -> None:
+    """Tell the kernel that rows ``start:stop`` of a read-only memory map are no longer needed
+    by this process (``madvise(MADV_DONTNEED)``): the pages stay in the page cache but leave
+    the process's resident set, so reading a file larger than memory keeps the RSS flat."""
+    mm = getattr(a, "_mmap", None)
+    if not isinstance(a, np.memmap) or mm is None or a.mode != "r" or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    if not a.flags.c_contiguous or stop <= start:
+        return
+    row = a.strides[0]
+    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    begin = a.ctypes.data - base + start * row  # where the rows start in the map (a may be a slice)
+    end = begin + (stop - start) * row
+    first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the rows only
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+        except (OSError, ValueError):
+            pass
