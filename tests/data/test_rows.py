@@ -1,6 +1,8 @@
 """Rows read on demand (RowSource): reads, block shuffling, and fit on a memory map equal to fit
 on the same rows in memory."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,25 @@ def test_fit_reads_blocks_of_contiguous_rows(tmp_path):
     # each minibatch of 16 is two blocks of 8: at most two contiguous reads per step
     steps = [r for r in rows.reads if r[1] - r[0] <= 16][-6:]
     assert all(stop - start in (8, 16) and start % 8 == 0 for start, stop in steps)
+
+
+def _rss_file_kb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("sliced", [False, True])
+def test_reading_a_memory_map_keeps_the_resident_set_flat(tmp_path, sliced):
+    """Pages read from a read-only map leave the process again (madvise), rows stay exact."""
+    x = np.random.default_rng(0).random((8192, 512), dtype=np.float32)  # 16 MiB
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = ArrayRows(mapped[100:] if sliced else mapped)
+    before = _rss_file_kb()
+    for i, (chunk,) in enumerate(rows.chunks(1024)):
+        start = 1024 * i + (100 if sliced else 0)
+        assert np.array_equal(chunk.numpy(), x[start : start + len(chunk)])
+    assert _rss_file_kb() - before < 4 * 1024  # of 16 MiB read
