@@ -8,6 +8,7 @@ from pyro_vae.data.arrays import load_array
 from pyro_vae.data.binarize import DynamicBinarization, binarize
 from pyro_vae.data.dataset import Dataset
 from pyro_vae.data.digits import load_digits
+from pyro_vae.data.h5ad import H5adRows, load_h5ad
 from pyro_vae.data.idx import FASHION_MNIST_DIR, load_idx, read_idx
 from pyro_vae.data.mnist_json import convert_mnist_json, read_mnist_json
 from pyro_vae.data.rows import ArrayRows, RowSource
@@ -27,6 +28,7 @@ __all__ = [
     "CountTruth",
     "Dataset",
     "DynamicBinarization",
+    "H5adRows",
     "LinearGaussianTruth",
     "RowSource",
     "Splits",
@@ -38,6 +40,7 @@ __all__ = [
     "linear_gaussian",
     "load_array",
     "load_digits",
+    "load_h5ad",
     "load_idx",
     "read_idx",
     "read_mnist_json",

@@ -91,7 +91,7 @@ def load_idx(
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise InputError(f"{directory}: images {images.shape} and labels {labels.shape} do not match")
     scale = 255.0 if images.dtype == np.uint8 else 1.0
-    x = torch.as_tensor(images.reshape(len(images), -1), dtype=dtype) / scale
+    x = torch.as_tensor(images.reshape(len(images), -1)).to(dtype).div_(scale)  # one float copy
     if binarize:
         x = _binarize(x, seed=seed)
     y = torch.as_tensor(labels.astype(np.int64))
