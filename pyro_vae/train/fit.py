@@ -21,7 +21,6 @@ from pyro_vae.errors import InputError, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import evaluation_mode
 from pyro_vae.infer.particles import forked_rng, record
-from pyro_vae.infer.per_datapoint import take_rows
 from pyro_vae.infer.scaling import scaled_to_data
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.train.interrupt import GracefulStop
@@ -218,7 +217,7 @@ def _run_epoch(
     then in ``state`` (its steps so far, the loss totals), for a checkpoint."""
     epoch = state.epoch
     orders = [  # a full-batch stream keeps its order: rows may own parameters (AutoNormal)
-        _permutation(n, seed, epoch, s).to(t[0].device)
+        streams.epoch_order(s, _permutation(streams.num_blocks(s), seed, epoch, s)).to(t[0].device)
         if streams.minibatch(s)
         else torch.arange(n, device=t[0].device)
         for s, (n, t) in enumerate(zip(streams.sizes, streams.tensors, strict=True))
@@ -229,7 +228,7 @@ def _run_epoch(
     for s, j in streams.schedule()[state.epoch_step :]:
         size = streams.batch_sizes[s]
         idx = orders[s][j * size : (j + 1) * size]
-        batch = take_rows(streams.tensors[s], idx)
+        batch = streams.take(s, idx)
         if transform is not None:
             batch = transform(batch)
         n = streams.sizes[s]
@@ -448,8 +447,9 @@ def fit(
     is raised; resuming from it ends bitwise equal to an uninterrupted run (tested). A second
     SIGINT interrupts at once.
 
-    :param data: ``x``, a tuple ``(x, y, ...)`` of tensors with one row per datapoint, or a
-        sequence of :class:`~pyro_vae.train.Stream`.
+    :param data: ``x``, a tuple ``(x, y, ...)`` of tensors with one row per datapoint, a
+        :class:`~pyro_vae.data.RowSource` (rows read on demand, in shuffled blocks of
+        contiguous rows: data larger than memory), or a sequence of :class:`~pyro_vae.train.Stream`.
     :param validation: held-out data (tensors) for the main program.
     :param optimizer: ``params -> torch.optim.Optimizer``; default Adam at ``lr``, fused where
         the parameters allow it (:func:`~pyro_vae.train.optimizers.default_optimizer`).

@@ -11,7 +11,7 @@ import torch
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.particles import forked_rng
-from pyro_vae.infer.per_datapoint import log_terms, rows_of
+from pyro_vae.infer.per_datapoint import log_terms
 from pyro_vae.train.evaluation import rate_distortion
 from pyro_vae.train.streams import StreamData
 
@@ -50,7 +50,7 @@ def plan_metrics(
     per-datapoint terms there. A program that cannot be evaluated on them (no data plate,
     global sites, a guide with parameters per training row such as Pyro's ``AutoNormal``)
     trains all the same, with the reason in ``unavailable``."""
-    train = tuple(rows_of(tensors, 0, max_points) for tensors in streams.tensors)
+    train = tuple(streams.head(s, max_points) for s in range(len(streams.tensors)))
     unavailable = ""
     try:
         for rows in (train[0], *((validation,) if validation is not None else ())):
