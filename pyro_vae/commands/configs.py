@@ -29,6 +29,27 @@ MODELS = ("categorical", "bernoulli")
 BINARIZATIONS = ("none", "static", "dynamic")
 """How ``pyro-vae train`` binarizes grey levels for the Bernoulli likelihood."""
 
+DEVICES = ("cpu", "cuda", "auto")
+"""Where ``--device`` puts the data and the model: ``auto`` is CUDA when PyTorch sees a GPU."""
+
+
+def check_device(name: str) -> str:
+    """The torch device of a ``--device`` name (``"cpu"`` or ``"cuda"``); :class:`InputError`
+    for an unknown name, or for ``cuda`` where PyTorch sees no GPU. Imports torch when called."""
+    if name not in DEVICES:
+        raise InputError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if name == "auto":
+        return "cuda" if gpu else "cpu"
+    if name == "cuda" and not gpu:
+        raise InputError(
+            "--device cuda, but PyTorch sees no GPU (torch.cuda.is_available() is False: no GPU, "
+            "no driver, or a CPU-only build of PyTorch); use --device cpu or --device auto"
+        )
+    return name
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
