@@ -199,6 +199,21 @@ def _buckets(tensors: list[torch.Tensor]) -> Iterator[list[int]]:
             yield bucket
 
 
+class AgreedStop:
+    """A stop request all ranks agree on: set at a step's all-reduce when any rank's own
+    :class:`~pyro_vae.train.interrupt.GracefulStop` has a signal, so that every rank stops
+    after the same step (a signal arriving on one rank between the all-reduce and the end of
+    the step counts at the next step)."""
+
+    def __init__(self, local: Any) -> None:
+        self.local = local
+        self.requested: int | None = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.requested).name if self.requested is not None else ""
+
+
 def _seed(seed: int, rank: int, step: int) -> int:
     return ((seed * 1_000_003 + rank) * 7919 + step) % (2**63)
 
@@ -287,7 +302,11 @@ class DataParallel:
     def barrier(self) -> None:
         dist.barrier()
 
-    def reducer(self, rows: int, total: int, stop: Any) -> Callable[[float], float]:
+    def agreed(self, stop: Any) -> AgreedStop:
+        """The stop request of this run's steps, agreed on by all ranks."""
+        return AgreedStop(stop)
+
+    def reducer(self, rows: int, total: int, stop: AgreedStop) -> Callable[[float], float]:
         """The hook :func:`~pyro_vae.train.train_step` calls between backward and the
         optimizer step, for a step where this rank has ``rows`` of a global batch of ``total``
         rows (``rows == total`` for a full-batch stream every rank computes whole)."""
@@ -296,7 +315,7 @@ class DataParallel:
 
     @_collective("all-reducing the gradients")
     @torch.no_grad()
-    def _reduce(self, value: float, *, weight: float, stop: Any) -> float:
+    def _reduce(self, value: float, *, weight: float, stop: AgreedStop) -> float:
         """All-reduce :math:`\\sum_r w_r \\nabla L_r` into every parameter's ``.grad`` and
         return :math:`\\sum_r w_r L_r`. A parameter no rank has a gradient for keeps
         ``grad=None`` (the optimizer then skips it, as in one process); a stop requested on
@@ -309,8 +328,7 @@ class DataParallel:
         names = sorted(store)
         tensors = [store[k] for k in names]
         head = torch.tensor(
-            [weight * value, float(stop.requested is not None)]
-            + [float(t.grad is not None) for t in tensors],
+            [weight * value, float(stop.local.requested or 0)] + [float(t.grad is not None) for t in tensors],
             dtype=torch.float64,
             device=tensors[0].device,
         )
@@ -324,8 +342,8 @@ class DataParallel:
                 g.copy_(part.view_as(g))
         for t, g, present in zip(tensors, grads, head[2:].tolist(), strict=True):
             t.grad = g if present else None
-        if head[1] > 0 and stop.requested is None:
-            stop.requested = signal.SIGTERM
+        if head[1] > 0 and stop.requested is None:  # some rank has a signal: all stop now
+            stop.requested = stop.local.requested or signal.SIGTERM
         return float(head[0])
 
 

@@ -363,6 +363,7 @@ def _train(
         mininterval=0.5,
     )
     with bar, pyro.validation_enabled(False), GracefulStop() as stop:
+        stop = group.agreed(stop) if group is not None else stop  # all ranks stop at one step
         while state.epoch < epochs:
             tic = time.perf_counter()
             objective = _run_epoch(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import socket
 import time
 import traceback
@@ -23,18 +24,21 @@ class MapAutoencoder(nn.Module):
     step's gradient has no Monte Carlo noise, so that one process and several can be compared
     to floating-point tolerance. The data plate declares ``num_data`` (scaled by N/B)."""
 
-    def __init__(self, die_at: int | None = None) -> None:
+    def __init__(self, die_at: int | None = None, how: str = "exit") -> None:
         super().__init__()
         self.encoder = nn.Linear(D, LATENT)
         self.decoder = nn.Linear(LATENT, D)
-        self.die_at = die_at
+        self.die_at, self.how = die_at, how
         self.calls = 0
 
     def model(self, x: torch.Tensor, num_data: int | None = None) -> None:
         pyro.module("map_ae", self)
         self.calls += 1
         if self.die_at is not None and self.calls == self.die_at:
-            os._exit(3)  # a rank that dies mid-training, as kill -9 would
+            if self.how == "sigterm":  # a signal to this rank alone
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                os._exit(3)  # a rank that dies mid-training, as kill -9 would
         log_scale = pyro.param("log_scale", torch.zeros(D, dtype=x.dtype, device=x.device))
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
@@ -53,10 +57,10 @@ def data(dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.randn(N, D, generator=gen, dtype=dtype) @ torch.randn(D, D, generator=gen, dtype=dtype)
 
 
-def build(die_at: int | None = None) -> MapAutoencoder:
+def build(die_at: int | None = None, how: str = "exit") -> MapAutoencoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return MapAutoencoder(die_at).double()
+        return MapAutoencoder(die_at, how).double()
 
 
 def fit_options(directory: Path, epochs: int, *, batch_size: int) -> dict:
@@ -84,7 +88,7 @@ def free_port() -> int:
 
 
 def _rank(
-    rank: int, world: int, port: int, directory: str, epochs: int, batch_size: int, die_at, timeout
+    rank: int, world: int, port: int, directory: str, epochs: int, batch_size: int, die_at, timeout, how
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -98,7 +102,7 @@ def _rank(
 
     out = Path(directory)
     try:
-        net = build(die_at if rank == world - 1 else None)
+        net = build(die_at if rank == world - 1 else None, how)
         result = fit(
             net.model,
             net.guide,
@@ -119,15 +123,18 @@ def spawn_ranks(
     epochs: int,
     batch_size: int,
     die_at: int | None = None,
-    timeout: float = 20.0,
-    deadline: float = 60.0,
+    how: str = "exit",
+    timeout: float = 60.0,
+    deadline: float = 120.0,
 ) -> list[int | None]:
     """Run ``world`` ranks of :func:`fit` on the deterministic program; their exit codes.
     Every process is killed at ``deadline`` seconds (its exit code then ``None``)."""
     ctx = multiprocessing.get_context("spawn")
     port = free_port()
     procs = [
-        ctx.Process(target=_rank, args=(r, world, port, str(directory), epochs, batch_size, die_at, timeout))
+        ctx.Process(
+            target=_rank, args=(r, world, port, str(directory), epochs, batch_size, die_at, timeout, how)
+        )
         for r in range(world)
     ]
     for p in procs:
