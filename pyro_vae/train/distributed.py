@@ -288,6 +288,8 @@ class DataParallel:
             return
         if saved is not None and self.rank < len(saved):
             torch.set_rng_state(saved[self.rank])
+            if torch.cuda.is_available():  # the checkpoint's CUDA generators are rank 0's
+                torch.cuda.manual_seed_all(_seed(self.seed, self.rank, step))
         else:
             self.seed_rank(step)
 

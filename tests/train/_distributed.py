@@ -88,7 +88,16 @@ def free_port() -> int:
 
 
 def _rank(
-    rank: int, world: int, port: int, directory: str, epochs: int, batch_size: int, die_at, timeout, how
+    rank: int,
+    world: int,
+    port: int,
+    directory: str,
+    epochs: int,
+    batch_size: int,
+    die_at,
+    timeout,
+    how,
+    resume,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -108,6 +117,7 @@ def _rank(
             net.guide,
             data(),
             distributed=Distributed(timeout=timeout),
+            resume=resume,
             **fit_options(out, epochs, batch_size=batch_size),
         )
         torch.save({"params": parameters(net, result), "history": result.history}, out / f"rank{rank}.pt")
@@ -124,6 +134,7 @@ def spawn_ranks(
     batch_size: int,
     die_at: int | None = None,
     how: str = "exit",
+    resume: bool = False,
     timeout: float = 60.0,
     deadline: float = 120.0,
 ) -> list[int | None]:
@@ -133,7 +144,8 @@ def spawn_ranks(
     port = free_port()
     procs = [
         ctx.Process(
-            target=_rank, args=(r, world, port, str(directory), epochs, batch_size, die_at, timeout, how)
+            target=_rank,
+            args=(r, world, port, str(directory), epochs, batch_size, die_at, timeout, how, resume),
         )
         for r in range(world)
     ]

@@ -30,7 +30,8 @@ def _assert_close(a, b):
 def test_two_ranks_take_the_steps_of_one_process_and_resume_on_one(tmp_path):
     """2 ranks with shards of 13 and 12 rows of each global batch of 25 (the last of 10: 5+5)
     end one epoch where one process with batch 25 does, on both ranks; the 2-rank checkpoint
-    resumes in one process and ends where an uninterrupted one-process run does."""
+    resumes in one process, and the 1-process checkpoint in 2 ranks, and both end where an
+    uninterrupted one-process run does."""
     two, one, both = tmp_path / "two", tmp_path / "one", tmp_path / "both"
     for d in (two, one, both):
         d.mkdir()
@@ -52,6 +53,11 @@ def test_two_ranks_take_the_steps_of_one_process_and_resume_on_one(tmp_path):
     resumed, _ = _single(two, 2, batch_size=25, resume=True)  # 2 processes, then 1
     straight, _ = _single(both, 2, batch_size=25)
     _assert_close(resumed, straight)
+
+    codes = spawn_ranks(2, one, epochs=2, batch_size=25, resume=True)  # 1 process, then 2
+    assert codes == [0, 0], [p.read_text() for p in one.glob("*.err")]
+    for r in range(2):
+        _assert_close(torch.load(one / f"rank{r}.pt", weights_only=False)["params"], straight)
 
 
 def test_a_killed_rank_is_a_clear_failure_not_a_hang(tmp_path):
