@@ -20,14 +20,16 @@ N, D, LATENT = 60, 5, 2
 
 
 class MapAutoencoder(nn.Module):
-    """An autoencoder with a point-mass (``Delta``) guide and a learned global noise scale: a
-    step's gradient has no Monte Carlo noise, so that one process and several can be compared
-    to floating-point tolerance. The data plate declares ``num_data`` (scaled by N/B)."""
+    """An autoencoder with a point-mass (``Delta``) guide, a learned global noise scale and a
+    buffer: a step's gradient has no Monte Carlo noise, so that one process and several can
+    be compared to floating-point tolerance. The data plate declares ``num_data`` (scaled by
+    N/B)."""
 
     def __init__(self, die_at: int | None = None, how: str = "exit") -> None:
         super().__init__()
         self.encoder = nn.Linear(D, LATENT)
         self.decoder = nn.Linear(LATENT, D)
+        self.register_buffer("offset", torch.zeros(D))  # a buffer the likelihood reads
         self.die_at, self.how = die_at, how
         self.calls = 0
 
@@ -43,7 +45,8 @@ class MapAutoencoder(nn.Module):
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
             z = pyro.sample("z", dist.Normal(x.new_zeros(batch, LATENT), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(self.decoder(z), log_scale.exp()).to_event(1), obs=x)
+            loc = self.decoder(z) + self.offset
+            pyro.sample("x", dist.Normal(loc, log_scale.exp()).to_event(1), obs=x)
 
     def guide(self, x: torch.Tensor, num_data: int | None = None) -> None:
         pyro.module("map_ae", self)
@@ -112,6 +115,9 @@ def _rank(
     out = Path(directory)
     try:
         net = build(die_at if rank == world - 1 else None, how)
+        with torch.no_grad():  # ranks other than 0 start elsewhere: rank 0's state must reach them
+            for t in (*net.parameters(), *net.buffers()):
+                t.add_(float(rank))
         result = fit(
             net.model,
             net.guide,
