@@ -109,3 +109,43 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert lines[0] == lines[1]  # the same epoch and step on both
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
     assert saved["epoch_step"] > 0 and len(saved["rank_rng"]) == 2
+
+
+def test_bad_distributed_options_are_input_errors(tmp_path, monkeypatch):
+    for k, v in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }.items():
+        monkeypatch.setenv(k, v)
+    net = build()
+    options = fit_options(tmp_path, 1, batch_size=25)
+    with pytest.raises(InputError, match="backend must be gloo or nccl, got 'mpi'"):
+        fit(net.model, net.guide, data(), distributed=Distributed(backend="mpi"), **options)
+    with pytest.raises(InputError, match="distributed must be True, False or a Distributed"):
+        fit(net.model, net.guide, data(), distributed="yes", **options)
+
+
+def test_the_modules_whose_buffers_are_broadcast_are_found_in_any_program():
+    """Bound methods (of a module, or of an object holding modules), closures and partials."""
+    import functools
+
+    from torch import nn
+
+    from pyro_vae.train.distributed import program_modules
+
+    a, b, c = nn.BatchNorm1d(2), nn.Linear(2, 2), nn.Linear(2, 1)
+
+    class Holder:
+        def __init__(self):
+            self.net = b
+
+        def model(self, x):
+            return self.net(x)
+
+    def guide(x, scale):
+        return c(a(x)) * scale
+
+    found = program_modules(Holder().model, functools.partial(guide, scale=2.0))
+    assert {id(m) for m in found} == {id(a), id(b), id(c)}
