@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from pyro_vae.commands.configs import (
     BINARIZATIONS,
+    DEVICES,
     ESTIMATOR_NAMES,
     GUIDE_NAMES,
     LIBRARIES,
@@ -45,6 +46,15 @@ def _int_list(what: str) -> Callable[[str], tuple[int, ...]]:
             ) from None
 
     return parse
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        choices=list(DEVICES),
+        default="cpu",
+        help="where data and model go (auto: CUDA if present)",
+    )
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -151,6 +161,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(p)
     p.set_defaults(func=_train)
 
 
@@ -204,7 +215,9 @@ def _train(args: argparse.Namespace) -> int:
             raise PyroVAEError("--resume needs --out, the run directory to continue")
         stem = Path(args.data).stem if args.data not in ("digits", "fashion-mnist") else args.data
         args.out = Path("runs") / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    run = train_run(config, args.out, resume=args.resume, progress=not args.quiet)
+    run = train_run(config, args.out, resume=args.resume, progress=not args.quiet, device=args.device)
+    if not run.main:  # a rank of a distributed run other than 0: rank 0 reports
+        return 0
     print(format_summary(run.summary))
     print(f"run directory: {run.run_dir}")
     return 0
@@ -237,6 +250,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=default.seed)
     p.add_argument("--quiet", action="store_true")
+    _add_device(p)
     p.set_defaults(func=_evaluate)
 
 
@@ -256,7 +270,7 @@ def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
 def _evaluate(args: argparse.Namespace) -> int:
     from pyro_vae.commands.evaluate import evaluate_run, format_evaluation
 
-    results = evaluate_run(args.run_dir, evaluate_config(args), progress=not args.quiet)
+    results = evaluate_run(args.run_dir, evaluate_config(args), progress=not args.quiet, device=args.device)
     print(format_evaluation(results))
     print(f"written to {args.run_dir}/evaluation.json, bounds.csv and figures")
     return 0
@@ -314,6 +328,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, help="output directory (default %(default)s: runs/compare-<time>)"
     )
     p.add_argument("--quiet", action="store_true")
+    _add_device(p)
     p.set_defaults(func=_compare)
 
 
@@ -347,7 +362,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     config = compare_config(args)
     out = args.out or Path("runs") / f"compare-{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
-    result = compare_run(config, out, progress=not args.quiet)
+    result = compare_run(config, out, progress=not args.quiet, device=args.device)
     print(result.format())
     print(f"written to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0

@@ -45,3 +45,8 @@ class TrainingInterrupted(PyroVAEError):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+
+
+class DistributedError(PyroVAEError):
+    """A distributed run lost one of its processes (it died, hung, or exceeded the process
+    group's timeout), or could not form its process group."""

@@ -16,7 +16,7 @@ import torch
 from pyro_vae import __version__
 from pyro_vae._io import atomic_write_json, make_output_dir
 from pyro_vae._lock import RunLock
-from pyro_vae.commands.configs import MODELS, CompareConfig, TrainConfig
+from pyro_vae.commands.configs import MODELS, CompareConfig, TrainConfig, check_device
 from pyro_vae.commands.train import load_dataset
 from pyro_vae.comparison import Comparison, compare
 from pyro_vae.data import split
@@ -54,20 +54,25 @@ def build_discrete_vae(config: CompareConfig, num_features: int) -> DiscreteVAE:
     return DiscreteVAE(Bernoulli(num_features), code, hidden=config.hidden)
 
 
-def compare_run(config: CompareConfig, out_dir: str | Path, *, progress: bool = True) -> Comparison:
+def compare_run(
+    config: CompareConfig, out_dir: str | Path, *, progress: bool = True, device: str = "cpu"
+) -> Comparison:
     """Compare the configured estimators on a discrete VAE for binarized ``config.data``
     (training split for training and gradients, validation split held out) and write
     ``config.json``, ``comparison.csv``, ``comparison.json``, ``gradient_variance.png``
     (and ``gradient_variance_trained.png``) and ``training_curves.png`` into ``out_dir``,
-    which must be new or empty. Everything is checked before anything is written."""
+    which must be new or empty, on ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"``). Everything
+    is checked before anything is written."""
     config.validate()
+    where = check_device(device)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"output directory {out_dir} already exists and is not empty; choose another --out")
     data = load_dataset(TrainConfig(data=config.data, binarization="static", seed=config.seed))
     splits = split(data, val_fraction=0.1, test_fraction=0.1, seed=config.seed)
+    splits = type(splits)(train=splits.train.to(where), val=splits.val.to(where), test=splits.test.to(where))
     torch.manual_seed(config.seed)
-    vae = build_discrete_vae(config, data.num_features)
+    vae = build_discrete_vae(config, data.num_features).to(where)
     vae.validate_data(splits.train.x, name=splits.train.name)
     vae.validate_data(splits.val.x, name=splits.val.name)
     steps = config.epochs * math.ceil(len(splits.train) / config.batch_size)

@@ -62,6 +62,24 @@ counts (:class:`pyro_vae.models.ScVI`)."""
 
 LIBRARIES = ("observed", "latent")
 """The library size of the scVI model (``--library``): observed (a size factor) or latent."""
+DEVICES = ("cpu", "cuda", "auto")
+"""Where ``--device`` puts the data and the model: ``auto`` is CUDA when PyTorch sees a GPU."""
+
+
+def check_device(name: str) -> str:
+    """The torch device of a ``--device`` name (``"cpu"`` or ``"cuda"``); :class:`InputError`
+    for an unknown name, or for ``cuda`` where PyTorch sees no GPU. Imports torch when called."""
+    if name not in DEVICES:
+        raise InputError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if name == "auto":
+        return "cuda" if gpu else "cpu"
+    if name == "cuda" and not gpu:
+        "--device cuda, but PyTorch sees no GPU (torch.cuda.is_available() is False: no GPU, "
+        "no driver, or a CPU-only build of PyTorch); use --device cpu or --device auto"
+    return name
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from pyro_vae._io import atomic_write_json, atomic_write_text
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.bounds import amortization_gap, elbo, iwae
-from pyro_vae.commands.configs import EvaluateConfig
+from pyro_vae.commands.configs import EvaluateConfig, check_device
 from pyro_vae.commands.refinement import format_refined, refined_evaluation
 from pyro_vae.commands.train import CHECKPOINT, prepare, read_config
 from pyro_vae.diagnostics import active_units_per_site, importance_diagnostics, kl_per_site
@@ -34,18 +34,23 @@ __all__ = [
 ]
 
 
-def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, config: EvaluateConfig, *, progress: bool = True, device: str = "cpu"
+) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on (up to ``num_points`` of) its test split and write
     ``evaluation.json``, ``bounds.csv`` and the figures ``bounds_vs_k.png``, ``k_hat.png``,
-    ``kl_per_dim.png`` there. Returns the results.
+    ``kl_per_dim.png`` there, on ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"``). Returns
+    the results.
 
     :raises InputError: if ``run_dir`` holds no run of :func:`~pyro_vae.commands.train.train_run`.
     """
     run_dir = Path(run_dir)
     train_config = read_config(run_dir)
     config.validate()
+    where = check_device(device)
     splits, vae = prepare(train_config)
-    test = splits.test.subset(torch.arange(min(config.num_points, len(splits.test))))
+    test = splits.test.subset(torch.arange(min(config.num_points, len(splits.test)))).to(where)
+    vae.to(where)
     data = test.tensors(with_labels=train_config.conditional)
     load_parameters(vae.model, vae.guide, run_dir / CHECKPOINT, *(t[:2] for t in data))
     model, guide = vae.model, vae.guide

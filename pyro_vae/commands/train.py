@@ -23,7 +23,7 @@ from pyro_vae import __version__
 from pyro_vae._io import atomic_write_json, atomic_write_text, make_output_dir, remove_stale_temporaries
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
-from pyro_vae.commands.configs import TrainConfig
+from pyro_vae.commands.configs import TrainConfig, check_device
 from pyro_vae.commands.refinement import training_guide
 from pyro_vae.data import (
     FASHION_MNIST_DIR,
@@ -39,7 +39,8 @@ from pyro_vae.data import (
 from pyro_vae.errors import InputError
 from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.models import VAE
-from pyro_vae.train import FitResult, KLWarmup, fit, rate_distortion
+from pyro_vae.train import Distributed, FitResult, KLWarmup, fit, rate_distortion
+from pyro_vae.train.distributed import in_torchrun, local_device, maybe_process_group, rank
 
 __all__ = [
     "CHECKPOINT",
@@ -158,10 +159,44 @@ class TrainRun:
     model: VAE
     fit: FitResult
     summary: dict[str, Any]
+    main: bool = True
+    """Whether this process wrote the run (rank 0 of a distributed run, or the only process)."""
 
 
 def train_run(
-    config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+    distributed: bool | None = None,
+) -> TrainRun:
+    """Train the configured VAE on ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"``) and write
+    ``run_dir``; data-parallel over ``torchrun`` 's processes when ``distributed`` (``None``:
+    when started by ``torchrun``), rank 0 writing everything (docs/scaling-up.md).
+    """
+    where = torch.device(check_device(device))
+    options = Distributed() if (in_torchrun() if distributed is None else distributed) else None
+    with maybe_process_group(options, local_device(where)):
+        return _train_run(
+            config,
+            Path(run_dir),
+            resume=resume,
+            progress=progress,
+            device=local_device(where),
+            options=options,
+        )
+
+
+def _train_run(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    device: torch.device,
+    options: Distributed | None,
 ) -> TrainRun:
     """Train the configured VAE and write ``run_dir``.
 
@@ -182,18 +217,37 @@ def train_run(
             f"run directory {run_dir} already exists and is not empty; choose another --out, or --resume it"
         )
     splits, model = prepare(config)
+    splits = Splits(train=splits.train.to(device), val=splits.val.to(device), test=splits.test.to(device))
+    model.to(device)
+    if options is not None:  # every rank has checked the run directory before rank 0 writes
+        torch.distributed.barrier()
+        if rank() != 0:
+            return _train_locked(
+                config, run_dir, splits, model, resume=resume, progress=False, options=options
+            )
     make_output_dir(run_dir, what="run directory")
     with RunLock(run_dir):
         remove_stale_temporaries(run_dir)  # a killed run's half-written files, never renamed
-        return _train_locked(config, run_dir, splits, model, resume=resume, progress=progress)
+        return _train_locked(
+            config, run_dir, splits, model, resume=resume, progress=progress, options=options
+        )
 
 
 def _train_locked(
-    config: TrainConfig, run_dir: Path, splits: Splits, model: VAE, *, resume: bool, progress: bool
+    config: TrainConfig,
+    run_dir: Path,
+    splits: Splits,
+    model: VAE,
+    *,
+    resume: bool,
+    progress: bool,
+    options: Distributed | None = None,
 ) -> TrainRun:
-    """The run itself, with the run directory locked (see :class:`pyro_vae._lock.RunLock`)."""
+    """The run itself, with the run directory locked (see :class:`pyro_vae._lock.RunLock`);
+    in a distributed run, ranks other than 0 train alongside and write nothing."""
     with_labels = config.conditional
-    if not resume:
+    main = options is None or rank() == 0
+    if not resume and main:
         atomic_write_json(run_dir / CONFIG, {**config.to_json(), "pyro_vae_version": __version__})
     tic = time.perf_counter()
     result = fit(
@@ -210,8 +264,11 @@ def _train_locked(
         checkpoint=run_dir / CHECKPOINT,
         resume=resume,
         progress=progress,
+        distributed=options or False,
     )
     seconds = time.perf_counter() - tic
+    if not main:
+        return TrainRun(run_dir=run_dir, config=config, model=model, fit=result, summary={}, main=False)
     test = splits.test.tensors(with_labels=with_labels)
     with torch.random.fork_rng():
         pyro.set_rng_seed(config.seed)

@@ -33,7 +33,8 @@ def parameter_groups(
         _, guide_sites = record(model, guide, args, kwargs, params=names)
     store = pyro.get_param_store()
     params = {name: store.get_param(name).unconstrained() for name in names}
-    log_q = sum((s.log_prob().sum() for s in guide_sites.values() if not s.is_observed), torch.zeros(()))
+    terms = [s.log_prob().sum() for s in guide_sites.values() if not s.is_observed]
+    log_q = sum(terms[1:], terms[0]) if terms else torch.zeros(())  # in the program's dtype and device
     trainable = [(n, p) for n, p in params.items() if p.requires_grad]
     grads = (
         torch.autograd.grad(log_q, [p for _, p in trainable], allow_unused=True)

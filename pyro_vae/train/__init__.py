@@ -1,6 +1,7 @@
 """Training: :func:`fit` for any Pyro model/guide pair, checkpoints and schedules."""
 
 from pyro_vae.train.checkpoint import load_checkpoint, load_parameters, save_checkpoint
+from pyro_vae.train.distributed import Distributed
 from pyro_vae.train.evaluation import RateDistortion, rate_distortion
 from pyro_vae.train.fit import FitResult, fit
 from pyro_vae.train.schedules import KLWarmup
@@ -10,6 +11,7 @@ from pyro_vae.train.streams import AuxiliaryObjective, Stream
 
 __all__ = [
     "AuxiliaryObjective",
+    "Distributed",
     "FitResult",
     "KLWarmup",
     "RateDistortion",

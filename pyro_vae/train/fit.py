@@ -23,6 +23,7 @@ from pyro_vae.infer.modes import evaluation_mode
 from pyro_vae.infer.particles import forked_rng, record
 from pyro_vae.infer.scaling import scaled_to_data
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.train.distributed import DataParallel, Distributed, as_options, maybe_process_group, start
 from pyro_vae.train.interrupt import GracefulStop
 from pyro_vae.train.metrics import MetricsPlan, epoch_metrics, plan_metrics
 from pyro_vae.train.optimizers import default_optimizer
@@ -209,6 +210,7 @@ def _run_epoch(
     checkpoint: str | Path | None,
     bar: Any,
     stop: GracefulStop,
+    group: DataParallel | None = None,
 ) -> float | None:
     """One epoch: every stream's minibatches, interleaved (:meth:`StreamData.schedule`),
     from ``state.epoch_step`` on. Returns the training objective per datapoint,
@@ -228,6 +230,9 @@ def _run_epoch(
     for s, j in streams.schedule()[state.epoch_step :]:
         size = streams.batch_sizes[s]
         idx = orders[s][j * size : (j + 1) * size]
+        rows = total = len(idx)
+        if group is not None and streams.minibatch(s):  # this rank's shard of the global batch
+            idx, rows = group.shard(idx)
         batch = streams.take(s, idx)
         if transform is not None:
             batch = transform(batch)
@@ -242,6 +247,7 @@ def _run_epoch(
             batch,
             main.kwargs(weight),
             auxiliary=[(b.loss, b.model, b.guide, b.kwargs(weight)) for b in aux],
+            before_step=group.reducer(rows, total, stop) if group is not None else None,
         )
         if not math.isfinite(value):
             kept = (
@@ -307,6 +313,7 @@ def _stopped(
     losses: list[Any],
     *,
     cuda: bool,
+    group: DataParallel | None = None,
 ) -> None:
     """Write the checkpoint of a run stopped by a signal mid-epoch and raise
     :class:`~pyro_vae.errors.TrainingInterrupted` saying how to go on."""
@@ -317,7 +324,7 @@ def _stopped(
             epoch=state.epoch,
             step=state.step,
         )
-    save_checkpoint(checkpoint, state.to_checkpoint(params, opt, losses, cuda=cuda))
+    _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group)
     raise TrainingInterrupted(
         f"stopped on {where}; checkpoint written to {checkpoint}: resume with resume=True "
         "(pyro-vae train --out RUN_DIR --resume)",
@@ -343,18 +350,20 @@ def _train(
     checkpoint: str | Path | None,
     cuda: bool,
     progress: bool,
+    group: DataParallel | None = None,
 ) -> None:
     """Epochs until ``epochs``: train, record the metrics, checkpoint atomically."""
     model, guide, val = program
     bar = tqdm(
         total=(epochs - state.epoch) * len(streams.schedule()),
-        disable=not progress,
+        disable=not progress or (group is not None and not group.main),
         desc="train",
         unit="step",
         dynamic_ncols=True,
         mininterval=0.5,
     )
     with bar, pyro.validation_enabled(False), GracefulStop() as stop:
+        stop = group.agreed(stop) if group is not None else stop  # all ranks stop at one step
         while state.epoch < epochs:
             tic = time.perf_counter()
             objective = _run_epoch(
@@ -369,22 +378,49 @@ def _train(
                 checkpoint=checkpoint,
                 bar=bar,
                 stop=stop,
+                group=group,
             )
             if objective is None:
-                _stopped(state, stop, checkpoint, params, opt, losses, cuda=cuda)
+                _stopped(state, stop, checkpoint, params, opt, losses, cuda=cuda, group=group)
             record = {
                 "epoch": state.epoch + 1,
                 "step": state.step,
                 "kl_weight": kl_warmup(state.epoch + 1) if kl_warmup else 1.0,
                 "train_objective": objective,
             }
-            record |= epoch_metrics(metrics, model, guide, val, losses[0])
+            if group is None or group.main:
+                record |= epoch_metrics(metrics, model, guide, val, losses[0])
             record["seconds"] = time.perf_counter() - tic
+            if group is not None:  # rank 0's record and module buffers on every rank
+                record = group.share(record)
+                group.broadcast_state({})
             state.history.append(record)
             state.epoch += 1
             bar.set_postfix(epoch=state.epoch, val_elbo=f"{record['val_elbo']:.3f}", refresh=False)
             if checkpoint is not None:
-                save_checkpoint(checkpoint, state.to_checkpoint(params, opt, losses, cuda=cuda))
+                _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group)
+
+
+def _save(
+    checkpoint: str | Path,
+    state: TrainState,
+    params: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    losses: list[Any],
+    *,
+    cuda: bool,
+    group: DataParallel | None,
+) -> None:
+    """The checkpoint, written atomically; in a distributed run by rank 0 alone, with every
+    rank's random number generator, while the others wait."""
+    saved = state.to_checkpoint(params, opt, losses, cuda=cuda)
+    if group is None:
+        save_checkpoint(checkpoint, saved)
+        return
+    saved["rank_rng"] = group.gather_rng()
+    if group.main:
+        save_checkpoint(checkpoint, saved)
+    group.barrier()
 
 
 def fit(
@@ -409,6 +445,7 @@ def fit(
     eval_max_points: int = 2000,
     eval_batch_size: int = 1024,
     progress: bool = True,
+    distributed: bool | Distributed = False,
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference [1].
 
@@ -457,6 +494,11 @@ def fit(
     :param transform: applied to each training minibatch (e.g. dynamic binarization).
     :param plate_name: the data plate (found by its size, the rows of ``x``, when omitted).
     :param eval_max_points: training rows (per stream) used for the per-epoch training metrics.
+    :param distributed: train data-parallel over the processes of ``torchrun`` (``True``, or a
+        :class:`~pyro_vae.train.Distributed` for options): ``batch_size`` is then the global
+        batch, each rank takes its shard of it, gradients are all-reduced so that every step is
+        the step one process takes on the global batch, and only rank 0 writes the checkpoint
+        (:mod:`pyro_vae.train.distributed`; docs/scaling-up.md).
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.
@@ -478,9 +520,19 @@ def fit(
     make_optimizer = optimizer if optimizer is not None else partial(default_optimizer, lr=lr)
     device = streams.tensors[0][0].device
     devices = [device] if device.type == "cuda" else []
+    options = as_options(distributed)
 
     store = pyro.get_param_store()
-    with store.scope() as param_state, torch.random.fork_rng(devices=devices):
+    with (
+        store.scope() as param_state,
+        torch.random.fork_rng(devices=devices),
+        maybe_process_group(options, device),
+    ):
+        group = start((model, guide), seed) if options is not None else None
+        if group is not None:
+            group.check_batches(
+                streams.batch_sizes, [streams.minibatch(s) for s in range(len(streams.sizes))], streams.names
+            )
         bound, scaling = _bind(objectives, auxiliary, streams, plate_name=plate_name, kl_warmup=kl_warmup)
         _register(bound, streams, kl_warmup)
         metrics = plan_metrics(
@@ -503,6 +555,12 @@ def fit(
             state = TrainState()
             if seed is not None:
                 torch.manual_seed(seed)
+        if group is not None:  # all ranks start equal, each with its own random numbers
+            group.broadcast_state(params)
+            if resume:
+                group.restore_rng(load_checkpoint(checkpoint).get("rank_rng"), state.step)  # type: ignore[arg-type]
+            else:
+                group.seed_rank(state.step)
         _train(
             state,
             bound,
@@ -519,6 +577,7 @@ def fit(
             checkpoint=checkpoint,
             cuda=bool(devices),
             progress=progress,
+            group=group,
         )
     return FitResult(
         history=state.history,
