@@ -1,7 +1,8 @@
 """Diagnostics: importance-weight reliability (PSIS k-hat, ESS), posterior collapse
-(active units, KL per dimension) and posterior samples as ArviZ InferenceData."""
+(active units, KL per dimension, ELBO surgery) and posterior samples as ArviZ InferenceData."""
 
 from pyro_vae.diagnostics.collapse import ActiveUnits, active_units, kl_per_dimension, posterior_means
+from pyro_vae.diagnostics.elbo_surgery import ELBOSurgery, elbo_surgery
 from pyro_vae.diagnostics.importance import (
     ImportanceDiagnostics,
     effective_sample_size,
@@ -12,9 +13,11 @@ from pyro_vae.diagnostics.posterior import posterior_inference_data
 
 __all__ = [
     "ActiveUnits",
+    "ELBOSurgery",
     "ImportanceDiagnostics",
     "active_units",
     "effective_sample_size",
+    "elbo_surgery",
     "importance_diagnostics",
     "kl_per_dimension",
     "pareto_k_hat",

@@ -30,6 +30,7 @@ from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
 from pyro_vae.train.step import train_step
 from pyro_vae.train.streams import AuxiliaryObjective, StreamData, as_streams
+from pyro_vae.train.tracking import LogMarginalTracker
 
 Data = Any
 """``x``, a tuple ``(x, y, ...)`` of tensors with one row per datapoint, or a sequence of
@@ -343,6 +344,7 @@ def _train(
     checkpoint: str | Path | None,
     cuda: bool,
     progress: bool,
+    tracker: LogMarginalTracker | None = None,
 ) -> None:
     """Epochs until ``epochs``: train, record the metrics, checkpoint atomically."""
     model, guide, val = program
@@ -379,6 +381,8 @@ def _train(
                 "train_objective": objective,
             }
             record |= epoch_metrics(metrics, model, guide, val, losses[0])
+            if tracker is not None:
+                record |= tracker(state.epoch + 1, model, guide, val, plate_name=metrics.plate_name)
             record["seconds"] = time.perf_counter() - tic
             state.history.append(record)
             state.epoch += 1
@@ -409,6 +413,8 @@ def fit(
     eval_max_points: int = 2000,
     eval_batch_size: int = 1024,
     progress: bool = True,
+    track_log_marginal: int | None = None,
+    track_every: int = 1,
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference [1].
 
@@ -455,6 +461,12 @@ def fit(
     :param transform: applied to each training minibatch (e.g. dynamic binarization).
     :param plate_name: the data plate (found by its size, the rows of ``x``, when omitted).
     :param eval_max_points: training rows (per stream) used for the per-epoch training metrics.
+    :param track_log_marginal: ``K``: every ``track_every`` epochs, record the held-out
+        :math:`\\mathcal L_K` and the ELBO with their errors and gap
+        (:class:`~pyro_vae.train.tracking.LogMarginalTracker`: columns ``val_lk``,
+        ``val_lk_se``, ``val_lk_elbo``, ``val_lk_elbo_se``, ``val_lk_gap``, ``val_lk_gap_se``,
+        NaN in the other epochs) on up to ``eval_max_points`` validation rows. Needs
+        ``validation``; changes no draw of the training.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.
@@ -467,6 +479,11 @@ def fit(
     _check_options(streams, val, auxiliary, epochs=epochs, lr=lr, eval_particles=eval_particles)
     if resume and checkpoint is None:
         raise InputError("resume=True needs a checkpoint path")
+    tracker = None
+    if track_log_marginal is not None:
+        tracker = LogMarginalTracker(track_log_marginal, track_every, eval_max_points, seed or 0)
+        if val is None:
+            raise InputError("track_log_marginal needs held-out data: pass validation=...")
     loss = loss if loss is not None else MeanFieldELBO()
     objectives = [(model, guide, loss, "program")] + [
         (a.model, a.guide, a.loss if a.loss is not None else Trace_ELBO(), f"auxiliary objective '{a.name}'")
@@ -491,6 +508,8 @@ def fit(
             max_points=eval_max_points,
             validation=val,
         )
+        if tracker is not None and metrics.unavailable:
+            raise InputError(f"track_log_marginal needs per-datapoint bounds: {metrics.unavailable}")
         params = _store_params()
         if not params:
             raise InputError("model and guide have no parameters to fit (no pyro.param or pyro.module)")
@@ -517,6 +536,7 @@ def fit(
             checkpoint=checkpoint,
             cuda=bool(devices),
             progress=progress,
+            tracker=tracker,
         )
     return FitResult(
         history=state.history,
