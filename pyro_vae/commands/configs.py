@@ -53,6 +53,12 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     eval_particles: int = 10
+    free_bits: float = 0.0
+    """:math:`\\lambda` nats per latent dimension (free bits); 0: the ELBO."""
+    track_log_marginal: int = 0
+    """``K`` of the held-out :math:`\\mathcal L_K` recorded during training; 0: none."""
+    track_every: int = 1
+    """Epochs between two records of the held-out :math:`\\mathcal L_K`."""
 
     @property
     def binarize(self) -> str:
@@ -84,6 +90,9 @@ class TrainConfig:
         check_positive_int(self.batch_size, "batch size")
         check_positive(self.lr, "learning rate")
         check_positive_int(self.eval_particles, "eval particles")
+        check_nonnegative(self.free_bits, "free bits")
+        check_positive_int(self.track_log_marginal, "track-log-marginal K", minimum=0)
+        check_positive_int(self.track_every, "track-every")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
             raise InputError("validation and test fractions must lie in (0, 1)")
 
@@ -114,10 +123,13 @@ class EvaluateConfig:
     k_hat_particles: int = 1000
     max_rows: int = 50_000
     seed: int = 0
+    surgery_particles: int = 10
+    """Draws per test point for ELBO surgery (the posterior-collapse panel)."""
 
     def validate(self) -> None:
         from pyro_vae._checks import check_positive_int
 
+        check_positive_int(self.surgery_particles, "surgery particles")
         if not self.ks:
             raise InputError("need at least one K")
         for k in self.ks:

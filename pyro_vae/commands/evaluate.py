@@ -20,6 +20,7 @@ from pyro_vae._io import atomic_write_json, atomic_write_text
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.bounds import amortization_gap, elbo, iwae
+from pyro_vae.commands.collapse_panel import collapse_panel, format_collapse
 from pyro_vae.commands.configs import EvaluateConfig
 from pyro_vae.commands.train import CHECKPOINT, prepare, read_config
 from pyro_vae.diagnostics import active_units, importance_diagnostics, kl_per_dimension
@@ -35,7 +36,7 @@ __all__ = [
 def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on (up to ``num_points`` of) its test split and write
     ``evaluation.json``, ``bounds.csv`` and the figures ``bounds_vs_k.png``, ``k_hat.png``,
-    ``kl_per_dim.png`` there. Returns the results.
+    ``kl_per_dim.png``, ``collapse.png`` there. Returns the results.
 
     :raises InputError: if ``run_dir`` holds no run of :func:`~pyro_vae.commands.train.train_run`.
     """
@@ -77,6 +78,9 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
     results["active_units"] = au.count
     results["latent_dim"] = int(au.variance.shape[0])
     results["kl_per_dimension"] = kl.tolist()
+    results["collapse"] = collapse_panel(
+        model, guide, data, units=au, kl=kl, num_particles=config.surgery_particles, seed=config.seed
+    )
     with RunLock(run_dir):  # not while another process writes into the run directory
         _write_results(run_dir, results, rows, diag.k_hat, kl)
     return results
@@ -104,6 +108,9 @@ def _write_results(
     )
     plot_k_hat(k_hat, run_dir / "k_hat.png")
     plot_kl_per_dimension(kl, run_dir / "kl_per_dim.png")
+    from pyro_vae.plotting import plot_collapse
+
+    plot_collapse(results["collapse"], run_dir / "collapse.png")
 
 
 def format_evaluation(results: dict[str, Any]) -> str:
@@ -137,4 +144,6 @@ def format_evaluation(results: dict[str, Any]) -> str:
         f"{k['fraction_k_hat_above_0.7']:.0%} above 0.7 ({k['num_particles']} samples)"
     )
     lines.append(f"active units: {results['active_units']} of {results['latent_dim']}")
+    if "collapse" in results:
+        lines.extend(format_collapse(results["collapse"]))
     return "\n".join(lines)
