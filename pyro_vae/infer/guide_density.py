@@ -13,6 +13,18 @@ from pyro_vae.infer.particles import VECTORIZED, ParticleRun, ProgramPlan, run_p
 from pyro_vae.infer.sites import Site
 
 
+def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size:
+    """NumPy broadcasting of two shapes (``torch.broadcast_shapes`` imports sympy, seconds)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if x != y and 1 not in (x, y):
+            raise InputError(f"shapes {a} and {b} do not broadcast")
+        out.append(y if x == 1 else x)
+    return torch.Size(out)
+
+
 def _latents(sites: dict[str, Site]) -> dict[str, Site]:
     return {n: s for n, s in sites.items() if not s.is_observed}
 
@@ -40,7 +52,7 @@ def per_datapoint_values(run: ParticleRun) -> dict[str, torch.Tensor]:
         for _, guide_sites in run.passes:
             s = guide_sites[name]
             shape = torch.Size(s.fn.batch_shape) + s.fn.event_shape
-            v = s.value.expand(torch.broadcast_shapes(s.value.shape, shape))
+            v = s.value.expand(_broadcast(s.value.shape, shape))
             stacked.append(v.reshape((1,) * (ndim - v.dim()) + v.shape))
         v = stacked[0] if run.mode == VECTORIZED else torch.cat(stacked, 0)
         v = v.expand(run.num_particles, *v.shape[1:])
@@ -64,7 +76,7 @@ def _hooks(
         shape = torch.Size(fn.batch_shape) + fn.event_shape  # type: ignore[union-attr]
         if v.dim() > len(shape):  # the leading dims a program without the padding lacks are 1
             v = v.reshape(v.shape[v.dim() - len(shape) :])
-        return v.expand(torch.broadcast_shapes(v.shape, shape))
+        return v.expand(_broadcast(v.shape, shape))
 
     def factory(k: int | None) -> Callable[[Message], torch.Tensor | None]:
         def hook(msg: Message) -> torch.Tensor | None:
