@@ -275,11 +275,13 @@ def plot_rate_distortion(rows: Sequence[dict], path: str | Path) -> Path:
     total = rate + dist
     r_hi = max(rate.max() * 1.15, 1.0)
     d_lo, d_hi = min(dist.min(), (total - r_hi).min()), dist.max() * 1.05 + 1.0
-    step = 10 ** math.floor(math.log10(max(np.ptp(total), 1.0))) if len(rows) > 1 else 1.0
+    span = r_hi + d_hi - d_lo  # the values of R + D the plot shows
+    step = next(m * 10**e for e in range(-3, 6) for m in (1, 2, 5) if m * 10**e >= span / 8)
     grid_r = np.array([0.0, r_hi])
-    lines = np.arange(math.floor(total.min() / step) - 2, math.ceil(total.max() / step) + 3) * step
-    for c in lines:
+    for c in np.arange(math.ceil(d_lo / step), math.floor((r_hi + d_hi) / step) + 1) * step:
         ax.plot(grid_r, c - grid_r, color="grey", lw=0.6, alpha=0.5)
+        if d_lo < c - r_hi * 0.98 < d_hi:
+            ax.annotate(f"{-c:g}", (r_hi * 0.98, c - r_hi * 0.98), fontsize=7, color="grey", ha="right")
     for c in total:
         ax.plot(grid_r, c - grid_r, color="C0", lw=0.6, ls=":", alpha=0.6)
     ax.errorbar(
