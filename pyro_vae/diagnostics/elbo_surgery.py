@@ -154,11 +154,12 @@ def elbo_surgery(
         \\hat q(z) = \\frac1N q(z \\mid x_i)
         + \\frac{N-1}{N(M-1)} \\sum_{j \\in B_M, j \\ne i} q(z \\mid x_j),
 
-    an unbiased estimate of :math:`q(z)` (the stratified weights of [2], appendix: the
-    datapoint's own component is in every batch that holds it; weighting it :math:`1/(NM)`
-    like the others, as in [2]'s Eq. 7, underestimates :math:`q(z)` by up to a factor
-    :math:`M`). With ``M = N`` (the default up to ``max_rows`` pairs) :math:`\\hat q = q`
-    exactly; with ``M < N``, :math:`\\log \\hat q` is biased low (Jensen), so
+    an unbiased estimate of :math:`q(z)` when the other :math:`M-1` rows of the batch are a
+    uniform draw from the other :math:`N-1` (the batches split a random permutation): each
+    other row :math:`j` is in the batch with probability :math:`(M-1)/(N-1)`, so its term
+    contributes :math:`q(z \\mid x_j)/N` in expectation, and the datapoint's own component,
+    always in its batch, has its weight :math:`1/N`. With ``M = N`` (the default for up to
+    1024 rows) :math:`\\hat q = q` exactly; with ``M < N``, :math:`\\log \\hat q` is biased low (Jensen), so
     :math:`\\hat I` is biased high and the marginal KL low, by :math:`O(1/M)`.
 
     :math:`\\log q(z_{ki} \\mid x_j)` for every pair comes from the core
@@ -200,8 +201,11 @@ def elbo_surgery(
             torch.manual_seed(seed)
         order = torch.randperm(n) if m < n else torch.arange(n)
         info, marginal = [], []
-        for start in range(0, n, m):
-            index = order[start : start + m].to(args[0].device)
+        starts = list(range(0, n, m))
+        if n - starts[-1] == 1 and len(starts) > 1:  # no batch of one row: it has no other rows
+            starts.pop()
+        for start, stop in zip(starts, [*starts[1:], n], strict=True):
+            index = order[start:stop].to(args[0].device)
             rows, kw = args, kwargs
             if m < n:  # every tensor with one row per datapoint, positional or keyword
                 taken = take_rows((*args, *kwargs.values()), index)

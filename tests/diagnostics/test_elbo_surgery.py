@@ -114,6 +114,9 @@ def test_minibatches_give_an_estimate_with_the_same_identity():
         batched.average_kl_se, full.average_kl_se
     )
     assert batched.mutual_information <= math.log(24)
+    odd = elbo_surgery(model, guide, x[:9], num_particles=5, batch_size=4, seed=0)  # batches of 4 and 5
+    assert odd.mutual_information + odd.marginal_kl == pytest.approx(odd.average_kl, abs=1e-9)
+    assert odd.mutual_information <= math.log(9)
     with pytest.raises(InputError, match="batch_size"):
         elbo_surgery(model, guide, x, batch_size=1)
 
