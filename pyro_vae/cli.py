@@ -157,6 +157,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--refine-lr", type=float, default=_DEFAULT.refine_lr, help="step size of the refinement")
     p.add_argument(
+        "--free-bits",
+        type=float,
+        default=_DEFAULT.free_bits,
+        help="free bits: a floor of this many nats under each latent dimension's KL (0: the ELBO)",
+    )
+    p.add_argument(
+        "--track-log-marginal",
+        type=int,
+        default=_DEFAULT.track_log_marginal,
+        metavar="K",
+        help="record the held-out L_K with K samples next to the ELBO during training (0: off)",
+    )
+    p.add_argument("--track-every", type=int, default=_DEFAULT.track_every, help="epochs between L_K records")
+    p.add_argument(
         "--out", type=Path, default=None, help="run directory (default %(default)s: runs/<data>-<time>)"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -199,6 +213,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         layer=args.layer,
         batch_key=args.batch_key,
         library=args.library,
+        free_bits=args.free_bits,
+        track_log_marginal=args.track_log_marginal,
+        track_every=args.track_every,
     )
 
 
@@ -220,6 +237,55 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     print(format_summary(run.summary))
     print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def _float_list(what: str) -> Callable[[str], tuple[float, ...]]:
+    """An argparse type for comma-separated numbers, e.g. ``0.1,0.5,1``."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be comma-separated numbers, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    """``sweep`` takes every option of ``train`` (shared with it) but a list of betas."""
+    p = sub.add_parser(
+        "sweep",
+        help="one training run per beta, and the rate-distortion plane",
+        description="Train one run per KL weight beta (each a run directory under --out), then write "
+        "sweep.csv, sweep.json and rate_distortion.png: test rate, distortion and ELBO with standard errors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--beta",
+        dest="betas",
+        type=_float_list("betas"),
+        required=True,
+        help="KL weights, e.g. 0.1,0.5,1,2,4",
+    )
+    for action in sub.choices["train"]._actions:
+        if action.dest not in ("help", "beta", "out", "resume"):
+            p._add_action(action)
+    p.add_argument(
+        "--out", type=Path, default=None, help="sweep directory (default %(default)s: runs/sweep-<time>)"
+    )
+    p.set_defaults(func=_sweep, beta=_DEFAULT.beta)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pyro_vae.commands.sweep import sweep_run
+
+    out = args.out or Path("runs") / f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
+    result = sweep_run(train_config(args), args.betas, out, progress=not args.quiet)
+    print(result.format())
+    print(f"written to {out}: sweep.csv, sweep.json, rate_distortion.png and one run directory per beta")
     return 0
 
 
@@ -249,6 +315,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--max-rows", type=int, default=default.max_rows, help="particle-rows per chunk (bounds peak memory)"
     )
     p.add_argument("--seed", type=int, default=default.seed)
+    p.add_argument(
+        "--surgery-particles",
+        type=int,
+        default=default.surgery_particles,
+        help="draws per point for ELBO surgery (I(n;z), marginal KL)",
+    )
     p.add_argument("--quiet", action="store_true")
     _add_device(p)
     p.set_defaults(func=_evaluate)
@@ -264,6 +336,7 @@ def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
         elbo_particles=args.elbo_particles,
         max_rows=args.max_rows,
         seed=args.seed,
+        surgery_particles=args.surgery_particles,
     )
 
 
@@ -400,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro programs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_train(sub)
+    _add_sweep(sub)
     _add_evaluate(sub)
     _add_compare(sub)
     _add_convert_mnist(sub)

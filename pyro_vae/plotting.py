@@ -24,11 +24,14 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
-    """ELBO, rate and distortion per epoch, training and validation."""
+    """ELBO, rate and distortion per epoch, training and validation; with a tracked held-out
+    :math:`\\mathcal L_K` (``val_lk``), also L_K and the ELBO of the same draws on the ELBO
+    panel and their gap in a fourth."""
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    tracked = [h for h in history if not math.isnan(h.get("val_lk", math.nan))]
+    fig, axes = plt.subplots(1, 4 if tracked else 3, figsize=(17.5 if tracked else 13, 3.6))
     for ax, key, title in zip(
-        axes,
+        axes[:3],
         ("elbo", "rate", "distortion"),
         ("ELBO (nats / datapoint)", "rate = KL(q(z|x) || p(z))", "distortion = -E log p(x|z)"),
         strict=True,
@@ -39,11 +42,31 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path) 
                 ax.plot(epochs, values, style, label="train" if split == "train" else "validation")
         if key == "elbo":
             ax.plot(epochs, [h["train_objective"] for h in history], ":", color="grey", label="objective")
+        if key == "elbo" and tracked:
+            _tracked_bounds(ax, axes[3], tracked)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
     return save_figure(fig, path)
+
+
+def _tracked_bounds(ax: plt.Axes, gap_ax: plt.Axes, tracked: Sequence[dict[str, float]]) -> None:
+    """The tracked held-out ELBO and :math:`\\mathcal L_K` (error bars: 2 se) on ``ax``, their
+    gap on ``gap_ax``."""
+    at = [h["epoch"] for h in tracked]
+    for key, label, color in (("val_lk_elbo", "ELBO (tracked)", "C3"), ("val_lk", "$L_K$ (tracked)", "C2")):
+        ax.errorbar(
+            at, [h[key] for h in tracked], yerr=[2 * h[f"{key}_se"] for h in tracked],
+            marker="o", ms=3, capsize=2, color=color, label=label,
+        )  # fmt: skip
+    gap_ax.errorbar(
+        at, [h["val_lk_gap"] for h in tracked], yerr=[2 * h["val_lk_gap_se"] for h in tracked],
+        marker="o", ms=3, capsize=2, color="C4",
+    )  # fmt: skip
+    gap_ax.set_title("$L_K$ - ELBO (held out, ± 2 se)")
+    gap_ax.set_xlabel("epoch")
+    gap_ax.grid(alpha=0.3)
 
 
 def _image_grid(
@@ -256,3 +279,77 @@ def plot_imputations(
     labels = ["observed", *(f"draw {i + 1}" for i in range(min(num_draws, len(samples)))), "mean", "truth"]
     arrays = [r.detach().cpu().numpy() for r in rows]
     return _image_grid(arrays, image_shape, labels, path, "Imputations of the missing pixels")
+
+
+def plot_rate_distortion(rows: Sequence[dict], path: str | Path) -> Path:
+    """Runs in the rate-distortion plane [1]: rate :math:`R` across, distortion :math:`D` up,
+    ± 2 standard errors, each labelled with its :math:`\\beta`, over the iso-ELBO diagonals
+    :math:`R + D = -\\mathrm{ELBO}` (grey; the ELBO is higher toward the origin).
+
+    References:
+        [1] Alemi et al. (2018), "Fixing a broken ELBO", ICML.
+    """
+    rate = np.array([r["rate"] for r in rows], dtype=float)
+    dist = np.array([r["distortion"] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    total = rate + dist
+    r_hi = max(rate.max() * 1.15, 1.0)
+    d_lo, d_hi = min(dist.min(), (total - r_hi).min()), dist.max() * 1.05 + 1.0
+    span = r_hi + d_hi - d_lo  # the values of R + D the plot shows
+    step = next(m * 10**e for e in range(-3, 6) for m in (1, 2, 5) if m * 10**e >= span / 8)
+    grid_r = np.array([0.0, r_hi])
+    for c in np.arange(math.ceil(d_lo / step), math.floor((r_hi + d_hi) / step) + 1) * step:
+        ax.plot(grid_r, c - grid_r, color="grey", lw=0.6, alpha=0.5)
+        if d_lo < c - r_hi * 0.98 < d_hi:
+            ax.annotate(f"{-c:g}", (r_hi * 0.98, c - r_hi * 0.98), fontsize=7, color="grey", ha="right")
+    for c in total:
+        ax.plot(grid_r, c - grid_r, color="C0", lw=0.6, ls=":", alpha=0.6)
+    ax.errorbar(
+        rate, dist, xerr=[2 * r["rate_se"] for r in rows], yerr=[2 * r["distortion_se"] for r in rows],
+        fmt="o", capsize=3, color="C3",
+    )  # fmt: skip
+    for r in rows:
+        ax.annotate(
+            f"β={r['beta']:g}", (r["rate"], r["distortion"]), textcoords="offset points", xytext=(5, 5)
+        )
+    ax.set_xlim(0, r_hi)
+    ax.set_ylim(max(d_lo - 0.05 * (d_hi - d_lo), 0.0), d_hi)
+    ax.set_xlabel("rate R = E KL(q(z|x) || p(z)) [nats]")
+    ax.set_ylabel("distortion D = -E log p(x|z) [nats]")
+    ax.set_title("rate-distortion plane (diagonals: ELBO = -(R + D))")
+    ax.grid(alpha=0.2)
+    return save_figure(fig, path)
+
+
+def plot_collapse(panel: dict, path: str | Path) -> Path:
+    """The posterior-collapse panel: the average KL split by ELBO surgery into
+    :math:`I(n; z)` and the marginal KL (± 2 se, with :math:`\\log N`), and the KL per
+    latent dimension, active units filled, inactive ones hollow."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 2]})
+    names = ["average KL", "I(n; z)", "KL(q(z)||p(z))"]
+    keys = ["average_kl", "mutual_information", "marginal_kl"]
+    left.bar(
+        names, [panel[k] for k in keys], yerr=[2 * panel[f"{k}_se"] for k in keys],
+        capsize=3, color=["C0", "C1", "C2"],
+    )  # fmt: skip
+    left.axhline(
+        panel["log_num_data"], color="grey", ls="--", lw=1, label=f"log N = {panel['log_num_data']:.2f}"
+    )
+    left.set_ylabel("nats")
+    left.set_title("ELBO surgery")
+    left.legend()
+    active = np.asarray(panel["active"], dtype=bool)
+    if panel["kl_per_dimension"] is None:  # a mixture prior or a flow posterior: no closed form
+        right.text(0.5, 0.5, "no closed-form KL per dimension", ha="center", va="center")
+        right.set_title(f"{int(active.sum())} of {len(active)} active units")
+        right.set_axis_off()
+        return save_figure(fig, path)
+    kl = np.asarray(panel["kl_per_dimension"], dtype=float)
+    x = np.arange(len(kl))
+    right.bar(x[active], kl[active], color="C0", label="active")
+    right.bar(x[~active], kl[~active], color="white", edgecolor="C0", label="inactive")
+    right.set_xlabel("latent dimension")
+    right.set_ylabel("KL(q(z_j|x) || p(z_j)) [nats]")
+    right.set_title(f"KL per dimension: {int(active.sum())} of {len(kl)} active units")
+    right.legend()
+    return save_figure(fig, path)

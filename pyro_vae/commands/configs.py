@@ -77,8 +77,10 @@ def check_device(name: str) -> str:
     if name == "auto":
         return "cuda" if gpu else "cpu"
     if name == "cuda" and not gpu:
-        "--device cuda, but PyTorch sees no GPU (torch.cuda.is_available() is False: no GPU, "
-        "no driver, or a CPU-only build of PyTorch); use --device cpu or --device auto"
+        raise InputError(
+            "--device cuda, but PyTorch sees no GPU (torch.cuda.is_available() is False: no GPU, "
+            "no driver, or a CPU-only build of PyTorch); use --device cpu or --device auto"
+        )
     return name
 
 
@@ -127,6 +129,12 @@ class TrainConfig:
     """AnnData: the ``obs`` column of the batch (a covariate of encoder and decoder)."""
     library: str = "observed"
     """scVI: the library size observed (a size factor) or ``"latent"`` (log-normal prior)."""
+    free_bits: float = 0.0
+    """:math:`\\lambda` nats per latent dimension (free bits); 0: the ELBO."""
+    track_log_marginal: int = 0
+    """``K`` of the held-out :math:`\\mathcal L_K` recorded during training; 0: none."""
+    track_every: int = 1
+    """Epochs between two records of the held-out :math:`\\mathcal L_K`."""
 
     @property
     def latent_widths(self) -> tuple[int, ...]:
@@ -173,6 +181,9 @@ class TrainConfig:
         check_positive_int(self.eval_particles, "eval particles")
         check_positive_int(self.refine_steps, "refine steps", minimum=0)
         check_positive(self.refine_lr, "refine learning rate")
+        check_nonnegative(self.free_bits, "free bits")
+        check_positive_int(self.track_log_marginal, "track-log-marginal K", minimum=0)
+        check_positive_int(self.track_every, "track-every")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
             raise InputError("validation and test fractions must lie in (0, 1)")
         self._validate_latent_families()
@@ -261,10 +272,13 @@ class EvaluateConfig:
     k_hat_particles: int = 1000
     max_rows: int = 50_000
     seed: int = 0
+    surgery_particles: int = 10
+    """Draws per test point for ELBO surgery (the posterior-collapse panel)."""
 
     def validate(self) -> None:
         from pyro_vae._checks import check_positive_int
 
+        check_positive_int(self.surgery_particles, "surgery particles")
         if not self.ks:
             raise InputError("need at least one K")
         for k in self.ks:

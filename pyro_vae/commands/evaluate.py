@@ -20,6 +20,7 @@ from pyro_vae._io import atomic_write_json, atomic_write_text
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.bounds import amortization_gap, elbo, iwae
+from pyro_vae.commands.collapse_panel import collapse_panel, format_collapse
 from pyro_vae.commands.configs import EvaluateConfig, check_device
 from pyro_vae.commands.refinement import format_refined, refined_evaluation
 from pyro_vae.commands.train import CHECKPOINT, prepare, read_config
@@ -39,8 +40,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on (up to ``num_points`` of) its test split and write
     ``evaluation.json``, ``bounds.csv`` and the figures ``bounds_vs_k.png``, ``k_hat.png``,
-    ``kl_per_dim.png`` there, on ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"``). Returns
-    the results.
+    ``kl_per_dim.png``, ``collapse.png`` there, on ``device`` (``"cpu"``, ``"cuda"`` or
+    ``"auto"``). Returns the results.
 
     :raises InputError: if ``run_dir`` holds no run of :func:`~pyro_vae.commands.train.train_run`.
     """
@@ -101,6 +102,9 @@ def evaluate_run(
     per_dim = [layer["kl_per_dimension"] for layer in layers.values()]
     kl = torch.tensor([v for dims in per_dim for v in dims]) if None not in per_dim else None
     results["kl_per_dimension"] = None if kl is None else kl.tolist()
+    results["collapse"] = collapse_panel(
+        model, guide, data, layers=layers, num_particles=config.surgery_particles, seed=config.seed
+    )
     with RunLock(run_dir):  # not while another process writes into the run directory
         _write_results(run_dir, results, rows, diag.k_hat, kl)
     return results
@@ -120,7 +124,11 @@ def layer_diagnostics(
     units = active_units_per_site(guide, *data, num_samples=num_samples)
     layers: dict[str, dict[str, Any]] = {}
     for name, au in units.items():
-        layer: dict[str, Any] = {"latent_dim": int(au.variance.shape[0]), "active_units": au.count}
+        layer: dict[str, Any] = {
+            "latent_dim": int(au.variance.shape[0]),
+            "active_units": au.count,
+            "active": au.active.tolist(),
+        }
         try:
             kl = kl_per_site(model, guide, *data, sites=(name,))[name]
         except InputError as e:
@@ -158,6 +166,9 @@ def _write_results(
     plot_k_hat(k_hat, run_dir / "k_hat.png")
     if kl is not None:  # no closed-form KL (mixture prior, flow posterior): no figure
         plot_kl_per_dimension(kl, run_dir / "kl_per_dim.png")
+    from pyro_vae.plotting import plot_collapse
+
+    plot_collapse(results["collapse"], run_dir / "collapse.png")
 
 
 def format_evaluation(results: dict[str, Any]) -> str:
@@ -199,4 +210,6 @@ def format_evaluation(results: dict[str, Any]) -> str:
         for name, layer in layers.items():
             kl = "no closed-form KL" if layer["kl"] is None else f"KL {layer['kl']:.3f} nats"
             lines.append(f"  {name}: {layer['active_units']} of {layer['latent_dim']} active, {kl}")
+    if "collapse" in results:
+        lines.extend(format_collapse(results["collapse"]))
     return "\n".join(lines)

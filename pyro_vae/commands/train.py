@@ -265,6 +265,9 @@ def _train_locked(
         resume=resume,
         progress=progress,
         distributed=options or False,
+        loss=_loss(config),
+        track_log_marginal=config.track_log_marginal or None,
+        track_every=config.track_every,
     )
     seconds = time.perf_counter() - tic
     if not main:
@@ -285,6 +288,8 @@ def _train_locked(
         "test_elbo_se": test_elbo_se,
         "test_rate": rd.rate.mean().item(),
         "test_distortion": rd.distortion.mean().item(),
+        "test_rate_se": mean_and_se(rd.rate)[1],
+        "test_distortion_se": mean_and_se(rd.distortion)[1],
         "val_elbo": result.last("val_elbo"),
         "eval_particles": config.eval_particles,
     }
@@ -292,6 +297,15 @@ def _train_locked(
     atomic_write_json(run_dir / SUMMARY, summary)
     write_figures(run_dir, model, splits, result, conditional=with_labels, seed=config.seed)
     return TrainRun(run_dir=run_dir, config=config, model=model, fit=result, summary=summary)
+
+
+def _loss(config: TrainConfig) -> Any:
+    """The training loss: free bits when ``config.free_bits > 0``, else fit's default (the ELBO)."""
+    if config.free_bits <= 0:
+        return None
+    from pyro_vae.estimators.free_bits import FreeBitsELBO
+
+    return FreeBitsELBO(config.free_bits)
 
 
 def write_figures(

@@ -1,5 +1,5 @@
 """Diagnostics: importance-weight reliability (PSIS k-hat, ESS), posterior collapse
-(active units, KL per dimension) and posterior samples as ArviZ InferenceData."""
+(active units, KL per dimension, ELBO surgery) and posterior samples as ArviZ InferenceData."""
 
 from pyro_vae.diagnostics.collapse import (
     ActiveUnits,
@@ -9,6 +9,7 @@ from pyro_vae.diagnostics.collapse import (
     kl_per_site,
     posterior_means,
 )
+from pyro_vae.diagnostics.elbo_surgery import ELBOSurgery, elbo_surgery
 from pyro_vae.diagnostics.importance import (
     ImportanceDiagnostics,
     effective_sample_size,
@@ -19,10 +20,12 @@ from pyro_vae.diagnostics.posterior import posterior_inference_data
 
 __all__ = [
     "ActiveUnits",
+    "ELBOSurgery",
     "ImportanceDiagnostics",
     "active_units",
     "active_units_per_site",
     "effective_sample_size",
+    "elbo_surgery",
     "importance_diagnostics",
     "kl_per_dimension",
     "kl_per_site",

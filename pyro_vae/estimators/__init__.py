@@ -12,6 +12,7 @@ from pyro_vae.estimators.enumeration import (
     exact_elbo,
     exact_iwae,
 )
+from pyro_vae.estimators.free_bits import FreeBitsELBO
 from pyro_vae.estimators.registry import ESTIMATORS, Estimator, get_estimator
 from pyro_vae.estimators.relaxed import RelaxedELBO, TemperatureSchedule, relaxed_sample
 from pyro_vae.estimators.score_function import ScoreFunctionELBO
@@ -26,6 +27,7 @@ __all__ = [
     "EnumeratedTerms",
     "EnumerationELBO",
     "Estimator",
+    "FreeBitsELBO",
     "NeuralBaseline",
     "RelaxedELBO",
     "ScoreFunctionELBO",

@@ -6,9 +6,11 @@
   broadcasts and one at a time where it does not;
 - :class:`~pyro_vae.infer.terms.Terms`, the per-datapoint log densities;
 - :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base;
-- :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation.
+- :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation;
+- :func:`~pyro_vae.infer.guide_density.guide_log_density`, the guide's density at given latents.
 """
 
+from pyro_vae.infer.guide_density import guide_log_density, per_datapoint_values
 from pyro_vae.infer.layout import PlateLayout
 from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp, log_mean_exp
 from pyro_vae.infer.loss import ParticleLoss, ParticleOptions, StatefulLoss
@@ -37,9 +39,11 @@ __all__ = [
     "collect_terms",
     "evaluation_mode",
     "frozen_evaluation",
+    "guide_log_density",
     "log_mean_exp",
     "log_terms",
     "max_plate_nesting",
+    "per_datapoint_values",
     "plan_program",
     "run_particles",
 ]

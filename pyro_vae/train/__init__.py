@@ -8,12 +8,14 @@ from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
 from pyro_vae.train.step import train_step
 from pyro_vae.train.streams import AuxiliaryObjective, Stream
+from pyro_vae.train.tracking import LogMarginalTracker
 
 __all__ = [
     "AuxiliaryObjective",
     "Distributed",
     "FitResult",
     "KLWarmup",
+    "LogMarginalTracker",
     "RateDistortion",
     "Stream",
     "TrainState",

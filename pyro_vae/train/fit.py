@@ -31,6 +31,7 @@ from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
 from pyro_vae.train.step import train_step
 from pyro_vae.train.streams import AuxiliaryObjective, StreamData, as_streams
+from pyro_vae.train.tracking import LogMarginalTracker
 
 Data = Any
 """``x``, a tuple ``(x, y, ...)`` of tensors with one row per datapoint, or a sequence of
@@ -351,6 +352,7 @@ def _train(
     cuda: bool,
     progress: bool,
     group: DataParallel | None = None,
+    tracker: LogMarginalTracker | None = None,
 ) -> None:
     """Epochs until ``epochs``: train, record the metrics, checkpoint atomically."""
     model, guide, val = program
@@ -390,6 +392,8 @@ def _train(
             }
             if group is None or group.main:
                 record |= epoch_metrics(metrics, model, guide, val, losses[0])
+                if tracker is not None:
+                    record |= tracker(state.epoch + 1, model, guide, val, plate_name=metrics.plate_name)
             record["seconds"] = time.perf_counter() - tic
             if group is not None:  # rank 0's record and module buffers on every rank
                 record = group.share(record)
@@ -446,6 +450,8 @@ def fit(
     eval_batch_size: int = 1024,
     progress: bool = True,
     distributed: bool | Distributed = False,
+    track_log_marginal: int | None = None,
+    track_every: int = 1,
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference [1].
 
@@ -499,6 +505,12 @@ def fit(
         batch, each rank takes its shard of it, gradients are all-reduced so that every step is
         the step one process takes on the global batch, and only rank 0 writes the checkpoint
         (:mod:`pyro_vae.train.distributed`; docs/scaling-up.md).
+    :param track_log_marginal: ``K``: every ``track_every`` epochs, record the held-out
+        :math:`\\mathcal L_K` and the ELBO with their errors and gap
+        (:class:`~pyro_vae.train.tracking.LogMarginalTracker`: columns ``val_lk``,
+        ``val_lk_se``, ``val_lk_elbo``, ``val_lk_elbo_se``, ``val_lk_gap``, ``val_lk_gap_se``,
+        NaN in the other epochs) on up to ``eval_max_points`` validation rows. Needs
+        ``validation``; changes no draw of the training.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.
@@ -511,6 +523,11 @@ def fit(
     _check_options(streams, val, auxiliary, epochs=epochs, lr=lr, eval_particles=eval_particles)
     if resume and checkpoint is None:
         raise InputError("resume=True needs a checkpoint path")
+    tracker = None
+    if track_log_marginal is not None:
+        tracker = LogMarginalTracker(track_log_marginal, track_every, eval_max_points, seed or 0)
+        if val is None:
+            raise InputError("track_log_marginal needs held-out data: pass validation=...")
     loss = loss if loss is not None else MeanFieldELBO()
     objectives = [(model, guide, loss, "program")] + [
         (a.model, a.guide, a.loss if a.loss is not None else Trace_ELBO(), f"auxiliary objective '{a.name}'")
@@ -545,6 +562,8 @@ def fit(
             max_points=eval_max_points,
             validation=val,
         )
+        if tracker is not None and metrics.unavailable:
+            raise InputError(f"track_log_marginal needs per-datapoint bounds: {metrics.unavailable}")
         params = _store_params()
         if not params:
             raise InputError("model and guide have no parameters to fit (no pyro.param or pyro.module)")
@@ -578,6 +597,7 @@ def fit(
             cuda=bool(devices),
             progress=progress,
             group=group,
+            tracker=tracker,
         )
     return FitResult(
         history=state.history,
