@@ -5,10 +5,12 @@
 - :func:`~pyro_vae.infer.particles.run_particles`, particles vectorized where the program
   broadcasts and one at a time where it does not;
 - :class:`~pyro_vae.infer.terms.Terms`, the per-datapoint log densities;
-- :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base;
+- :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base (and
+  :class:`~pyro_vae.infer.captured.CapturedLoss`, its training step replayed from a captured graph);
 - :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation.
 """
 
+from pyro_vae.infer.captured import CapturedLoss
 from pyro_vae.infer.layout import PlateLayout
 from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp, log_mean_exp
 from pyro_vae.infer.loss import ParticleLoss, ParticleOptions, StatefulLoss
@@ -21,6 +23,7 @@ from pyro_vae.infer.terms import Terms, collect_terms
 
 __all__ = [
     "BufferSnapshot",
+    "CapturedLoss",
     "LogTerms",
     "MeanFieldELBO",
     "ParticleLoss",
