@@ -5,11 +5,13 @@
 - :func:`~pyro_vae.infer.particles.run_particles`, particles vectorized where the program
   broadcasts and one at a time where it does not;
 - :class:`~pyro_vae.infer.terms.Terms`, the per-datapoint log densities;
-- :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base;
+- :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base (and
+  :class:`~pyro_vae.infer.captured.CapturedLoss`, its training step replayed from a captured graph);
 - :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation;
 - :func:`~pyro_vae.infer.guide_density.guide_log_density`, the guide's density at given latents.
 """
 
+from pyro_vae.infer.captured import CapturedLoss
 from pyro_vae.infer.guide_density import guide_log_density, per_datapoint_values
 from pyro_vae.infer.layout import PlateLayout
 from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp, log_mean_exp
@@ -23,6 +25,7 @@ from pyro_vae.infer.terms import Terms, collect_terms
 
 __all__ = [
     "BufferSnapshot",
+    "CapturedLoss",
     "LogTerms",
     "MeanFieldELBO",
     "ParticleLoss",

@@ -446,7 +446,7 @@ def fit(
     resume: bool = False,
     plate_name: str | None = None,
     eval_particles: int = 1,
-    eval_max_points: int = 2000,
+    eval_max_points: int = 500,
     eval_batch_size: int = 1024,
     progress: bool = True,
     distributed: bool | Distributed = False,
@@ -499,7 +499,9 @@ def fit(
     :param kl_warmup: passes ``kl_weight=w`` to model and guide every step.
     :param transform: applied to each training minibatch (e.g. dynamic binarization).
     :param plate_name: the data plate (found by its size, the rows of ``x``, when omitted).
-    :param eval_max_points: training rows (per stream) used for the per-epoch training metrics.
+    :param eval_max_points: training rows (per stream) used for the per-epoch training metrics
+        (500 by default: on the default ``pyro-vae train`` the metrics of 2000 rows took 13.5% of
+        each epoch; ``train_objective`` is the running estimate over all rows).
     :param distributed: train data-parallel over the processes of ``torchrun`` (``True``, or a
         :class:`~pyro_vae.train.Distributed` for options): ``batch_size`` is then the global
         batch, each rank takes its shard of it, gradients are all-reduced so that every step is
