@@ -6,9 +6,12 @@
   broadcasts and one at a time where it does not;
 - :class:`~pyro_vae.infer.terms.Terms`, the per-datapoint log densities;
 - :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base;
-- :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation.
+- :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation;
+- :func:`~pyro_vae.infer.potential.latent_terms`, the log densities at given latents
+  (unconstrained), and :func:`~pyro_vae.infer.hmc.hmc_transition`, HMC over them.
 """
 
+from pyro_vae.infer.hmc import HMCOptions, HMCState, hmc_transition
 from pyro_vae.infer.layout import PlateLayout
 from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp, log_mean_exp
 from pyro_vae.infer.loss import ParticleLoss, ParticleOptions, StatefulLoss
@@ -16,11 +19,16 @@ from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import BufferSnapshot, evaluation_mode, frozen_evaluation
 from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
 from pyro_vae.infer.per_datapoint import LogTerms, chunked_log_terms, log_terms, max_plate_nesting
+from pyro_vae.infer.potential import LatentSpace, LatentTerms, latent_terms, simulate
 from pyro_vae.infer.sites import Site, SiteRecorder
 from pyro_vae.infer.terms import Terms, collect_terms
 
 __all__ = [
     "BufferSnapshot",
+    "HMCOptions",
+    "HMCState",
+    "LatentSpace",
+    "LatentTerms",
     "LogTerms",
     "MeanFieldELBO",
     "ParticleLoss",
@@ -37,9 +45,12 @@ __all__ = [
     "collect_terms",
     "evaluation_mode",
     "frozen_evaluation",
+    "hmc_transition",
+    "latent_terms",
     "log_mean_exp",
     "log_terms",
     "max_plate_nesting",
     "plan_program",
     "run_particles",
+    "simulate",
 ]
