@@ -159,6 +159,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--max-rows", type=int, default=default.max_rows, help="particle-rows per chunk (bounds peak memory)"
     )
     p.add_argument("--seed", type=int, default=default.seed)
+    p.add_argument(
+        "--ais",
+        type=int,
+        default=default.ais_steps,
+        metavar="STEPS",
+        help="add annealed importance sampling with STEPS HMC steps (0: none)",
+    )
+    p.add_argument("--ais-chains", type=int, default=default.ais_chains, help="AIS chains per datapoint")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_evaluate)
 
@@ -173,6 +181,8 @@ def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
         elbo_particles=args.elbo_particles,
         max_rows=args.max_rows,
         seed=args.seed,
+        ais_steps=args.ais,
+        ais_chains=args.ais_chains,
     )
 
 

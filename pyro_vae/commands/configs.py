@@ -114,10 +114,15 @@ class EvaluateConfig:
     k_hat_particles: int = 1000
     max_rows: int = 50_000
     seed: int = 0
+    ais_steps: int = 0
+    """Annealing steps of the AIS row (``--ais STEPS``; 0: no AIS)."""
+    ais_chains: int = 16
 
     def validate(self) -> None:
         from pyro_vae._checks import check_positive_int
 
+        check_positive_int(self.ais_steps, "AIS steps", minimum=0)
+        check_positive_int(self.ais_chains, "AIS chains")
         if not self.ks:
             raise InputError("need at least one K")
         for k in self.ks:

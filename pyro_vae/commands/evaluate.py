@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from pyro_vae._io import atomic_write_json, atomic_write_text
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
-from pyro_vae.bounds import amortization_gap, elbo, iwae
+from pyro_vae.bounds import ais, amortization_gap, elbo, iwae
 from pyro_vae.commands.configs import EvaluateConfig
 from pyro_vae.commands.train import CHECKPOINT, prepare, read_config
 from pyro_vae.diagnostics import active_units, importance_diagnostics, kl_per_dimension
@@ -64,6 +64,11 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
         results["log_marginal"], results["log_marginal_se"] = mean_and_se(bounds[k_max])
         results["log_marginal_K"] = k_max
         results["elbo_gap"], results["elbo_gap_se"] = mean_and_se(bounds[k_max] - el)
+        if config.ais_steps:
+            results["ais"] = _ais_summary(model, guide, data, config, progress)
+        exact = getattr(vae, "log_marginal", None)  # models with a closed form (linear-Gaussian)
+        if callable(exact):
+            results["exact_log_marginal"] = exact(*data).mean().item()
         diag = importance_diagnostics(model, guide, *data, num_particles=config.k_hat_particles)
         results["k_hat"] = diag.summary()
         if config.gap_points:
@@ -82,6 +87,33 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
     return results
 
 
+def _ais_summary(
+    model: Any, guide: Any, data: tuple, config: EvaluateConfig, progress: bool
+) -> dict[str, Any]:
+    """The AIS row: :func:`~pyro_vae.bounds.ais` with ``config.ais_steps`` steps and
+    ``config.ais_chains`` chains per datapoint, as data-set means."""
+    r = ais(
+        model,
+        guide,
+        *data,
+        num_steps=config.ais_steps,
+        num_chains=config.ais_chains,
+        max_rows=config.max_rows,
+        progress=progress,
+    )
+    mean, se = mean_and_se(r.value)
+    return {
+        "steps": config.ais_steps,
+        "chains": config.ais_chains,
+        "bound": mean,
+        "se": se,
+        "mc_se_median": r.standard_error.median().item(),
+        "acceptance_rate": r.acceptance_rate.mean().item(),
+        "step_size": r.step_size.mean().item(),
+        "log_weight_variance_median": r.log_weight_variance.median().item(),
+    }
+
+
 def _write_results(
     run_dir: Path, results: dict[str, Any], rows: list[dict[str, Any]], k_hat: torch.Tensor, kl: torch.Tensor
 ) -> None:
@@ -93,6 +125,8 @@ def _write_results(
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+    if "ais" in results:  # the AIS row: K holds "AIS"
+        writer.writerow({"K": "AIS"} | {k: results["ais"][k] for k in ("bound", "se", "mc_se_median")})
     atomic_write_text(run_dir / "bounds.csv", buf.getvalue())
     plot_bound_vs_k(
         [r["K"] for r in rows],
@@ -101,6 +135,8 @@ def _write_results(
         run_dir / "bounds_vs_k.png",
         elbo=results["elbo"],
         log_marginal=results["log_marginal"],
+        ais=results["ais"]["bound"] if "ais" in results else None,
+        exact=results.get("exact_log_marginal"),
     )
     plot_k_hat(k_hat, run_dir / "k_hat.png")
     plot_kl_per_dimension(kl, run_dir / "kl_per_dim.png")
@@ -118,6 +154,11 @@ def format_evaluation(results: dict[str, Any]) -> str:
             f"log p(x) (L_{results['log_marginal_K']})", results["log_marginal"], results["log_marginal_se"]
         )
     )
+    if "ais" in results:
+        a = results["ais"]
+        lines.append(row.format(f"AIS ({a['steps']} steps x {a['chains']})", a["bound"], a["se"]))
+    if "exact_log_marginal" in results:
+        lines.append(row.format("log p(x) exact", results["exact_log_marginal"], 0.0))
     lines.append(row.format("ELBO gap", results["elbo_gap"], results["elbo_gap_se"]))
     if "amortization" in results:
         a = results["amortization"]
