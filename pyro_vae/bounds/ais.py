@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -92,10 +93,15 @@ def _potential(
 
 
 @dataclass(frozen=True)
-class _Anneal:
+class Anneal:
+    """One block of chains: log-weights, mean acceptance probabilities and final step sizes
+    ``(K, B)``, and the step size of every transition, ``(T - 1, B)`` (geometric mean over
+    the chains)."""
+
     log_weights: torch.Tensor
     acceptance_rate: torch.Tensor
     step_size: torch.Tensor
+    step_sizes: torch.Tensor
 
 
 def anneal(
@@ -103,64 +109,138 @@ def anneal(
     start: torch.Tensor,
     betas: torch.Tensor,
     options: HMCOptions,
+    *,
+    pilot: int = 0,
     on_step: Callable[[], None] | None = None,
-) -> _Anneal:
+) -> Anneal:
     """Run AIS chains from ``start`` (``(K, B, D)``, exact draws of :math:`\\pi_{\\beta_0}`)
     along ``betas``: for :math:`t = 1, \\dots, T`,
     :math:`\\log w \\mathrel{+}= (\\beta_t - \\beta_{t-1})(\\log f_1 - \\log f_0)(z_{t-1})`,
     then (for :math:`t < T`) one HMC transition leaving :math:`\\pi_{\\beta_t}` invariant [1].
     With :math:`\\beta` running from 1 to 0 this is reverse AIS, whose
-    :math:`E[w] = Z_0 / Z_1` [3]."""
+    :math:`E[w] = Z_0 / Z_1` [3].
+
+    With ``pilot = P > 0`` (and ``options.adapt``) the first ``P`` chains of ``start`` are
+    pilots: they adapt their step sizes during the run, and the other chains use, at every
+    transition, the pilots' step size of that transition (geometric mean over the pilots, per
+    datapoint). A chain moves by its own state alone, so the pilots' path is independent of
+    the other chains and, given it, those chains see a fixed sequence of kernels: their
+    :math:`E[w]` is exact. The pilots' weights are dropped from the result. With
+    ``pilot = 0`` every chain adapts on its own past (``options.adapt``), or none does."""
     u = start
-    log_w = torch.zeros(start.shape[:2], dtype=start.dtype, device=start.device)
-    step_size = initial_step_size(options, log_w)
+    k_all, rows = start.shape[:2]
+    log_w = torch.zeros(k_all, rows, dtype=start.dtype, device=start.device)
+    adapt = options.adapt
+    own = initial_step_size(options, log_w[:pilot] if pilot and adapt else log_w)
     accept_sum = torch.zeros_like(log_w)
-    transitions = 0
+    used: list[torch.Tensor] = []
     num_steps = betas.shape[0] - 1
     for t in range(1, num_steps + 1):
-        beta = float(betas[t])
-        potential = make_potential(beta)
+        potential = make_potential(float(betas[t]))
         state = HMCState.at(u, potential)
         log_f0, log_f1 = state.extras
         log_w = log_w + (betas[t] - betas[t - 1]) * (log_f1 - log_f0)
         if t < num_steps:
+            if pilot and adapt:
+                follow = own.log().mean(0, keepdim=True).exp()  # the pilots' step, per datapoint
+                step_size = torch.cat([own.expand(pilot, rows), follow.expand(k_all - pilot, rows)])
+            else:
+                step_size = own
+            used.append(step_size[pilot:].log().mean(0).exp().expand(rows))
             state, accept = hmc_transition(state, potential, step_size, options.num_leapfrog)
-            step_size = adapt_step_size(step_size, accept, options)
+            if adapt:
+                own = adapt_step_size(own, accept[:pilot] if pilot else accept, options)
             accept_sum = accept_sum + accept
-            transitions += 1
             u = state.position
         if on_step is not None:
             on_step()
-    rate = accept_sum / transitions if transitions else torch.full_like(accept_sum, math.nan)
-    return _Anneal(log_w, rate, step_size.expand_as(log_w))
+    rate = accept_sum / (num_steps - 1) if num_steps > 1 else torch.full_like(accept_sum, math.nan)
+    final = step_size if num_steps > 1 else torch.full_like(log_w, options.step_size)
+    schedule = torch.stack(used) if used else log_w.new_zeros(0, rows)
+    main = slice(pilot, None)
+    return Anneal(log_w[main], rate[main], final.expand(k_all, rows)[main], schedule)
 
 
-def check_ais_options(
-    num_steps: int, num_chains: int, options: HMCOptions, initial: str, schedule: Any, max_rows: int
-) -> None:
-    """Refuse bad settings before any work."""
-    check_positive_int(num_steps, "num_steps")
-    check_positive_int(num_chains, "num_chains")
-    check_positive_int(max_rows, "max_rows")
-    if not isinstance(options, HMCOptions):
-        raise InputError(f"hmc must be an HMCOptions, got {type(options).__name__}")
-    options.validate()
-    if initial not in ("guide", "prior"):
-        raise InputError(f"initial must be 'guide' or 'prior', got {initial!r}")
-    if not hasattr(schedule, "betas"):
-        raise InputError(
-            f"schedule must be a schedule object (SigmoidSchedule(), LinearSchedule()), got {schedule!r}"
-        )
+@dataclass(frozen=True)
+class AISSettings:
+    """The settings of a run of :func:`ais` (see there), checked by :meth:`validate`."""
+
+    num_steps: int
+    num_chains: int
+    schedule: Any
+    hmc: HMCOptions
+    initial: str
+    adaptation: str
+    pilot_chains: int
+    max_rows: int
+    data_chunk: int | None
+    plate_name: str | None
+    progress: bool
+
+    def validate(self) -> None:
+        """Refuse bad settings before any work."""
+        check_positive_int(self.num_steps, "num_steps")
+        check_positive_int(self.num_chains, "num_chains")
+        check_positive_int(self.pilot_chains, "pilot_chains")
+        check_positive_int(self.max_rows, "max_rows")
+        if self.data_chunk is not None:
+            check_positive_int(self.data_chunk, "data_chunk")
+        if not isinstance(self.hmc, HMCOptions):
+            raise InputError(f"hmc must be an HMCOptions, got {type(self.hmc).__name__}")
+        self.hmc.validate()
+        if self.initial not in ("guide", "prior"):
+            raise InputError(f"initial must be 'guide' or 'prior', got {self.initial!r}")
+        if self.adaptation not in ("pilot", "online"):
+            raise InputError(f"adaptation must be 'pilot' or 'online', got {self.adaptation!r}")
+        if not hasattr(self.schedule, "betas"):
+            raise InputError(
+                "schedule must be a schedule object (SigmoidSchedule(), LinearSchedule()), "
+                f"got {self.schedule!r}"
+            )
+
+
+def _path(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    beta: float,
+    *,
+    plan: Any,
+    space: LatentSpace,
+    initial: str,
+) -> Potential:
+    return _potential(model, guide, args, kwargs, plan=plan, space=space, beta=beta, initial=initial)
+
+
+def _starts(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    plan: Any,
+    space: LatentSpace,
+    initial: str,
+    exact: torch.Tensor | None,
+    k: int,
+) -> torch.Tensor:
+    """``k`` starting points per datapoint: the exact posterior draws ``exact`` (reverse AIS),
+    or draws of :math:`f_0`."""
+    if exact is not None:
+        return exact.expand(k, -1, -1).clone()
+    if initial == "guide":
+        return draw_guide(model, guide, args, kwargs, plan=plan, space=space, k=k)
+    return draw_prior(model, args, kwargs, plan=plan, space=space, k=k)
 
 
 @dataclass(frozen=True)
 class ChunkRun:
-    """What :func:`ais_chunks` yields for one chunk: its rows, its arguments, the latent
-    space, and the anneal of a block of chains."""
+    """What :func:`ais_chunks` yields: the rows ``start:stop`` and the anneal of a block of
+    their chains."""
 
     start: int
     stop: int
-    result: _Anneal
+    result: Anneal
 
 
 def ais_chunks(
@@ -168,56 +248,45 @@ def ais_chunks(
     guide: Callable,
     args: tuple,
     kwargs: dict,
+    settings: AISSettings,
     *,
-    num_steps: int,
-    num_chains: int,
-    schedule: Any,
-    options: HMCOptions,
-    initial: str,
-    max_rows: int,
-    data_chunk: int | None,
-    plate_name: str | None,
-    progress: bool,
     reverse_from: torch.Tensor | None = None,
     desc: str = "AIS",
 ) -> Iterator[ChunkRun]:
     """The anneals of all chains of all rows, chunked so that one chunk holds at most
     ``max_rows`` chain-rows. ``reverse_from`` (``(1, N, D)``, exact posterior draws in the
-    unconstrained space) runs reverse AIS from them instead of forward AIS."""
+    unconstrained space) runs reverse AIS from them instead of forward AIS. With adaptation
+    ``"pilot"``, each block of chains runs with ``pilot_chains`` pilots (see :func:`anneal`)."""
+    s = settings
     n = num_rows(args)
-    plan = probe(model, guide, args, kwargs, plate_name)
-    rows, chains = chunk_sizes(n, num_chains, max_rows)
-    if plan.local_params or data_chunk is not None:
-        rows = n if plan.local_params else data_chunk
-        chains = max(1, min(num_chains, max_rows // rows))
-    blocks = [(s, min(s + rows, n)) for s in range(0, n, rows)]
-    chain_blocks = [min(chains, num_chains - c) for c in range(0, num_chains, chains)]
-    bar = tqdm(
-        total=len(blocks) * len(chain_blocks) * num_steps, disable=not progress, desc=desc, unit="step"
-    )
+    plan = probe(model, guide, args, kwargs, s.plate_name)
+    rows, chains = chunk_sizes(n, s.num_chains, s.max_rows)
+    if plan.local_params or s.data_chunk is not None:
+        rows = n if plan.local_params else min(n, s.data_chunk)  # type: ignore[type-var]
+        chains = max(1, min(s.num_chains, s.max_rows // rows))
+    blocks = [(b, min(b + rows, n)) for b in range(0, n, rows)]
+    chain_blocks = [min(chains, s.num_chains - c) for c in range(0, s.num_chains, chains)]
+    pilot = s.hmc.adapt and s.adaptation == "pilot"
+    work = len(blocks) * len(chain_blocks) * s.num_steps
+    bar = tqdm(total=work, disable=not s.progress, desc=desc, unit="step")
     try:
         for (start, stop), (chunk, chunk_kwargs) in zip(blocks, data_chunks(args, kwargs, rows), strict=True):
             run, _ = evaluate_particles(model, guide, chunk, chunk_kwargs, num_particles=1, plan=plan)
             space = LatentSpace.from_run(run, what="AIS")
+
+            make = partial(
+                _path, model, guide, chunk, chunk_kwargs, plan=plan, space=space, initial=s.initial
+            )
+            exact = None if reverse_from is None else reverse_from[:, start:stop]
+            starts = partial(_starts, model, guide, chunk, chunk_kwargs, plan, space, s.initial, exact)
+            like = run.passes[0][1][space.names[0]].value
+            betas = s.schedule.betas(s.num_steps, dtype=like.dtype, device=like.device)
+            if reverse_from is not None:
+                betas = betas.flip(0)
             for k in chain_blocks:
-                if reverse_from is not None:
-                    u0 = reverse_from[:, start:stop].expand(k, -1, -1).clone()
-                elif initial == "guide":
-                    u0 = draw_guide(model, guide, chunk, chunk_kwargs, plan=plan, space=space, k=k)
-                else:
-                    u0 = draw_prior(model, chunk, chunk_kwargs, plan=plan, space=space, k=k)
-                betas = schedule.betas(num_steps, dtype=u0.dtype, device=u0.device)
-                if reverse_from is not None:
-                    betas = betas.flip(0)
-
-                def make(
-                    beta: float, chunk: tuple = chunk, kw: dict = chunk_kwargs, sp: LatentSpace = space
-                ) -> Potential:
-                    return _potential(
-                        model, guide, chunk, kw, plan=plan, space=sp, beta=beta, initial=initial
-                    )
-
-                yield ChunkRun(start, stop, anneal(make, u0, betas, options, on_step=lambda: bar.update(1)))
+                p = s.pilot_chains if pilot else 0
+                result = anneal(make, starts(p + k), betas, s.hmc, pilot=p, on_step=lambda: bar.update(1))
+                yield ChunkRun(start, stop, result)
     finally:
         bar.close()
 
@@ -260,6 +329,8 @@ def ais(
     schedule: Schedule = DEFAULT_SCHEDULE,
     hmc: HMCOptions = DEFAULT_HMC,
     initial: Literal["guide", "prior"] = "guide",
+    adaptation: Literal["pilot", "online"] = "pilot",
+    pilot_chains: int = 4,
     max_rows: int = 10_000,
     data_chunk: int | None = None,
     plate_name: str | None = None,
@@ -286,10 +357,18 @@ def ais(
 
     The estimate :math:`\\log \\frac1M \\sum_m w_m` is therefore a stochastic lower bound on
     :math:`\\log p(x)` (Jensen), tight as :math:`T \\to \\infty`; with :math:`T = 1` it is
-    :math:`\\mathcal L_M` [4]. The HMC step size adapts toward ``hmc.target_accept`` during the
-    run, per datapoint (``hmc.shared_step_size``) or per chain, as in [2]; this makes each
-    transition depend on the chain's past, a small departure from the exact construction
-    that ``HMCOptions(adapt=False)`` removes.
+    :math:`\\mathcal L_M` [4].
+
+    The HMC step size adapts toward ``hmc.target_accept`` per datapoint. With
+    ``adaptation="pilot"`` (the default) ``pilot_chains`` extra chains per datapoint run the
+    path first, adapting as they go, and the ``num_chains`` chains of the estimate then use
+    the pilot's step size at every transition: each transition is a fixed kernel, so
+    :math:`E[w] = p(x)` holds exactly. With ``"online"`` the estimate's own chains adapt
+    during the run as in [2] (per chain, or shared over a datapoint's chains with
+    ``hmc.shared_step_size``): cheaper, but each transition then depends on the chains'
+    past, which biases :math:`w` (upward for per-chain step sizes on a bimodal posterior,
+    measured in ``benchmarks/ais_eval.py``). ``HMCOptions(adapt=False)`` keeps
+    ``hmc.step_size`` throughout.
 
     The latents are the guide's sample sites (all continuous, every model latent among them,
     all inside the data plate), moved to unconstrained space by ``biject_to(support)`` with
@@ -313,21 +392,20 @@ def ais(
             bidirectional Monte Carlo", arXiv:1511.02543.
         [4] Burda, Grosse & Salakhutdinov (2016), "Importance weighted autoencoders", ICLR.
     """
-    check_ais_options(num_steps, num_chains, hmc, initial, schedule, max_rows)
-    check_rows(args)
-    chunks = ais_chunks(
-        model,
-        guide,
-        args,
-        kwargs,
+    settings = AISSettings(
         num_steps=num_steps,
         num_chains=num_chains,
         schedule=schedule,
-        options=hmc,
+        hmc=hmc,
         initial=initial,
+        adaptation=adaptation,
+        pilot_chains=pilot_chains,
         max_rows=max_rows,
         data_chunk=data_chunk,
         plate_name=plate_name,
         progress=progress,
     )
+    settings.validate()
+    check_rows(args)
+    chunks = ais_chunks(model, guide, args, kwargs, settings)
     return collect(chunks, num_chains=num_chains, num_steps=num_steps)

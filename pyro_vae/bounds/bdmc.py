@@ -15,9 +15,9 @@ from pyro_vae.bounds.ais import (
     DEFAULT_HMC,
     DEFAULT_SCHEDULE,
     AISResult,
+    AISSettings,
     Schedule,
     ais_chunks,
-    check_ais_options,
     collect,
 )
 from pyro_vae.errors import InputError
@@ -66,6 +66,8 @@ def bdmc(
     schedule: Schedule = DEFAULT_SCHEDULE,
     hmc: HMCOptions = DEFAULT_HMC,
     initial: Literal["guide", "prior"] = "guide",
+    adaptation: Literal["pilot", "online"] = "pilot",
+    pilot_chains: int = 4,
     max_rows: int = 10_000,
     data_chunk: int | None = None,
     plate_name: str | None = None,
@@ -93,7 +95,9 @@ def bdmc(
     datapoint share its one exact draw, so their standard error understates the spread over
     draws of :math:`z_n`.
 
-    Options as in :func:`~pyro_vae.bounds.ais.ais`.
+    Options as in :func:`~pyro_vae.bounds.ais.ais`; with the default pilot adaptation the
+    reverse chains follow a pilot's step sizes along the reverse path, so both directions
+    use fixed kernels and both expectations hold exactly.
 
     References:
         [1] Grosse, Ghahramani & Adams (2015), "Sandwiching the marginal likelihood using
@@ -101,7 +105,20 @@ def bdmc(
         [2] Wu, Burda, Salakhutdinov & Grosse (2017), "On the quantitative analysis of
             decoder-based generative models", ICLR.
     """
-    check_ais_options(num_steps, num_chains, hmc, initial, schedule, max_rows)
+    settings = AISSettings(
+        num_steps=num_steps,
+        num_chains=num_chains,
+        schedule=schedule,
+        hmc=hmc,
+        initial=initial,
+        adaptation=adaptation,
+        pilot_chains=pilot_chains,
+        max_rows=max_rows,
+        data_chunk=data_chunk,
+        plate_name=plate_name,
+        progress=progress,
+    )
+    settings.validate()
     check_rows(args)
     data, latents = simulate(model, args, kwargs)
     plan = probe(model, guide, data, kwargs, plate_name)
@@ -111,24 +128,13 @@ def bdmc(
     if missing:
         raise InputError(f"the simulated model run has no latent sites {missing} of the guide")
     exact = space.pack({b.name: latents[b.name].reshape(b.shape) for b in space.blocks})
-    options = dict(
-        num_steps=num_steps,
-        num_chains=num_chains,
-        schedule=schedule,
-        options=hmc,
-        initial=initial,
-        max_rows=max_rows,
-        data_chunk=data_chunk,
-        plate_name=plate_name,
-        progress=progress,
-    )
     forward = collect(
-        ais_chunks(model, guide, data, kwargs, **options, desc="AIS"),  # type: ignore[arg-type]
+        ais_chunks(model, guide, data, kwargs, settings, desc="AIS"),
         num_chains=num_chains,
         num_steps=num_steps,
     )
     reverse = collect(
-        ais_chunks(model, guide, data, kwargs, **options, reverse_from=exact, desc="reverse AIS"),  # type: ignore[arg-type]
+        ais_chunks(model, guide, data, kwargs, settings, reverse_from=exact, desc="reverse AIS"),
         num_chains=num_chains,
         num_steps=num_steps,
         sign=-1.0,

@@ -45,10 +45,14 @@ class HMCOptions:
     :ivar num_leapfrog: leapfrog steps per transition.
     :ivar step_size: the initial step size :math:`\\epsilon`.
     :ivar target_accept: the acceptance rate the adaptation steers toward (0.65 as in [2]).
-    :ivar adapt: adapt :math:`\\epsilon` after every transition: multiply by ``increase`` when
-        the acceptance rate is above the target, by ``decrease`` when below [2].
+    :ivar adapt: adapt :math:`\\epsilon` after every transition,
+        :math:`\\log \\epsilon \\mathrel{+}= \\kappa\\,(a - a^*)` with :math:`a` the acceptance
+        probability, :math:`a^*` = ``target_accept`` and :math:`\\kappa` = ``adapt_rate`` (a
+        smooth form of the multiplicative rule of [2]).
     :ivar shared_step_size: one step size for all chains of a datapoint (adapted on their mean
-        acceptance rate), rather than one per chain.
+        acceptance rate) rather than one per chain (the default: a chain that lags behind a
+        moving annealing target, where a step size right for the others makes it reject, gets
+        a smaller step of its own; measured in ``benchmarks/ais_eval.py``).
     :ivar min_step_size, max_step_size: the range the adaptation keeps :math:`\\epsilon` in.
     """
 
@@ -56,9 +60,8 @@ class HMCOptions:
     step_size: float = 0.1
     target_accept: float = 0.65
     adapt: bool = True
-    shared_step_size: bool = True
-    increase: float = 1.02
-    decrease: float = 0.98
+    shared_step_size: bool = False
+    adapt_rate: float = 1.0
     min_step_size: float = 1e-4
     max_step_size: float = 10.0
 
@@ -71,10 +74,8 @@ class HMCOptions:
                 f"need 0 < min_step_size <= step_size <= max_step_size, got {self.min_step_size}, "
                 f"{self.step_size}, {self.max_step_size}"
             )
-        if not (self.increase >= 1 and 0 < self.decrease <= 1):
-            raise InputError(
-                f"need increase >= 1 and 0 < decrease <= 1, got {self.increase}, {self.decrease}"
-            )
+        if not self.adapt_rate > 0:
+            raise InputError(f"adapt_rate must be positive, got {self.adapt_rate}")
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,11 @@ def initial_step_size(options: HMCOptions, like: torch.Tensor) -> torch.Tensor:
 
 def adapt_step_size(step_size: torch.Tensor, accept_prob: torch.Tensor, options: HMCOptions) -> torch.Tensor:
     """The step sizes after a transition with acceptance probabilities ``accept_prob``
-    ``(K, B)``: larger where the (chain-mean, when shared) rate exceeds the target, smaller
-    where it falls short [2], clamped to the options' range; unchanged without ``adapt``."""
+    ``(K, B)``: :math:`\\epsilon \\exp(\\kappa (a - a^*))`, larger where the (chain-mean, when
+    shared) rate exceeds the target and smaller where it falls short [2], clamped to the
+    options' range; unchanged without ``adapt``."""
     if not options.adapt:
         return step_size
     rate = accept_prob.mean(0, keepdim=True) if step_size.shape[0] == 1 else accept_prob
-    factor = torch.where(rate > options.target_accept, options.increase, options.decrease)
+    factor = torch.exp(options.adapt_rate * (rate - options.target_accept))
     return (step_size * factor).clamp(options.min_step_size, options.max_step_size)

@@ -81,7 +81,9 @@ def test_step_size_adapts_toward_the_target_acceptance_rate():
     rate is near the target (0.65) for a standard Gaussian target in 5 dims."""
     torch.manual_seed(2)
     dtype = torch.float64
-    options = HMCOptions(num_leapfrog=3, step_size=0.01, target_accept=0.65, increase=1.05, decrease=0.95)
+    options = HMCOptions(
+        num_leapfrog=3, step_size=0.01, target_accept=0.65, shared_step_size=True, adapt_rate=0.2
+    )
     potential = _gaussian(torch.eye(5, dtype=dtype), torch.zeros(5, dtype=dtype))
     state = HMCState.at(torch.randn(64, 2, 5, dtype=dtype), potential)
     eps = initial_step_size(options, state.energy)
@@ -94,7 +96,7 @@ def test_step_size_adapts_toward_the_target_acceptance_rate():
     late = torch.stack(rates[-100:]).mean(0)
     assert (eps > 0.1).all()  # grew from 0.01
     assert ((late - 0.65).abs() < 0.1).all()
-    per_chain = initial_step_size(HMCOptions(shared_step_size=False), state.energy)
+    per_chain = initial_step_size(HMCOptions(), state.energy)
     assert per_chain.shape == (64, 2)
     frozen = adapt_step_size(per_chain, torch.zeros(64, 2, dtype=dtype), HMCOptions(adapt=False))
     assert torch.equal(frozen, per_chain)
@@ -106,7 +108,7 @@ def test_step_size_adapts_toward_the_target_acceptance_rate():
         HMCOptions(num_leapfrog=0),
         HMCOptions(target_accept=1.0),
         HMCOptions(step_size=-0.1),
-        HMCOptions(decrease=1.5),
+        HMCOptions(adapt_rate=0.0),
     ],
 )
 def test_bad_options_are_refused(options):
