@@ -101,6 +101,61 @@ def part_linear_gaussian(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+class Mixture:
+    """z ~ N(0, 1); x | z ~ sum_c pi_c N(mu_c + a z, s^2 I) with c summed out in the model: a
+    bimodal posterior. log p(x) = logsumexp_c log pi_c + log N(x; mu_c, a a^T + s^2 I)."""
+
+    logits = torch.tensor([0.3, -0.3], dtype=torch.float64)
+    mu = torch.tensor([[-1.5, 1.0], [1.5, -0.5]], dtype=torch.float64)
+    a = torch.tensor([1.0, 0.6], dtype=torch.float64)
+    s = 0.5
+
+    def model(self, x):
+        import pyro.distributions as dist
+
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            comp = dist.Normal(self.mu + z[..., None, None] * self.a, self.s).to_event(1)
+            pyro.sample("x", dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp), obs=x)
+
+    def guide(self, x):
+        import pyro.distributions as dist
+
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.5))
+
+    def log_marginal(self, x):
+        import pyro.distributions as dist
+
+        cov = torch.outer(self.a, self.a) + self.s**2 * torch.eye(2, dtype=x.dtype)
+        comps = dist.MultivariateNormal(self.mu, covariance_matrix=cov).log_prob(x[:, None, :])
+        return (comps + self.logits.log_softmax(0)).logsumexp(-1)
+
+
+def part_adaptation(args: argparse.Namespace) -> list[dict]:
+    """The bias of step-size adaptation: (AIS - exact) / SE on the mixture, 200 steps, 256
+    chains, for the estimate's own chains adapting (online, per chain or shared), pilot
+    chains (the default) and fixed step sizes."""
+    mix = Mixture()
+    x = torch.tensor([[-2.0, 0.5], [1.0, -1.0], [0.0, 0.3]], dtype=torch.float64)
+    exact = mix.log_marginal(x)
+    cases = {
+        "online, per chain": ({"adaptation": "online"}, HMCOptions(num_leapfrog=2)),
+        "online, shared": ({"adaptation": "online"}, HMCOptions(num_leapfrog=2, shared_step_size=True)),
+        "pilot (default)": ({}, HMCOptions(num_leapfrog=2)),
+        "fixed 0.3": ({}, HMCOptions(num_leapfrog=2, adapt=False, step_size=0.3)),
+    }
+    rows = []
+    print("adaptation on the two-component mixture (200 steps, 256 chains, 3 points): (AIS - exact) / SE")
+    for name, (extra, hmc) in cases.items():
+        pyro.set_rng_seed(0)
+        r = ais(mix.model, mix.guide, x, num_steps=200, num_chains=256, hmc=hmc, **extra)
+        z = ((r.value - exact) / r.standard_error).tolist()
+        rows.append({"case": name, "z": z, "se": r.standard_error.tolist()})
+        print(f"  {name:<20} " + " ".join(f"{v:+6.1f}" for v in z))
+    return rows
+
+
 def part_digits(args: argparse.Namespace) -> dict:
     from pyro_vae.data import load_digits
     from pyro_vae.likelihoods import Bernoulli
@@ -170,7 +225,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=20)
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--latent", type=int, default=5)
-    parser.add_argument("--perturb", type=float, default=0.3)
+    parser.add_argument("--perturb", type=float, default=0.05)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--digits", action="store_true")
     parser.add_argument("--digits-epochs", type=int, default=30)
@@ -186,6 +241,7 @@ def main() -> None:
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {torch.get_num_threads()} thread")
     out: dict = {"load_average": load, "linear_gaussian": part_linear_gaussian(args)}
+    out["adaptation"] = part_adaptation(args)
     if args.digits:
         out["digits"] = part_digits(args)
     out["load_average_end"] = os.getloadavg()

@@ -241,6 +241,9 @@ class ChunkRun:
     start: int
     stop: int
     result: Anneal
+    mode: str = "vectorized"
+    """How the chains ran: ``"vectorized"``, ``"sequential"`` (a program that does not
+    broadcast) or ``"single"`` (one chain)."""
 
 
 def ais_chunks(
@@ -286,7 +289,8 @@ def ais_chunks(
             for k in chain_blocks:
                 p = s.pilot_chains if pilot else 0
                 result = anneal(make, starts(p + k), betas, s.hmc, pilot=p, on_step=lambda: bar.update(1))
-                yield ChunkRun(start, stop, result)
+                mode = "single" if p + k == 1 else "vectorized" if plan.vectorize else "sequential"
+                yield ChunkRun(start, stop, result, mode)
     finally:
         bar.close()
 
@@ -296,7 +300,9 @@ def collect(chunks: Iterator[ChunkRun], *, num_chains: int, num_steps: int, sign
     reverse AIS, :math:`-\\log \\frac1M \\sum_m w_m`, from the reverse weights)."""
     log_w, accept, step = [], [], []
     rows: list[tuple[int, int]] = []
+    mode = "single"
     for c in chunks:
+        mode = c.mode
         if rows and rows[-1] == (c.start, c.stop):
             log_w[-1].append(c.result.log_weights)
             accept[-1].append(c.result.acceptance_rate)
@@ -311,7 +317,7 @@ def collect(chunks: Iterator[ChunkRun], *, num_chains: int, num_steps: int, sign
     acc.add(weights)
     value, se = acc.result()
     return AISResult(
-        estimate=BoundEstimate(sign * value, se, num_particles=num_chains, mode="chains"),
+        estimate=BoundEstimate(sign * value, se, num_particles=num_chains, mode=mode),
         log_weights=weights,
         acceptance_rate=torch.cat([torch.cat(a, 0) for a in accept], 1).mean(0),
         step_size=torch.cat([torch.cat(s, 0) for s in step], 1).mean(0),

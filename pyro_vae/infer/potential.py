@@ -251,10 +251,14 @@ def draw_prior(
     """``k`` draws :math:`z \\sim p(z)` per datapoint (the model's latents, run without a
     guide), as :math:`u = T^{-1}(z)`, ``(k, B, D)``."""
     with frozen_evaluation():
+        values = None
         if plan.vectorize is not False and k > 1:
-            sites = record_program(model, args, kwargs, particles=(k, -(plan.nesting + 1))).sites
-            values = {b.name: sites[b.name].value.reshape(k, *b.shape[1:]) for b in space.blocks}
-        else:
+            try:
+                sites = record_program(model, args, kwargs, particles=(k, -(plan.nesting + 1))).sites
+                values = {b.name: sites[b.name].value.reshape(k, *b.shape[1:]) for b in space.blocks}
+            except (RuntimeError, ValueError, IndexError, TypeError):  # does not broadcast
+                values = None
+        if values is None:
             passes = [record_program(model, args, kwargs).sites for _ in range(k)]
             values = {
                 b.name: torch.stack([p[b.name].value.reshape(b.shape[1:]) for p in passes])

@@ -41,6 +41,7 @@ def test_exact_posterior_guide_makes_every_log_weight_log_p_x():
         r = ais(m.model, m.guide, x, num_steps=steps, num_chains=6, hmc=FAST)
         torch.testing.assert_close(r.log_weights, exact.expand(6, -1), atol=1e-9, rtol=0)
         assert r.log_weights.shape == (6, 3) and r.num_steps == steps
+        assert r.estimate.mode == "vectorized" and r.estimate.num_particles == 6
         torch.testing.assert_close(r.log_weight_variance, torch.zeros_like(exact), atol=1e-12, rtol=0)
 
 
@@ -190,6 +191,7 @@ def test_several_sites_and_a_guide_that_does_not_broadcast():
     # 3 steps: 3 evaluations of the weights, 2 transitions of 1 leapfrog step, all 3 chains
     # one at a time (plus the probes, the failed vectorized attempt and the initial draw)
     assert c.guide_calls >= 3 * (3 + 2)
+    assert r.estimate.mode == "sequential"
 
 
 def _state(modules):
