@@ -30,7 +30,9 @@ from pyro_vae.infer.potential import LatentSpace, simulate
 class BDMCResult:
     """The sandwich per simulated datapoint: ``forward`` (AIS, a stochastic lower bound on
     :math:`\\log p(x)`) and ``reverse`` (reverse AIS, a stochastic upper bound), each an
-    :class:`~pyro_vae.bounds.ais.AISResult` whose estimate is the bound; ``data``: the
+    :class:`~pyro_vae.bounds.ais.AISResult` whose estimate is the bound (``reverse.log_weights``
+    are the reverse chains' :math:`\\log w'`, and ``reverse.value`` is
+    :math:`-\\log \\frac1M \\sum_m w'_m`); ``data``: the
     simulated data (the program's positional arguments), ``latents``: their exact posterior
     draws."""
 
