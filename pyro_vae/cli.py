@@ -321,6 +321,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default=default.surgery_particles,
         help="draws per point for ELBO surgery (I(n;z), marginal KL)",
     )
+    p.add_argument(
+        "--ais",
+        type=int,
+        default=default.ais_steps,
+        metavar="STEPS",
+        help="add annealed importance sampling with STEPS HMC steps (0: none)",
+    )
+    p.add_argument("--ais-chains", type=int, default=default.ais_chains, help="AIS chains per datapoint")
     p.add_argument("--quiet", action="store_true")
     _add_device(p)
     p.set_defaults(func=_evaluate)
@@ -337,6 +345,8 @@ def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
         max_rows=args.max_rows,
         seed=args.seed,
         surgery_particles=args.surgery_particles,
+        ais_steps=args.ais,
+        ais_chains=args.ais_chains,
     )
 
 

@@ -155,12 +155,19 @@ def plot_bound_vs_k(
     *,
     elbo: float,
     log_marginal: float,
+    ais: float | None = None,
+    exact: float | None = None,
 ) -> Path:
-    """Mean :math:`\\mathcal L_K` against :math:`K` (log axis), with ELBO and :math:`\\log \\hat p` lines."""
+    """Mean :math:`\\mathcal L_K` against :math:`K` (log axis), with ELBO and :math:`\\log \\hat p` lines
+    (and, when given, the AIS estimate and the exact :math:`\\log p(x)`)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(ks, values, yerr=errors, marker="o", capsize=3, label="$L_K$ (mean over data)")
     ax.axhline(elbo, color="C1", ls="--", label="ELBO")
     ax.axhline(log_marginal, color="C2", ls=":", label=r"$\log \hat p(x)$")
+    if ais is not None:
+        ax.axhline(ais, color="C3", ls="-.", label="AIS")
+    if exact is not None:
+        ax.axhline(exact, color="k", ls="-", lw=0.8, label=r"exact $\log p(x)$")
     ax.set_xscale("log")
     ax.set_xlabel("K (importance samples)")
     ax.set_ylabel("nats per datapoint")

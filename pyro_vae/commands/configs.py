@@ -274,11 +274,16 @@ class EvaluateConfig:
     seed: int = 0
     surgery_particles: int = 10
     """Draws per test point for ELBO surgery (the posterior-collapse panel)."""
+    ais_steps: int = 0
+    """Annealing steps of the AIS row (``--ais STEPS``; 0: no AIS)."""
+    ais_chains: int = 16
 
     def validate(self) -> None:
         from pyro_vae._checks import check_positive_int
 
         check_positive_int(self.surgery_particles, "surgery particles")
+        check_positive_int(self.ais_steps, "AIS steps", minimum=0)
+        check_positive_int(self.ais_chains, "AIS chains")
         if not self.ks:
             raise InputError("need at least one K")
         for k in self.ks:

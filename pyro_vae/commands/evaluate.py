@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from pyro_vae._io import atomic_write_json, atomic_write_text
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
-from pyro_vae.bounds import amortization_gap, elbo, iwae
+from pyro_vae.bounds import ais, amortization_gap, elbo, iwae
 from pyro_vae.commands.collapse_panel import collapse_panel, format_collapse
 from pyro_vae.commands.configs import EvaluateConfig, check_device
 from pyro_vae.commands.refinement import format_refined, refined_evaluation
@@ -72,6 +72,11 @@ def evaluate_run(
         results["log_marginal"], results["log_marginal_se"] = mean_and_se(bounds[k_max])
         results["log_marginal_K"] = k_max
         results["elbo_gap"], results["elbo_gap_se"] = mean_and_se(bounds[k_max] - el)
+        if config.ais_steps:
+            results["ais"] = _ais_summary(model, guide, data, config, progress)
+        exact = getattr(vae, "log_marginal", None)  # models with a closed form (linear-Gaussian)
+        if callable(exact):
+            results["exact_log_marginal"] = exact(*data).mean().item()
         diag = importance_diagnostics(model, guide, *data, num_particles=config.k_hat_particles)
         results["k_hat"] = diag.summary()
         if config.gap_points:
@@ -139,6 +144,33 @@ def layer_diagnostics(
     return layers
 
 
+def _ais_summary(
+    model: Any, guide: Any, data: tuple, config: EvaluateConfig, progress: bool
+) -> dict[str, Any]:
+    """The AIS row: :func:`~pyro_vae.bounds.ais` with ``config.ais_steps`` steps and
+    ``config.ais_chains`` chains per datapoint, as data-set means."""
+    r = ais(
+        model,
+        guide,
+        *data,
+        num_steps=config.ais_steps,
+        num_chains=config.ais_chains,
+        max_rows=config.max_rows,
+        progress=progress,
+    )
+    mean, se = mean_and_se(r.value)
+    return {
+        "steps": config.ais_steps,
+        "chains": config.ais_chains,
+        "bound": mean,
+        "se": se,
+        "mc_se_median": r.standard_error.median().item(),
+        "acceptance_rate": r.acceptance_rate.mean().item(),
+        "step_size": r.step_size.mean().item(),
+        "log_weight_variance_median": r.log_weight_variance.median().item(),
+    }
+
+
 def _write_results(
     run_dir: Path,
     results: dict[str, Any],
@@ -154,6 +186,8 @@ def _write_results(
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+    if "ais" in results:  # the AIS row: K holds "AIS"
+        writer.writerow({"K": "AIS"} | {k: results["ais"][k] for k in ("bound", "se", "mc_se_median")})
     atomic_write_text(run_dir / "bounds.csv", buf.getvalue())
     plot_bound_vs_k(
         [r["K"] for r in rows],
@@ -162,6 +196,8 @@ def _write_results(
         run_dir / "bounds_vs_k.png",
         elbo=results["elbo"],
         log_marginal=results["log_marginal"],
+        ais=results["ais"]["bound"] if "ais" in results else None,
+        exact=results.get("exact_log_marginal"),
     )
     plot_k_hat(k_hat, run_dir / "k_hat.png")
     if kl is not None:  # no closed-form KL (mixture prior, flow posterior): no figure
@@ -183,6 +219,11 @@ def format_evaluation(results: dict[str, Any]) -> str:
             f"log p(x) (L_{results['log_marginal_K']})", results["log_marginal"], results["log_marginal_se"]
         )
     )
+    if "ais" in results:
+        a = results["ais"]
+        lines.append(row.format(f"AIS ({a['steps']} steps x {a['chains']})", a["bound"], a["se"]))
+    if "exact_log_marginal" in results:
+        lines.append(row.format("log p(x) exact", results["exact_log_marginal"], 0.0))
     lines.append(row.format("ELBO gap", results["elbo_gap"], results["elbo_gap_se"]))
     lines += format_refined(results)
     if "amortization" in results:

@@ -8,11 +8,14 @@
 - :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base (and
   :class:`~pyro_vae.infer.captured.CapturedLoss`, its training step replayed from a captured graph);
 - :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation;
-- :func:`~pyro_vae.infer.guide_density.guide_log_density`, the guide's density at given latents.
+- :func:`~pyro_vae.infer.guide_density.guide_log_density`, the guide's density at given latents;
+- :func:`~pyro_vae.infer.potential.latent_terms`, the log densities at given latents
+  (unconstrained), and :func:`~pyro_vae.infer.hmc.hmc_transition`, HMC over them.
 """
 
 from pyro_vae.infer.captured import CapturedLoss
 from pyro_vae.infer.guide_density import guide_log_density, per_datapoint_values
+from pyro_vae.infer.hmc import HMCOptions, HMCState, hmc_transition
 from pyro_vae.infer.layout import PlateLayout
 from pyro_vae.infer.log_mean_exp import StreamingLogMeanExp, log_mean_exp
 from pyro_vae.infer.loss import ParticleLoss, ParticleOptions, StatefulLoss
@@ -20,12 +23,17 @@ from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import BufferSnapshot, evaluation_mode, frozen_evaluation
 from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
 from pyro_vae.infer.per_datapoint import LogTerms, chunked_log_terms, log_terms, max_plate_nesting
+from pyro_vae.infer.potential import LatentSpace, LatentTerms, latent_terms, simulate
 from pyro_vae.infer.sites import Site, SiteRecorder
 from pyro_vae.infer.terms import Terms, collect_terms
 
 __all__ = [
     "BufferSnapshot",
     "CapturedLoss",
+    "HMCOptions",
+    "HMCState",
+    "LatentSpace",
+    "LatentTerms",
     "LogTerms",
     "MeanFieldELBO",
     "ParticleLoss",
@@ -43,10 +51,13 @@ __all__ = [
     "evaluation_mode",
     "frozen_evaluation",
     "guide_log_density",
+    "hmc_transition",
+    "latent_terms",
     "log_mean_exp",
     "log_terms",
     "max_plate_nesting",
     "per_datapoint_values",
     "plan_program",
     "run_particles",
+    "simulate",
 ]
