@@ -3,6 +3,7 @@
 from pyro_vae.train.checkpoint import load_checkpoint, load_parameters, save_checkpoint
 from pyro_vae.train.evaluation import RateDistortion, rate_distortion
 from pyro_vae.train.fit import FitResult, fit
+from pyro_vae.train.held_out import HeldOut, fit_and_evaluate, over_seeds
 from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
 from pyro_vae.train.step import train_step
@@ -11,13 +12,16 @@ from pyro_vae.train.streams import AuxiliaryObjective, Stream
 __all__ = [
     "AuxiliaryObjective",
     "FitResult",
+    "HeldOut",
     "KLWarmup",
     "RateDistortion",
     "Stream",
     "TrainState",
     "fit",
+    "fit_and_evaluate",
     "load_checkpoint",
     "load_parameters",
+    "over_seeds",
     "rate_distortion",
     "save_checkpoint",
     "train_step",
