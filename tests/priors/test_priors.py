@@ -157,8 +157,7 @@ def test_mean_field_elbo_samples_the_prior_term_only_where_no_kl_is_in_closed_fo
     for prior, closed in ((MixtureOfGaussians(2, 3), False), (LearnedNormal(2), True)):
         vae = VAE(Bernoulli(6), latent_dim=2, hidden=(4,), prior=prior)
         with torch.no_grad():
-            model_sites, guide_sites = record(vae.model, vae.guide, (x,), {})
-            z = guide_sites["z"].value
+            _, guide_sites = record(vae.model, vae.guide, (x,), {})
             run = MeanFieldELBO().particles(vae.model, vae.guide, (x,), {})
             terms = collect_terms(run, scaled=False, analytic_kl=True)
         q = guide_sites["z"].fn
