@@ -164,15 +164,22 @@ def run_one(row: Row, seed: int, train: torch.Tensor, test: torch.Tensor, args: 
 
 
 def summarize(rows: list[Row], per_seed: dict[str, list[dict]]) -> list[dict]:
-    """One line per row: means and SEs over seeds, and the paired difference from the first row."""
+    """One line per row that has runs: means and SEs over its seeds, and the paired
+    difference from the first row (over the seeds both have)."""
     first = {r["seed"]: r for r in per_seed[rows[0].label]}
     out = []
     for row in rows:
         runs = per_seed[row.label]
+        if not runs:
+            continue
         for r in runs:
-            r["log_marginal_minus_first"] = r["log_marginal"] - first[r["seed"]]["log_marginal"]
+            if r["seed"] in first:
+                r["log_marginal_minus_first"] = r["log_marginal"] - first[r["seed"]]["log_marginal"]
             r["gap"] = r["log_marginal"] - r["elbo"]
         mean = over_seeds(runs)
+        mean["seeds"] = ",".join(str(r["seed"]) for r in runs)
+        mean.setdefault("log_marginal_minus_first", math.nan)
+        mean.setdefault("log_marginal_minus_first_se_seeds", math.nan)
         mean.pop("seed", None)
         mean.pop("seed_se_seeds", None)
         out.append(
@@ -221,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-k", default="1,5", help="IWAE table: training k values")
     parser.add_argument("--active-unit-samples", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path("runs/reproductions"))
+    parser.add_argument(
+        "--collect-only", action="store_true", help="tabulate the runs in --out and train nothing"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -231,7 +241,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown table(s) {unknown}; choose from {sorted(all_tables)} or all")
     torch.set_num_threads(1)
     train, test = load(args.data, args.train_size, args.test_points)
-    settings = {k: v for k, v in vars(args).items() if k not in ("table", "seeds", "out", "quiet", "train_k")}
+    settings = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("table", "seeds", "out", "quiet", "train_k", "collect_only")
+    }
 
     # One run per (configuration, seed), shared by the tables that have it; every
     # configuration of the first seed first, so that a stopped call leaves whole tables.
@@ -242,17 +256,32 @@ def main(argv: list[str] | None = None) -> None:
         path = args.out / "runs" / f"{row.key}-seed{seed}.json"
         saved = json.loads(path.read_text()) if path.is_file() else None
         if saved is None or saved["settings"] != settings:
+            if args.collect_only:
+                continue
             saved = {"settings": settings, "result": run_one(row, seed, train, test, args)}
             atomic_write_json(path, saved)
         results[row.key, seed] = saved["result"]
     per_seed = {
-        name: {row.label: [dict(results[row.key, s]) for s in seeds] for row in all_tables[name]}
+        name: {
+            row.label: [dict(results[row.key, s]) for s in seeds if (row.key, s) in results]
+            for row in all_tables[name]
+        }
         for name in names
     }
 
     for name in names:
         summary = summarize(all_tables[name], per_seed[name])
         text = format_table(name, summary, args)
+        absent = [
+            f"{r.label}: seeds {[s for s in seeds if (r.key, s) not in results]}" for r in all_tables[name]
+        ]
+        absent = [
+            a
+            for a, r in zip(absent, all_tables[name], strict=True)
+            if len(per_seed[name][r.label]) < len(seeds)
+        ]
+        if absent:
+            text += "\nmissing runs: " + "; ".join(absent)
         print(text + "\n")
         atomic_write_text(args.out / f"{name}.txt", text + "\n")
         atomic_write_csv(args.out / f"{name}.csv", summary)

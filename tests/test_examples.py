@@ -147,3 +147,15 @@ def test_reproductions(tmp_path, monkeypatch, capsys):
     stamps = [p.stat().st_mtime_ns for p in runs]
     _run("reproductions.py", [*argv[:-3], "--table", "iaf", "--out", str(tmp_path), "--quiet"], monkeypatch)
     assert [p.stat().st_mtime_ns for p in runs] == stamps
+    # --collect-only tabulates what is on disk and trains nothing: a removed run is reported missing
+    (tmp_path / "runs" / "layers1-k1-standard-iaf-seed1.json").unlink()
+    capsys.readouterr()
+    _run(
+        "reproductions.py",
+        [*argv[:-3], "--table", "iaf", "--collect-only", "--out", str(tmp_path)],
+        monkeypatch,
+    )
+    assert "missing runs: IAF: seeds [1]" in capsys.readouterr().out
+    iaf = json.loads((tmp_path / "iaf.json").read_text())["rows"]
+    assert [r["num_seeds"] for r in iaf] == [2, 1] and iaf[1]["seeds"] == "0"
+    assert not (tmp_path / "runs" / "layers1-k1-standard-iaf-seed1.json").exists()
