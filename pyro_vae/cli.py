@@ -17,13 +17,16 @@ from typing import NoReturn
 from pyro_vae.commands.configs import (
     BINARIZATIONS,
     ESTIMATOR_NAMES,
+    GUIDE_NAMES,
     LIKELIHOOD_NAMES,
     MODELS,
+    PRIOR_NAMES,
     CompareConfig,
     EvaluateConfig,
     TrainConfig,
+    latent_layers,
 )
-from pyro_vae.errors import PyroVAEError, TrainingInterrupted
+from pyro_vae.errors import InputError, PyroVAEError, TrainingInterrupted
 
 _DEFAULT = TrainConfig()
 
@@ -70,7 +73,36 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--conditional", action="store_true", help="condition encoder and decoder on the labels (CVAE)"
     )
-    p.add_argument("--latent-dim", type=int, default=_DEFAULT.latent_dim)
+    p.add_argument(
+        "--latent-dim",
+        type=int,
+        default=None,
+        help=f"latent width, the one-layer shorthand of --layers (default {_DEFAULT.latent_dim})",
+    )
+    p.add_argument(
+        "--layers",
+        type=_int_list("layer widths"),
+        default=None,
+        help="latent widths of the stochastic layers from the data up, e.g. 32,16 (a hierarchical VAE)",
+    )
+    p.add_argument(
+        "--prior", choices=list(PRIOR_NAMES), default=_DEFAULT.prior, help="p(z) (of the top layer)"
+    )
+    p.add_argument(
+        "--guide", choices=list(GUIDE_NAMES), default=_DEFAULT.guide, help="posterior family q(z|x)"
+    )
+    p.add_argument(
+        "--prior-components",
+        type=int,
+        default=None,
+        help=f"mixture components (mog) or pseudo-inputs (vamp); default {_DEFAULT.prior_components}",
+    )
+    p.add_argument(
+        "--flow-steps",
+        type=int,
+        default=None,
+        help=f"steps of --guide iaf/planar (default {_DEFAULT.flow_steps})",
+    )
     p.add_argument(
         "--hidden",
         type=_int_list("hidden sizes"),
@@ -99,6 +131,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed ``train`` arguments."""
+    latent_dim, layers = latent_layers(args.latent_dim, args.layers, _DEFAULT.latent_dim)
+    if args.prior_components is not None and args.prior not in ("mog", "vamp"):
+        raise InputError(f"--prior-components is for --prior mog or vamp, not {args.prior}")
+    if args.flow_steps is not None and args.guide == "gaussian":
+        raise InputError("--flow-steps is for --guide iaf or planar")
     return TrainConfig(
         data=args.data,
         binarization=args.binarization,
@@ -106,7 +143,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         likelihood=args.likelihood,
         allow_probabilities=args.allow_probabilities,
         conditional=args.conditional,
-        latent_dim=args.latent_dim,
+        latent_dim=latent_dim,
         hidden=args.hidden,
         beta=args.beta,
         warmup_epochs=args.warmup,
@@ -115,7 +152,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr,
         seed=args.seed,
         eval_particles=args.eval_particles,
+        prior=args.prior,
+        guide=args.guide,
+        layers=layers,
+        prior_components=_given(args.prior_components, _DEFAULT.prior_components),
+        flow_steps=_given(args.flow_steps, _DEFAULT.flow_steps),
     )
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _train(args: argparse.Namespace) -> int:

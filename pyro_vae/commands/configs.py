@@ -29,6 +29,32 @@ MODELS = ("categorical", "bernoulli")
 BINARIZATIONS = ("none", "static", "dynamic")
 """How ``pyro-vae train`` binarizes grey levels for the Bernoulli likelihood."""
 
+PRIOR_NAMES = ("standard", "learned", "mog", "vamp")
+"""The priors of ``pyro-vae train --prior``: :mod:`pyro_vae.priors` ``StandardNormal``,
+``LearnedNormal``, ``MixtureOfGaussians``, ``VampPrior``."""
+
+GUIDE_NAMES = ("gaussian", "iaf", "planar")
+"""The posterior families of ``pyro-vae train --guide``: :mod:`pyro_vae.guides`
+``DiagonalGaussian``, ``IAFPosterior``, ``PlanarPosterior``."""
+
+
+def latent_layers(
+    latent_dim: int | None, layers: tuple[int, ...] | None, default: int
+) -> tuple[int, tuple[int, ...]]:
+    """``(latent_dim, layers)`` of a configuration from ``--latent-dim`` and ``--layers`` (each
+    ``None`` when not given): ``--latent-dim K`` is the shorthand of ``--layers K``; with
+    ``--layers`` alone the first width is the latent dim; both given must agree on one layer."""
+    if layers is None:
+        return (default if latent_dim is None else latent_dim), ()
+    if not layers:
+        raise InputError("--layers needs at least one width, e.g. --layers 32,16")
+    if latent_dim is not None and tuple(layers) != (latent_dim,):
+        raise InputError(
+            f"--latent-dim {latent_dim} contradicts --layers {','.join(map(str, layers))}: --latent-dim K is "
+            "the one-layer shorthand of --layers K; pass only --layers"
+        )
+    return layers[0], (tuple(layers) if len(layers) > 1 else ())
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -53,6 +79,18 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     eval_particles: int = 10
+    prior: str = "standard"
+    guide: str = "gaussian"
+    layers: tuple[int, ...] = ()
+    """Latent widths of the stochastic layers from the data up (two or more: a hierarchical
+    VAE); empty for one layer of ``latent_dim``."""
+    prior_components: int = 10
+    flow_steps: int = 2
+
+    @property
+    def latent_widths(self) -> tuple[int, ...]:
+        """The width of each stochastic layer: ``layers``, or ``(latent_dim,)``."""
+        return self.layers or (self.latent_dim,)
 
     @property
     def binarize(self) -> str:
@@ -86,6 +124,36 @@ class TrainConfig:
         check_positive_int(self.eval_particles, "eval particles")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
             raise InputError("validation and test fractions must lie in (0, 1)")
+        self._validate_latent_families()
+
+    def _validate_latent_families(self) -> None:
+        """Prior, guide and layers: known names, and combinations that exist."""
+        from pyro_vae._checks import check_positive_int
+
+        if self.prior not in PRIOR_NAMES:
+            raise InputError(f"unknown prior {self.prior!r}; choose from {', '.join(PRIOR_NAMES)}")
+        if self.guide not in GUIDE_NAMES:
+            raise InputError(f"unknown guide {self.guide!r}; choose from {', '.join(GUIDE_NAMES)}")
+        for width in self.layers:
+            check_positive_int(width, "layer width")
+        if len(self.layers) == 1 or (self.layers and self.layers[0] != self.latent_dim):
+            raise InputError(f"layers {self.layers} must be empty or start with latent_dim {self.latent_dim}")
+        check_positive_int(self.prior_components, "prior components")
+        check_positive_int(self.flow_steps, "flow steps")
+        hierarchical = len(self.layers) > 1
+        if hierarchical and self.guide != "gaussian":
+            raise InputError(
+                f"--guide {self.guide} is for one stochastic layer; drop it or pass one width in --layers"
+            )
+        if hierarchical and self.conditional:
+            raise InputError(
+                "--conditional is for one stochastic layer; drop it or pass one width in --layers"
+            )
+        if self.prior == "vamp" and (self.conditional or self.guide != "gaussian" or hierarchical):
+            raise InputError(
+                "--prior vamp mixes the encoder's Gaussian posteriors at pseudo-inputs of the data: "
+                "it needs one stochastic layer, --guide gaussian and no --conditional"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +167,8 @@ class TrainConfig:
         obj = dict(obj)
         if "hidden" in obj:
             obj["hidden"] = tuple(obj["hidden"])
+        if "layers" in obj:
+            obj["layers"] = tuple(obj["layers"])
         return cls(**obj)
 
 

@@ -22,7 +22,8 @@ from pyro_vae._stats import mean_and_se
 from pyro_vae.bounds import amortization_gap, elbo, iwae
 from pyro_vae.commands.configs import EvaluateConfig
 from pyro_vae.commands.train import CHECKPOINT, prepare, read_config
-from pyro_vae.diagnostics import active_units, importance_diagnostics, kl_per_dimension
+from pyro_vae.diagnostics import active_units_per_site, importance_diagnostics, kl_per_site
+from pyro_vae.errors import InputError
 from pyro_vae.train import load_parameters
 
 __all__ = [
@@ -68,22 +69,57 @@ def evaluate_run(run_dir: str | Path, config: EvaluateConfig, *, progress: bool 
         results["k_hat"] = diag.summary()
         if config.gap_points:
             subset = tuple(t[: config.gap_points] for t in data)
-            gap = amortization_gap(
-                model, guide, *subset, steps=config.gap_steps, num_particles=k_max, progress=progress
-            )
-            results["amortization"] = gap.summary()
-    au = active_units(guide, *data)
-    kl = kl_per_dimension(model, guide, *data)
-    results["active_units"] = au.count
-    results["latent_dim"] = int(au.variance.shape[0])
-    results["kl_per_dimension"] = kl.tolist()
+            try:
+                gap = amortization_gap(
+                    model, guide, *subset, steps=config.gap_steps, num_particles=k_max, progress=progress
+                )
+            except InputError as e:  # one Gaussian latent site only (not a flow, not several layers)
+                results["amortization_unavailable"] = str(e)
+            else:
+                results["amortization"] = gap.summary()
+    layers = layer_diagnostics(model, guide, data)
+    results["layers"] = layers
+    results["active_units"] = sum(layer["active_units"] for layer in layers.values())
+    results["latent_dim"] = sum(layer["latent_dim"] for layer in layers.values())
+    per_dim = [layer["kl_per_dimension"] for layer in layers.values()]
+    kl = torch.tensor([v for dims in per_dim for v in dims]) if None not in per_dim else None
+    results["kl_per_dimension"] = None if kl is None else kl.tolist()
     with RunLock(run_dir):  # not while another process writes into the run directory
         _write_results(run_dir, results, rows, diag.k_hat, kl)
     return results
 
 
+def layer_diagnostics(
+    model: Any, guide: Any, data: tuple[torch.Tensor, ...], *, num_samples: int = 20
+) -> dict[str, dict[str, Any]]:
+    """KL per dimension and active units of each latent site (stochastic layer) of the guide.
+
+    Active units average each site's conditional mean over ``num_samples`` guide runs (exact
+    for a layer that depends on no draw; see
+    :func:`~pyro_vae.diagnostics.active_units_per_site`). The KL per dimension is in closed
+    form where prior and posterior factorize (diagonal Gaussians); a mixture prior or a flow
+    posterior has none, and the layer's entry says so (its KL is in the rate of the bounds).
+    """
+    units = active_units_per_site(guide, *data, num_samples=num_samples)
+    layers: dict[str, dict[str, Any]] = {}
+    for name, au in units.items():
+        layer: dict[str, Any] = {"latent_dim": int(au.variance.shape[0]), "active_units": au.count}
+        try:
+            kl = kl_per_site(model, guide, *data, sites=(name,))[name]
+        except InputError as e:
+            layer.update(kl=None, kl_per_dimension=None, kl_unavailable=str(e))
+        else:
+            layer.update(kl=kl.sum().item(), kl_per_dimension=kl.tolist())
+        layers[name] = layer
+    return layers
+
+
 def _write_results(
-    run_dir: Path, results: dict[str, Any], rows: list[dict[str, Any]], k_hat: torch.Tensor, kl: torch.Tensor
+    run_dir: Path,
+    results: dict[str, Any],
+    rows: list[dict[str, Any]],
+    k_hat: torch.Tensor,
+    kl: torch.Tensor | None,
 ) -> None:
     """``evaluation.json``, ``bounds.csv`` and the figures, each written atomically."""
     from pyro_vae.plotting import plot_bound_vs_k, plot_k_hat, plot_kl_per_dimension  # matplotlib: when used
@@ -103,7 +139,8 @@ def _write_results(
         log_marginal=results["log_marginal"],
     )
     plot_k_hat(k_hat, run_dir / "k_hat.png")
-    plot_kl_per_dimension(kl, run_dir / "kl_per_dim.png")
+    if kl is not None:  # no closed-form KL (mixture prior, flow posterior): no figure
+        plot_kl_per_dimension(kl, run_dir / "kl_per_dim.png")
 
 
 def format_evaluation(results: dict[str, Any]) -> str:
@@ -131,10 +168,17 @@ def format_evaluation(results: dict[str, Any]) -> str:
                 f"amortization gap ({a['num_data']} pts)", a["amortization_gap"], a["amortization_gap_se"]
             )
         )
+    if "amortization_unavailable" in results:
+        lines.append(f"amortization gap: not computed ({results['amortization_unavailable']})")
     k = results["k_hat"]
     lines.append(
         f"PSIS k-hat: median {k['k_hat_median']:.2f}, max {k['k_hat_max']:.2f}, "
         f"{k['fraction_k_hat_above_0.7']:.0%} above 0.7 ({k['num_particles']} samples)"
     )
     lines.append(f"active units: {results['active_units']} of {results['latent_dim']}")
+    layers = results.get("layers", {})
+    if len(layers) > 1 or any(layer["kl"] is None for layer in layers.values()):
+        for name, layer in layers.items():
+            kl = "no closed-form KL" if layer["kl"] is None else f"KL {layer['kl']:.3f} nats"
+            lines.append(f"  {name}: {layer['active_units']} of {layer['latent_dim']} active, {kl}")
     return "\n".join(lines)

@@ -100,7 +100,8 @@ def load_dataset(config: TrainConfig) -> Dataset:
 
 
 def build_model(config: TrainConfig, data: Dataset) -> VAE:
-    """The VAE described by ``config``, for data shaped like ``data``."""
+    """The VAE described by ``config``, for data shaped like ``data`` (a
+    :class:`~pyro_vae.models.HierarchicalVAE` for two or more ``layers``)."""
     cls = LIKELIHOODS[config.likelihood]
     probs = config.allow_probabilities or config.binarize == "dynamic"
     likelihood = (
@@ -108,13 +109,10 @@ def build_model(config: TrainConfig, data: Dataset) -> VAE:
     )
     if config.conditional and data.y is None:
         raise InputError(f"--conditional needs labels, and {data.name} has none")
-    return VAE(
-        likelihood,
-        latent_dim=config.latent_dim,
-        hidden=config.hidden,
-        beta=config.beta,
-        num_classes=data.num_classes if config.conditional else 0,
-    )
+    from pyro_vae.commands.latent_model import build_latent_model  # prior, guide and layers
+
+    num_classes = data.num_classes if config.conditional else 0
+    return build_latent_model(config, likelihood, data, num_classes=num_classes)
 
 
 def prepare(config: TrainConfig) -> tuple[Splits, VAE]:

@@ -72,21 +72,32 @@ def _mean_of(site: Site, num_samples: int) -> torch.Tensor:
 def _site_means(
     guide: Callable, args: tuple, kwargs: dict, names: tuple[str, ...] | None, *, num_samples: int
 ) -> dict[str, torch.Tensor]:
-    """:math:`E_q[z_s \\mid x_n]` per named latent site (all latent sites for ``None``): one
-    guide run per sample, in one probing context (eval mode, generators restored), each
-    site's conditional mean averaged over the runs."""
+    """:math:`E_q[z_s \\mid x_n]` per named latent site (all latent sites for ``None``), averaged
+    over ``num_samples`` guide runs: see :func:`_site_mean_draws`."""
+    return {
+        name: draws.mean(0)
+        for name, draws in _site_mean_draws(guide, args, kwargs, names, num_samples).items()
+    }
+
+
+def _site_mean_draws(
+    guide: Callable, args: tuple, kwargs: dict, names: tuple[str, ...] | None, num_samples: int
+) -> dict[str, torch.Tensor]:
+    """Each named latent site's conditional mean (or draw) in each of ``num_samples`` guide
+    runs, ``(S, N, latent dimensions)``: in one probing context (eval mode, generators restored)."""
     check_rows(args)
     check_positive_int(num_samples, "num_samples")
     rows = num_rows(args)
-    totals: dict[str, torch.Tensor] = {}
+    draws: dict[str, list[torch.Tensor]] = {}
     with probing(args):
         for _ in range(num_samples):
             sites = record_program(guide, args, kwargs).sites
             for name in names if names is not None else _latent_names(sites):
                 latent = _site(sites, name, "guide")
-                mean = _per_datapoint(_mean_of(latent, num_samples), latent, rows, "posterior means")
-                totals[name] = mean if name not in totals else totals[name] + mean
-    return {name: total / num_samples for name, total in totals.items()}
+                draws.setdefault(name, []).append(
+                    _per_datapoint(_mean_of(latent, num_samples), latent, rows, "posterior means")
+                )
+    return {name: torch.stack(values) for name, values in draws.items()}
 
 
 def _latent_names(sites: dict[str, Site]) -> tuple[str, ...]:
@@ -142,12 +153,25 @@ def active_units_per_site(
 
     In a guide where a site depends on earlier draws (layer :math:`z_2` given :math:`z_1`),
     :math:`E_q[z_2 \\mid x] = E_{q(z_1 \\mid x)} E_q[z_2 \\mid z_1]` is estimated by averaging
-    the site's conditional mean over ``num_samples`` guide runs (for a site without a
-    closed-form mean, a flow posterior, the draws themselves). The estimate's noise adds
-    about :math:`E_x[\\mathrm{Var}(\\cdot \\mid x)] / S` to each variance, so take ``num_samples``
-    large enough for the threshold; sites that depend on no draw are exact with one."""
-    means = _site_means(guide, args, kwargs, None if sites is None else tuple(sites), num_samples=num_samples)
-    return {name: _active(m, threshold) for name, m in means.items()}
+    the site's conditional mean over :math:`S` = ``num_samples`` guide runs (for a site without
+    a closed-form mean, a flow posterior, the draws themselves), :math:`\\hat m_n`. Its noise
+    would add :math:`\\overline{s^2}/S` to the variance over the data (:math:`s_n^2` the
+    unbiased variance of the :math:`S` values of datapoint :math:`n`), so that is subtracted:
+
+    .. math::
+        \\hat A_j = \\max\\Big(0,\\ \\widehat{\\mathrm{Var}}_n(\\hat m_{nj})
+        - \\frac1{NS}\\sum_n s_{nj}^2\\Big),
+
+    unbiased before the clamp at 0. Sites that depend on no draw are exact with :math:`S = 1`."""
+    names = None if sites is None else tuple(sites)
+    out = {}
+    for name, draws in _site_mean_draws(guide, args, kwargs, names, num_samples).items():
+        unit = _active(draws.mean(0), threshold)
+        if num_samples > 1:
+            noise = draws.var(0).mean(0) / num_samples
+            unit = ActiveUnits(variance=(unit.variance - noise).clamp(min=0), threshold=threshold)
+        out[name] = unit
+    return out
 
 
 def _factorized_kl(q: Distribution, p: Distribution, name: str) -> torch.Tensor:

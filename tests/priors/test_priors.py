@@ -76,7 +76,14 @@ def test_vamp_prior_is_the_mean_of_the_encoders_posteriors_at_the_pseudo_inputs(
         torch.testing.assert_close(prior(z).log_prob(z), expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("make", [lambda: LearnedNormal(2), lambda: MixtureOfGaussians(2, 3)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LearnedNormal(2),
+        lambda: MixtureOfGaussians(2, 3),
+        lambda: VampPrior(GaussianEncoder(4, (3,), 2).double(), 3, 4).double(),
+    ],
+)
 def test_samples_have_the_priors_mean_within_standard_errors(make):
     prior = _perturbed(make())
     like = torch.zeros((), dtype=torch.float64)
@@ -84,6 +91,8 @@ def test_samples_have_the_priors_mean_within_standard_errors(make):
         z = prior(like).sample((20000,))
         if isinstance(prior, MixtureOfGaussians):
             mean = (torch.softmax(prior.logits, 0)[:, None] * prior.locs).sum(0)
+        elif isinstance(prior, VampPrior):
+            mean = prior.encoder(prior.pseudo_inputs)[0].mean(0)  # equal weights 1/C
         else:
             mean = prior.loc
     assert z.dtype == torch.float64 and z.shape == (20000, 2)
