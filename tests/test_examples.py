@@ -101,3 +101,71 @@ def test_missing_digits(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "run" / "imputations.png").is_file()
     summary = json.loads((tmp_path / "run" / "imputation.json").read_text())
     assert 1 <= summary["ess_min"] <= summary["ess_median"] <= 20
+
+
+def test_reproductions(tmp_path, monkeypatch, capsys):
+    """The three tables on digits with tiny settings: every row of each table, per-seed runs
+    shared between tables that have the same configuration and reused by a second call,
+    L_K >= ELBO in each row (K = 20), an active-unit count per stochastic layer."""
+    argv = [
+        "--data",
+        "digits",
+        "--seeds",
+        "0,1",
+        "--train-size",
+        "100",
+        "--test-points",
+        "10",
+        "--epochs",
+        "1",
+    ]
+    argv += [
+        "--batch-size",
+        "50",
+        "--k",
+        "20",
+        "--active-unit-samples",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    _run("reproductions.py", argv, monkeypatch)
+    out = capsys.readouterr().out
+    rows = {
+        name: json.loads((tmp_path / f"{name}.json").read_text())["rows"] for name in ("iwae", "vamp", "iaf")
+    }
+    assert [r["table_row"] for r in rows["iwae"]] == [
+        "1 layer, k=1",
+        "1 layer, k=5",
+        "2 layers, k=1",
+        "2 layers, k=5",
+    ]
+    assert [r["table_row"] for r in rows["vamp"]] == ["standard normal", "mixture of Gaussians", "VampPrior"]
+    assert [r["table_row"] for r in rows["iaf"]] == ["diagonal Gaussian", "IAF"]
+    for table in rows.values():
+        for r in table:
+            assert r["num_seeds"] == 2 and r["log_marginal"] >= r["elbo"], r
+            assert r["table_row"] in out
+    assert (
+        rows["vamp"][0]["log_marginal"] == rows["iaf"][0]["log_marginal"] == rows["iwae"][0]["log_marginal"]
+    )
+    assert {"active_z1", "active_z2"} <= set(rows["iwae"][2]) and "active_z" in rows["iwae"][0]
+    assert (tmp_path / "iwae.csv").read_text().startswith("table_row,")
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 7 * 2  # seven distinct configurations, two seeds
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    _run("reproductions.py", [*argv[:-3], "--table", "iaf", "--out", str(tmp_path), "--quiet"], monkeypatch)
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    # --collect-only tabulates what is on disk and trains nothing: a removed run is reported missing
+    (tmp_path / "runs" / "layers1-k1-standard-iaf-seed1.json").unlink()
+    capsys.readouterr()
+    _run(
+        "reproductions.py",
+        [*argv[:-3], "--table", "iaf", "--collect-only", "--out", str(tmp_path)],
+        monkeypatch,
+    )
+    assert "missing runs: IAF: seeds [1]" in capsys.readouterr().out
+    iaf = json.loads((tmp_path / "iaf.json").read_text())["rows"]
+    assert [r["num_seeds"] for r in iaf] == [2, 1] and iaf[1]["seeds"] == "0"
+    assert not (tmp_path / "runs" / "layers1-k1-standard-iaf-seed1.json").exists()
