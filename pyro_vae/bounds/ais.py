@@ -68,10 +68,10 @@ def _potential(
     guide: Callable,
     args: tuple,
     kwargs: dict,
+    beta: float,
     *,
     plan: Any,
     space: LatentSpace,
-    beta: float,
     initial: str,
 ) -> Potential:
     """:math:`U_\\beta(u) = -[(1 - \\beta) \\log f_0 + \\beta \\log p(x, z) + \\log|J|]` at
@@ -199,20 +199,6 @@ class AISSettings:
             )
 
 
-def _path(
-    model: Callable,
-    guide: Callable,
-    args: tuple,
-    kwargs: dict,
-    beta: float,
-    *,
-    plan: Any,
-    space: LatentSpace,
-    initial: str,
-) -> Potential:
-    return _potential(model, guide, args, kwargs, plan=plan, space=space, beta=beta, initial=initial)
-
-
 def _starts(
     model: Callable,
     guide: Callable,
@@ -278,7 +264,7 @@ def ais_chunks(
             space = LatentSpace.from_run(run, what="AIS")
 
             make = partial(
-                _path, model, guide, chunk, chunk_kwargs, plan=plan, space=space, initial=s.initial
+                _potential, model, guide, chunk, chunk_kwargs, plan=plan, space=space, initial=s.initial
             )
             exact = None if reverse_from is None else reverse_from[:, start:stop]
             starts = partial(_starts, model, guide, chunk, chunk_kwargs, plan, space, s.initial, exact)

@@ -6,23 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pyro.poutine.runtime import Message
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.particles import VECTORIZED, ParticleRun, ProgramPlan, run_particles
 from pyro_vae.infer.sites import Site
-
-
-def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size:
-    """NumPy broadcasting of two shapes (``torch.broadcast_shapes`` imports sympy, seconds)."""
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    out = []
-    for x, y in zip(a, b, strict=True):
-        if x != y and 1 not in (x, y):
-            raise InputError(f"shapes {a} and {b} do not broadcast")
-        out.append(y if x == 1 else x)
-    return torch.Size(out)
+from pyro_vae.infer.values import particle_values, value_hooks
 
 
 def _latents(sites: dict[str, Site]) -> dict[str, Site]:
@@ -39,23 +27,15 @@ def per_datapoint_values(run: ParticleRun) -> dict[str, torch.Tensor]:
     if layout.data_dim is None:
         raise InputError(run.layout_error or "the program has no data plate")
     nesting, b = layout.nesting, layout.size
-    out: dict[str, torch.Tensor] = {}
-    for name, site in _latents(run.passes[0][1]).items():
+    latents = _latents(run.passes[0][1])
+    for name, site in latents.items():
         if not layout.in_data_plate(site):
             raise InputError(
                 f"guide site '{name}' is outside the data plate: a global latent has no value per "
                 "datapoint, so q(z | x_n) of the other datapoints cannot be evaluated at it"
             )
-        event = len(site.fn.event_shape)
-        ndim = nesting + 1 + event  # particle axis, the plates, the event
-        stacked = []
-        for _, guide_sites in run.passes:
-            s = guide_sites[name]
-            shape = torch.Size(s.fn.batch_shape) + s.fn.event_shape
-            v = s.value.expand(_broadcast(s.value.shape, shape))
-            stacked.append(v.reshape((1,) * (ndim - v.dim()) + v.shape))
-        v = stacked[0] if run.mode == VECTORIZED else torch.cat(stacked, 0)
-        v = v.expand(run.num_particles, *v.shape[1:])
+    out: dict[str, torch.Tensor] = {}
+    for name, v in particle_values(run, latents).items():
         axis = 1 + nesting + layout.data_dim  # type: ignore[operator]
         if v.shape[axis] != b:
             v = v.expand(*v.shape[:axis], b, *v.shape[axis + 1 :])
@@ -66,28 +46,6 @@ def per_datapoint_values(run: ParticleRun) -> dict[str, torch.Tensor]:
 
 def _no_model(*args: object, **kwargs: object) -> None:
     """A model with no sites: only the guide's densities are wanted."""
-
-
-def _hooks(
-    values: dict[str, torch.Tensor],
-) -> Callable[[int | None], Callable[[Message], torch.Tensor | None]]:
-    def value(msg: Message, v: torch.Tensor) -> torch.Tensor:
-        fn = msg["fn"]
-        shape = torch.Size(fn.batch_shape) + fn.event_shape  # type: ignore[union-attr]
-        if v.dim() > len(shape):  # the leading dims a program without the padding lacks are 1
-            v = v.reshape(v.shape[v.dim() - len(shape) :])
-        return v.expand(_broadcast(v.shape, shape))
-
-    def factory(k: int | None) -> Callable[[Message], torch.Tensor | None]:
-        def hook(msg: Message) -> torch.Tensor | None:
-            v = values.get(msg["name"])  # type: ignore[arg-type]
-            if v is None:
-                return None
-            return value(msg, v if k is None else v[k])
-
-        return hook
-
-    return factory
 
 
 @torch.no_grad()
@@ -125,7 +83,7 @@ def guide_log_density(
         kwargs,
         plan=plan,
         num_particles=count,
-        hooks=_hooks(values),
+        hooks=value_hooks(values),
         vectorize=vectorize,
     )
     layout = run.layout

@@ -21,15 +21,10 @@ from torch.distributions import Transform, biject_to
 
 from pyro_vae.errors import InputError
 from pyro_vae.infer.modes import evaluation_mode, frozen_evaluation
-from pyro_vae.infer.particles import (
-    VECTORIZED,
-    ParticleRun,
-    ProgramPlan,
-    record_program,
-    run_particles,
-)
+from pyro_vae.infer.particles import ParticleRun, ProgramPlan, record_program, run_particles
 from pyro_vae.infer.sites import Site
 from pyro_vae.infer.terms import collect_terms
+from pyro_vae.infer.values import particle_values, value_hooks
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,6 @@ class _Block:
 
     name: str
     shape: tuple[int, ...]
-    single_shape: tuple[int, ...]
     data_axis: int
     transform: Transform
     size: int
@@ -131,10 +125,6 @@ class LatentSpace:
                 log_jacobian = log_jacobian + ladj.movedim(b.data_axis, 1).reshape(k, self.rows, -1).sum(-1)
         return values, log_jacobian
 
-    def single(self, values: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-        """Particle ``k``'s values, shaped as in a run without a particle plate."""
-        return {b.name: values[b.name][k].reshape(b.single_shape) for b in self.blocks}
-
 
 def _check_latents(model_sites: dict[str, Site], latents: dict[str, Site], what: str) -> None:
     for name, site in latents.items():
@@ -160,8 +150,7 @@ def _check_latents(model_sites: dict[str, Site], latents: dict[str, Site], what:
 def _block(site: Site, nesting: int, data_dim: int, rows: int, what: str) -> _Block:
     event = len(site.fn.event_shape)
     batch = site.value.dim() - event
-    single = tuple(site.value.shape)
-    shape = (1,) * (nesting + 1 - batch) + single
+    shape = (1,) * (nesting + 1 - batch) + tuple(site.value.shape)
     data_axis = nesting + 1 + data_dim
     if shape[data_axis] != rows:
         raise InputError(
@@ -176,19 +165,7 @@ def _block(site: Site, nesting: int, data_dim: int, rows: int, what: str) -> _Bl
             f"{site.fn.support}, for which torch.distributions registers no bijection"
         ) from None
     size = transform.inv.forward_shape(torch.Size(shape)).numel() // rows
-    return _Block(site.name, shape, single, data_axis, transform, size)
-
-
-def _hooks(space: LatentSpace, values: dict[str, torch.Tensor]) -> Callable:
-    def factory(k: int | None) -> Callable:
-        chosen = values if k is None else space.single(values, k)
-
-        def hook(msg: dict) -> torch.Tensor | None:
-            return chosen.get(msg["name"])
-
-        return hook
-
-    return factory
+    return _Block(site.name, shape, data_axis, transform, size)
 
 
 def latent_terms(
@@ -208,25 +185,11 @@ def latent_terms(
     values, log_jacobian = space.unpack(u)
     with evaluation_mode():
         run = run_particles(
-            model, guide, args, kwargs, plan=plan, num_particles=u.shape[0], hooks=_hooks(space, values)
+            model, guide, args, kwargs, plan=plan, num_particles=u.shape[0], hooks=value_hooks(values)
         )
         terms = collect_terms(run, scaled=False)
     terms.require_per_datapoint()
     return LatentTerms(terms.log_likelihood, terms.log_prior, terms.log_guide, log_jacobian)
-
-
-def latent_values(run: ParticleRun, space: LatentSpace, *, program: str = "guide") -> dict[str, torch.Tensor]:
-    """The values of the latent sites of a run's ``program`` (``"guide"`` or ``"model"``),
-    particles first: ``(K, *shape[1:])`` each."""
-    index = 1 if program == "guide" else 0
-    out = {}
-    for b in space.blocks:
-        parts = [p[index][b.name].value for p in run.passes]
-        if run.mode == VECTORIZED:
-            out[b.name] = parts[0].reshape(run.num_particles, *b.shape[1:])
-        else:
-            out[b.name] = torch.stack([v.reshape(b.shape[1:]) for v in parts])
-    return out
 
 
 def draw_guide(
@@ -242,7 +205,7 @@ def draw_guide(
     """``k`` draws :math:`z \\sim q(z \\mid x)` per datapoint, as :math:`u = T^{-1}(z)`, ``(k, B, D)``."""
     with frozen_evaluation():
         run = run_particles(model, guide, args, kwargs, plan=plan, num_particles=k)
-    return space.pack(latent_values(run, space))
+    return space.pack(particle_values(run, space.names))
 
 
 def draw_prior(
@@ -304,6 +267,5 @@ __all__ = [
     "draw_guide",
     "draw_prior",
     "latent_terms",
-    "latent_values",
     "simulate",
 ]

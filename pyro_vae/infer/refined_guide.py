@@ -35,7 +35,13 @@ class RefinedGuide:
     It is a Pyro program with the amortized guide's site, data plate and scale, and it refines
     the rows it is called with (any chunk or minibatch): pass it wherever a guide goes —
     :func:`~pyro_vae.bounds.elbo`, :func:`~pyro_vae.bounds.iwae`, diagnostics,
-    :func:`~pyro_vae.train.fit`. The inner runs are hidden from every enclosing handler; only
+    :func:`~pyro_vae.train.fit`::
+
+        q_s = refined_guide(vae.model, vae.guide, steps=20, lr=0.1)
+        bounds.elbo(vae.model, q_s, x)                 # the bound on the refined q
+        fit(vae.model, q_s, x, ...)                    # SA-VAE training (differentiated through)
+
+    The inner runs are hidden from every enclosing handler; only
     the final draw from :math:`q_S` is seen.
 
     Gradients (training). With ``differentiable=True`` (SA-VAE [1]) the inner steps are
@@ -161,35 +167,6 @@ class RefinedGuide:
         return self.refine(*args, **kwargs)(*args, **kwargs)
 
 
-def refined_guide(
-    model: Callable,
-    guide: Callable,
-    *,
-    steps: int,
-    lr: float,
-    num_particles: int = 1,
-    sigma_points: bool = False,
-    differentiable: bool = True,
-    site: str = "z",
-    plate_name: str | None = None,
-) -> RefinedGuide:
-    """The semi-amortized guide of ``guide``: its Gaussian refined by ``steps`` gradient steps
-    of size ``lr`` on each datapoint's ELBO under ``model`` (see :class:`RefinedGuide`).
-
-    Composes with every tool that takes ``model, guide, *args``::
-
-        q_s = refined_guide(vae.model, vae.guide, steps=20, lr=0.1)
-        bounds.elbo(vae.model, q_s, x)                 # the bound on the refined q
-        fit(vae.model, q_s, x, ...)                    # SA-VAE training (differentiated through)
-    """
-    return RefinedGuide(
-        model,
-        guide,
-        steps=steps,
-        lr=lr,
-        num_particles=num_particles,
-        sigma_points=sigma_points,
-        differentiable=differentiable,
-        site=site,
-        plate_name=plate_name,
-    )
+refined_guide = RefinedGuide
+"""``refined_guide(model, guide, steps=..., lr=...)``: the semi-amortized guide of ``guide``,
+the :class:`RefinedGuide` constructor under a function's name."""
