@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
-from pyro.poutine.runtime import Message
 from torch.distributions import Distribution, Independent
 
 from pyro_vae._checks import check_positive_int, check_rows
@@ -18,6 +17,7 @@ from pyro_vae.errors import InputError
 from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.particles import VECTORIZED, ParticleRun, run_particles
 from pyro_vae.infer.per_datapoint import evaluate_particles, probe
+from pyro_vae.infer.values import value_hooks
 
 
 @dataclass(frozen=True)
@@ -179,16 +179,9 @@ def impute(
     index = torch.multinomial(weights.T, num_samples, replacement=True).T  # (M, B)
     latents = _resampled_latents(run, index)
 
-    def hooks(k: int | None) -> Callable[[Message], torch.Tensor | None]:
-        def hook(msg: Message) -> torch.Tensor | None:
-            value = latents.get(msg["name"])  # type: ignore[arg-type]
-            return None if value is None else value if k is None else value[k]
-
-        return hook
-
     with frozen_evaluation():
         draws_run = run_particles(
-            model, guide, args, kwargs, plan=plan, num_particles=num_samples, hooks=hooks
+            model, guide, args, kwargs, plan=plan, num_particles=num_samples, hooks=value_hooks(latents)
         )
         draws = _per_particle(draws_run, site, lambda fn: fn.sample(), rows)
     return Imputation(
