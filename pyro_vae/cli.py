@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pyro_vae.commands.configs import (
     BINARIZATIONS,
@@ -34,18 +34,21 @@ from pyro_vae.errors import InputError, PyroVAEError, TrainingInterrupted
 _DEFAULT = TrainConfig()
 
 
-def _int_list(what: str) -> Callable[[str], tuple[int, ...]]:
-    """An argparse type for comma-separated integers, e.g. ``512,256``."""
+def _number_list(what: str, number: Callable[[str], Any], kind: str) -> Callable[[str], tuple[Any, ...]]:
+    """An argparse type for comma-separated values of ``number`` (``int``, ``float``)."""
 
-    def parse(text: str) -> tuple[int, ...]:
+    def parse(text: str) -> tuple[Any, ...]:
         try:
-            return tuple(int(v) for v in text.split(",") if v.strip())
+            return tuple(number(v) for v in text.split(",") if v.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{what} must be comma-separated integers, got {text!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"{what} must be comma-separated {kind}, got {text!r}") from None
 
     return parse
+
+
+def _int_list(what: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type for comma-separated integers, e.g. ``512,256``."""
+    return _number_list(what, int, "integers")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -242,16 +245,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _float_list(what: str) -> Callable[[str], tuple[float, ...]]:
     """An argparse type for comma-separated numbers, e.g. ``0.1,0.5,1``."""
-
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            return tuple(float(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{what} must be comma-separated numbers, got {text!r}"
-            ) from None
-
-    return parse
+    return _number_list(what, float, "numbers")
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:

@@ -64,3 +64,16 @@ class GaussianEncoder(nn.Module):
             return loc, softplus(rho) + self.min_scale
         loc, rho, h = self.net(x).split((self.latent_dim, self.latent_dim, self.context_dim), dim=-1)
         return loc, softplus(rho) + self.min_scale, h
+
+
+def mirrored_decoder(
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    *,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    """The decoder that mirrors an encoder of hidden widths ``hidden``: an :func:`mlp` with
+    those widths reversed, from the latent (plus covariate) width to the likelihood's
+    ``out_features`` outputs."""
+    return mlp(in_features, tuple(reversed(hidden)), out_features, activation=activation)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from pyro_vae._checks import check_positive_int, check_widths
+from pyro_vae.guides.conditional_flow import ConditionalFlowPosterior
 
 
-class IAFPosterior(nn.Module):
+class IAFPosterior(ConditionalFlowPosterior):
     """Inverse autoregressive flow [1] on top of the encoder's diagonal Gaussian:
 
     .. math::
@@ -58,15 +57,8 @@ class IAFPosterior(nn.Module):
         hidden: Sequence[int] | None = None,
         sigmoid_bias: float = 2.0,
     ) -> None:
-        super().__init__()
-        check_positive_int(latent_dim, "latent_dim")
-        check_positive_int(context_dim, "context_dim")
-        check_positive_int(num_steps, "num_steps")
-        hidden = tuple(hidden) if hidden is not None else (max(10 * latent_dim, context_dim),)
-        check_widths(hidden)
-        self.latent_dim = latent_dim
-        self.context_dim = context_dim
-        self.num_steps = num_steps
+        super().__init__(latent_dim, context_dim, num_steps=num_steps)
+        hidden = self._hidden_widths(hidden)
         order = torch.arange(latent_dim)
         steps = []
         for t in range(num_steps):
@@ -75,11 +67,3 @@ class IAFPosterior(nn.Module):
             )
             steps.append(ConditionalAffineAutoregressive(made, stable=True, sigmoid_bias=sigmoid_bias))
         self.steps = nn.ModuleList(steps)
-
-    def forward(
-        self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor | None = None
-    ) -> dist.TorchDistribution:
-        if context is None:
-            raise ValueError("IAFPosterior needs the encoder's context h (an encoder with context_dim > 0)")
-        base = dist.Normal(loc, scale).to_event(1)
-        return dist.TransformedDistribution(base, [step.condition(context) for step in self.steps])

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro.distributions as dist
-import torch
 from pyro.distributions.transforms import ConditionalPlanar
 from pyro.nn import DenseNN
 from torch import nn
 
-from pyro_vae._checks import check_positive_int, check_widths
+from pyro_vae.guides.conditional_flow import ConditionalFlowPosterior
 
 
-class PlanarPosterior(nn.Module):
+class PlanarPosterior(ConditionalFlowPosterior):
     """Planar flows [1] on top of the encoder's diagonal Gaussian, amortized as in [1]:
     each step's parameters are a function of the context :math:`h(x)` the encoder outputs.
 
@@ -47,24 +45,9 @@ class PlanarPosterior(nn.Module):
         num_steps: int = 2,
         hidden: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        check_positive_int(latent_dim, "latent_dim")
-        check_positive_int(context_dim, "context_dim")
-        check_positive_int(num_steps, "num_steps")
-        hidden = tuple(hidden) if hidden is not None else (max(10 * latent_dim, context_dim),)
-        check_widths(hidden)
-        self.latent_dim = latent_dim
-        self.context_dim = context_dim
-        self.num_steps = num_steps
+        super().__init__(latent_dim, context_dim, num_steps=num_steps)
+        hidden = self._hidden_widths(hidden)
         self.steps = nn.ModuleList(
             ConditionalPlanar(DenseNN(context_dim, list(hidden), param_dims=[1, latent_dim, latent_dim]))
             for _ in range(num_steps)
         )
-
-    def forward(
-        self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor | None = None
-    ) -> dist.TorchDistribution:
-        if context is None:
-            raise ValueError("PlanarPosterior needs the encoder's context h (an encoder with context_dim)")
-        base = dist.Normal(loc, scale).to_event(1)
-        return dist.TransformedDistribution(base, [step.condition(context) for step in self.steps])

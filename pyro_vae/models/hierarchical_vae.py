@@ -12,8 +12,9 @@ from torch import nn
 from pyro_vae._checks import check_nonnegative, check_positive_int, check_widths
 from pyro_vae.errors import InputError
 from pyro_vae.likelihoods.base import Likelihood, check_likelihood
+from pyro_vae.models.prior_samples import draw_prior
 from pyro_vae.models.vae import _kl_scale
-from pyro_vae.networks import GaussianEncoder, mlp
+from pyro_vae.networks import GaussianEncoder, mirrored_decoder
 from pyro_vae.priors import StandardNormal
 
 
@@ -106,9 +107,7 @@ class HierarchicalVAE(nn.Module):
             )
             for i in range(len(latent_dims) - 1)
         )
-        self.decoder = mlp(
-            latent_dims[0], tuple(reversed(hidden)), likelihood.num_outputs, activation=activation
-        )
+        self.decoder = mirrored_decoder(latent_dims[0], hidden, likelihood.num_outputs, activation=activation)
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -169,8 +168,7 @@ class HierarchicalVAE(nn.Module):
         self, num_samples: int, y: torch.Tensor | None = None, *, like: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Means of :math:`p(x \\mid z_1)` for :math:`z_{1:L}` drawn from the model top-down."""
-        ref = like if like is not None else next(self.parameters())
-        z = self.prior(ref).sample((num_samples,))
+        z = draw_prior(self, num_samples, like=like)
         for i in reversed(range(len(self.layers))):
             loc, scale = self.layers[i](z)
             z = loc + scale * torch.randn_like(loc)

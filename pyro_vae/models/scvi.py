@@ -14,8 +14,10 @@ from pyro_vae.errors import InputError
 from pyro_vae.likelihoods.base import Likelihood, check_likelihood
 from pyro_vae.likelihoods.negative_binomial import NegativeBinomial
 from pyro_vae.likelihoods.zinb import ZINB
+from pyro_vae.models.covariates import append_covariate
+from pyro_vae.models.prior_samples import draw_prior
 from pyro_vae.models.vae import _kl_scale
-from pyro_vae.networks import GaussianEncoder, mlp
+from pyro_vae.networks import GaussianEncoder, mirrored_decoder
 from pyro_vae.priors import StandardNormal
 
 
@@ -144,8 +146,8 @@ class ScVI(nn.Module):
             self.library_encoder = GaussianEncoder(width, hidden, 1, activation=activation)
             with torch.no_grad():  # start q(log l) at the prior's mean, not at log l = 0
                 self.library_encoder.net[-1].bias[0] = library_prior.loc.mean()
-        self.decoder = mlp(
-            latent_dim + num_batches, tuple(reversed(hidden)), likelihood.num_outputs, activation=activation
+        self.decoder = mirrored_decoder(
+            latent_dim + num_batches, hidden, likelihood.num_outputs, activation=activation
         )
 
     # ----------------------------------------------------------------- Pyro program
@@ -217,8 +219,7 @@ class ScVI(nn.Module):
         codes = self._codes(y)
         if codes is None:
             return h
-        c = nn.functional.one_hot(codes, self.num_batches).to(h)
-        return torch.cat([h, c.expand(*h.shape[:-1], c.shape[-1])], dim=-1)
+        return append_covariate(h, nn.functional.one_hot(codes, self.num_batches).to(h))
 
     def validate_data(self, x: torch.Tensor, y: torch.Tensor | None = None, *, name: str = "data") -> None:
         """Counts of the right width; a positive total per cell (the observed library size);
@@ -270,8 +271,7 @@ class ScVI(nn.Module):
     ) -> torch.Tensor:
         """Means of :math:`p(x \\mid z)` for :math:`z \\sim p(z)`, at the library size
         :math:`e^{m_s}` of the library prior, or ``library_size`` when it is observed."""
-        ref = like if like is not None else next(self.parameters())
-        z = self.prior(ref).sample((num_samples,))
+        z = draw_prior(self, num_samples, like=like)
         codes = self._codes(y) if y is not None else None
         if self.num_batches and codes is None:
             codes = torch.zeros(num_samples, dtype=torch.long, device=z.device)

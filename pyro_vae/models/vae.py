@@ -14,7 +14,9 @@ from pyro_vae._checks import check_nonnegative, check_positive_int
 from pyro_vae.errors import InputError
 from pyro_vae.guides import DiagonalGaussian
 from pyro_vae.likelihoods.base import Likelihood, check_likelihood
-from pyro_vae.networks import GaussianEncoder, mlp
+from pyro_vae.models.covariates import append_covariate
+from pyro_vae.models.prior_samples import draw_prior
+from pyro_vae.networks import GaussianEncoder, mirrored_decoder
 from pyro_vae.priors import StandardNormal
 
 
@@ -136,8 +138,8 @@ class VAE(nn.Module):
             )
         )
         _check_composition(self, context_dim)
-        self.decoder = mlp(
-            latent_dim + num_classes, tuple(reversed(hidden)), likelihood.num_outputs, activation=activation
+        self.decoder = mirrored_decoder(
+            latent_dim + num_classes, hidden, likelihood.num_outputs, activation=activation
         )
 
     # ----------------------------------------------------------------- Pyro program
@@ -185,8 +187,7 @@ class VAE(nn.Module):
             return h
         if y is None:
             raise InputError(f"this VAE is conditional on y (num_classes={self.num_classes}); pass y")
-        c = self.one_hot(y, like=h)
-        return torch.cat([h, c.expand(*h.shape[:-1], c.shape[-1])], dim=-1)
+        return append_covariate(h, self.one_hot(y, like=h))
 
     def one_hot(self, y: torch.Tensor, *, like: torch.Tensor) -> torch.Tensor:
         if y.dim() == 1 and not torch.is_floating_point(y):
@@ -238,6 +239,4 @@ class VAE(nn.Module):
         self, num_samples: int, y: torch.Tensor | None = None, *, like: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Means of :math:`p(x \\mid z)` for :math:`z \\sim p(z)`."""
-        ref = like if like is not None else next(self.parameters())
-        z = self.prior(ref).sample((num_samples,))
-        return self.decode(z, y)
+        return self.decode(draw_prior(self, num_samples, like=like), y)

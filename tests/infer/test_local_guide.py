@@ -7,15 +7,12 @@ from torch.distributions import kl_divergence
 from pyro_vae.errors import InputError
 from pyro_vae.infer.local_guide import LocalGaussian, amortized_site, local_elbo
 from pyro_vae.infer.particles import probing
-from pyro_vae.models import LinearGaussian
+from tests._linear_gaussian import random_linear_gaussian
 
 
 def _model(d=5, k=2, seed=0):
-    torch.manual_seed(seed)
-    m = LinearGaussian(d, k).double()
+    m = random_linear_gaussian(d, k, seed)
     with torch.no_grad():
-        m.generative.bias.normal_()
-        m.generative.raw_noise.normal_()
         m.recognition.weight.normal_(0, 0.3)
         m.recognition.raw_tril.normal_(0, 0.3)
     return m

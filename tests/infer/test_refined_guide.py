@@ -12,19 +12,17 @@ from pyro_vae.infer import MeanFieldELBO
 from pyro_vae.infer.local_guide import local_elbo
 from pyro_vae.infer.refined_guide import refined_guide
 from pyro_vae.likelihoods import Bernoulli
-from pyro_vae.models import VAE, LinearGaussian
+from pyro_vae.models import VAE
 from pyro_vae.train import fit
+from tests._linear_gaussian import random_linear_gaussian
 
 STEPS = (0, 1, 2, 5, 20, 100)
 
 
 def _model(d=5, k=2, seed=0):
     """A linear-Gaussian model whose guide is the exact posterior perturbed (an amortization gap)."""
-    torch.manual_seed(seed)
-    m = LinearGaussian(d, k).double()
+    m = random_linear_gaussian(d, k, seed)
     with torch.no_grad():
-        m.generative.bias.normal_()
-        m.generative.raw_noise.normal_()
         m.set_guide_to_posterior()
         m.recognition.weight.add_(0.3 * torch.randn_like(m.recognition.weight))
         m.recognition.bias.add_(0.5)

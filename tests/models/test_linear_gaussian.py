@@ -9,16 +9,11 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae.infer import MeanFieldELBO
-from pyro_vae.models import LinearGaussian
+from tests._linear_gaussian import random_linear_gaussian
 
 
 def _model(d=5, k=2, seed=0):
-    torch.manual_seed(seed)
-    m = LinearGaussian(d, k).double()
-    with torch.no_grad():
-        m.generative.bias.normal_()
-        m.generative.raw_noise.normal_()
-    return m
+    return random_linear_gaussian(d, k, seed)
 
 
 def test_log_marginal_matches_scipy_multivariate_normal():

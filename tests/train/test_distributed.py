@@ -68,8 +68,8 @@ def test_a_killed_rank_is_a_clear_failure_not_a_hang(tmp_path):
     assert message.startswith("DistributedError: rank 0 of 2 lost the other processes while")
 
 
-def test_one_rank_process_group_is_the_single_process_run(tmp_path, monkeypatch):
-    """torchrun with one process: the same steps bitwise, and a checkpoint with its RNG."""
+def _one_rank_environment(monkeypatch) -> None:
+    """torchrun's environment for a group of one process on this machine."""
     for k, v in {
         "RANK": "0",
         "WORLD_SIZE": "1",
@@ -77,6 +77,11 @@ def test_one_rank_process_group_is_the_single_process_run(tmp_path, monkeypatch)
         "MASTER_PORT": str(free_port()),
     }.items():
         monkeypatch.setenv(k, v)
+
+
+def test_one_rank_process_group_is_the_single_process_run(tmp_path, monkeypatch):
+    """torchrun with one process: the same steps bitwise, and a checkpoint with its RNG."""
+    _one_rank_environment(monkeypatch)
     net = build()
     result = fit(
         net.model,
@@ -112,13 +117,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
 
 
 def test_bad_distributed_options_are_input_errors(tmp_path, monkeypatch):
-    for k, v in {
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-    }.items():
-        monkeypatch.setenv(k, v)
+    _one_rank_environment(monkeypatch)
     net = build()
     options = fit_options(tmp_path, 1, batch_size=25)
     with pytest.raises(InputError, match="backend must be gloo or nccl, got 'mpi'"):
