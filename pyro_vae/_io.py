@@ -71,8 +71,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Rows of dicts as CSV, the columns in the order the first row's keys have (keys that
-    only later rows have are appended)."""
+    only later rows have are appended; a row without a key leaves its cell empty). No rows:
+    an empty file."""
     fields = list(dict.fromkeys(k for row in rows for k in row))
+    if not fields:
+        return atomic_write_text(path, "")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()

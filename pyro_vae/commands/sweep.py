@@ -7,9 +7,7 @@ The CLI parses arguments into a :class:`~pyro_vae.commands.configs.TrainConfig` 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pyro_vae import __version__
-from pyro_vae._io import atomic_write_json, atomic_write_text, make_output_dir
+from pyro_vae._io import atomic_write_csv, atomic_write_json, make_output_dir
 from pyro_vae._lock import RunLock
 from pyro_vae.commands.configs import TrainConfig
 from pyro_vae.commands.train import prepare, train_run
@@ -111,11 +109,7 @@ def _write(out_dir: Path, config: TrainConfig, rows: list[dict[str, Any]]) -> No
     """``sweep.csv``, ``sweep.json`` and ``rate_distortion.png``, each written atomically."""
     from pyro_vae.plotting import plot_rate_distortion  # matplotlib: when used
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_dir / "sweep.csv", buf.getvalue())
+    atomic_write_csv(out_dir / "sweep.csv", rows)  # the columns of COLUMNS, in order
     config_json = {k: v for k, v in config.to_json().items() if k != "beta"}
     atomic_write_json(
         out_dir / "sweep.json", {"config": config_json, "pyro_vae_version": __version__, "runs": rows}

@@ -7,9 +7,7 @@ The CLI parses arguments into a :class:`~pyro_vae.commands.configs.TrainConfig` 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -20,7 +18,12 @@ import pyro
 import torch
 
 from pyro_vae import __version__
-from pyro_vae._io import atomic_write_json, atomic_write_text, make_output_dir, remove_stale_temporaries
+from pyro_vae._io import (
+    atomic_write_csv,
+    atomic_write_json,
+    make_output_dir,
+    remove_stale_temporaries,
+)
 from pyro_vae._lock import RunLock
 from pyro_vae._stats import mean_and_se
 from pyro_vae.commands.configs import TrainConfig, check_device
@@ -141,15 +144,6 @@ def prepare(config: TrainConfig) -> tuple[Splits, VAE]:
     for part in (splits.train, splits.val, splits.test):
         model.validate_data(part.x, part.y if config.conditional else None, name=part.name)
     return splits, model
-
-
-def _metrics_csv(history: list[dict[str, float]]) -> str:
-    buf = io.StringIO()
-    if history:
-        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -293,7 +287,7 @@ def _train_locked(
         "val_elbo": result.last("val_elbo"),
         "eval_particles": config.eval_particles,
     }
-    atomic_write_text(run_dir / METRICS, _metrics_csv(result.history))
+    atomic_write_csv(run_dir / METRICS, result.history)
     atomic_write_json(run_dir / SUMMARY, summary)
     write_figures(run_dir, model, splits, result, conditional=with_labels, seed=config.seed)
     return TrainRun(run_dir=run_dir, config=config, model=model, fit=result, summary=summary)
