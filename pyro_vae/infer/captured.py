@@ -11,7 +11,7 @@ from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 
 from pyro_vae.errors import InputError
-from pyro_vae.infer.loss import ParticleLoss, _program_key
+from pyro_vae.infer.loss import ParticleLoss, program_key
 from pyro_vae.infer.modes import BufferSnapshot
 
 
@@ -124,8 +124,8 @@ class CapturedLoss:
         if any(d is None for d in described):
             return None
         parts: list[Any] = [
-            _program_key(model),
-            _program_key(guide),
+            program_key(model),
+            program_key(guide),
             torch.is_grad_enabled(),
             tuple(sorted(kwargs)),
         ]

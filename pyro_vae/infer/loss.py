@@ -37,7 +37,7 @@ class ParticleOptions(TypedDict, total=False):
     max_plate_nesting: int | None
 
 
-def _program_key(fn: Callable) -> tuple[int, int]:
+def program_key(fn: Callable) -> tuple[int, int]:
     """Identity of a program: bound methods are new objects at every attribute access."""
     return id(getattr(fn, "__func__", fn)), id(getattr(fn, "__self__", None))
 
@@ -122,7 +122,7 @@ class ParticleLoss(ELBO):
     # ------------------------------------------------------------------ machinery
     def plan(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ProgramPlan:
         """The program's structure, probed once per program and reused."""
-        key = (_program_key(model), _program_key(guide))
+        key = (program_key(model), program_key(guide))
         if self._plan is None or self._plan_key != key:
             self._plan = plan_program(
                 model,

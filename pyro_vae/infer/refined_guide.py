@@ -11,7 +11,7 @@ from pyro import poutine
 
 from pyro_vae._checks import check_positive, check_positive_int
 from pyro_vae.infer.local_guide import LocalGaussian, amortized_site, local_elbo
-from pyro_vae.infer.loss import _program_key
+from pyro_vae.infer.loss import program_key
 from pyro_vae.infer.particles import ProgramPlan, plan_program
 
 
@@ -99,7 +99,7 @@ class RefinedGuide:
         self._plan: tuple[Any, ProgramPlan] | None = None
 
     def _local_plan(self, local: LocalGaussian, args: tuple, kwargs: dict) -> ProgramPlan:
-        key = _program_key(self.model)
+        key = program_key(self.model)
         if self._plan is None or self._plan[0] != key:
             plan = plan_program(self.model, local, args, kwargs, plate_name=local.plate_name)
             plan.vectorize = False  # inside a caller's particle plate: one pass per inner particle

@@ -12,8 +12,8 @@ from torch import nn
 from pyro_vae._checks import check_nonnegative, check_positive_int, check_widths
 from pyro_vae.errors import InputError
 from pyro_vae.likelihoods.base import Likelihood, check_likelihood
+from pyro_vae.models.kl_scale import kl_scale
 from pyro_vae.models.prior_samples import draw_prior
-from pyro_vae.models.vae import _kl_scale
 from pyro_vae.networks import GaussianEncoder, mirrored_decoder
 from pyro_vae.priors import StandardNormal
 
@@ -123,7 +123,7 @@ class HierarchicalVAE(nn.Module):
         pyro.module(f"{self.name}_likelihood", self.likelihood)
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
-            with _kl_scale(self.beta * kl_weight):
+            with kl_scale(self.beta * kl_weight):
                 z = pyro.sample(self.sites[-1], self.prior(x))
                 for i in reversed(range(len(self.layers))):  # z_{L-1}, ..., z_1
                     loc, scale = self.layers[i](z)
@@ -137,7 +137,7 @@ class HierarchicalVAE(nn.Module):
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
             h = x
-            with _kl_scale(self.beta * kl_weight):
+            with kl_scale(self.beta * kl_weight):
                 for i, layer in enumerate(self.encoder):  # z_1, ..., z_L
                     loc, scale = layer(h)
                     h = pyro.sample(self.sites[i], dist.Normal(loc, scale).to_event(1))

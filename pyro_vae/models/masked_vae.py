@@ -12,7 +12,8 @@ from torch import nn
 from pyro_vae._checks import check_binary
 from pyro_vae.errors import InputError
 from pyro_vae.likelihoods.base import Likelihood
-from pyro_vae.models.vae import VAE, _kl_scale
+from pyro_vae.models.kl_scale import kl_scale
+from pyro_vae.models.vae import VAE
 from pyro_vae.networks import GaussianEncoder
 
 
@@ -90,7 +91,7 @@ class MaskedVAE(VAE):
         batch = x.shape[0]
         observed = mask > 0.5
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
-            with _kl_scale(self.beta * kl_weight):
+            with kl_scale(self.beta * kl_weight):
                 z = pyro.sample("z", self.prior(x))
             fn = self.likelihood.masked(self.decoder(z), observed)
             pyro.sample(
@@ -106,7 +107,7 @@ class MaskedVAE(VAE):
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
             loc, scale = self.encoder(encoder_input(x, mask))
-            with _kl_scale(self.beta * kl_weight):
+            with kl_scale(self.beta * kl_weight):
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def validate_data(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, name: str = "data") -> None:  # type: ignore[override]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import pyro
@@ -15,8 +16,8 @@ from pyro_vae.likelihoods.base import Likelihood, check_likelihood
 from pyro_vae.likelihoods.negative_binomial import NegativeBinomial
 from pyro_vae.likelihoods.zinb import ZINB
 from pyro_vae.models.covariates import append_covariate
+from pyro_vae.models.kl_scale import kl_scale
 from pyro_vae.models.prior_samples import draw_prior
-from pyro_vae.models.vae import _kl_scale
 from pyro_vae.networks import GaussianEncoder, mirrored_decoder
 from pyro_vae.priors import StandardNormal
 
@@ -164,7 +165,7 @@ class ScVI(nn.Module):
         pyro.module(f"{self.name}_likelihood", self.likelihood)
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
-            with _kl_scale(kl_weight):
+            with kl_scale(kl_weight):
                 z = pyro.sample("z", self.prior(x))
             if self.library_prior is not None:
                 log_library = pyro.sample("log_library", self.library_prior(self._codes(y), like=x))
@@ -189,7 +190,7 @@ class ScVI(nn.Module):
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
             h = self._cat(torch.log1p(x), y)
             loc, scale = self.encoder(h)
-            with _kl_scale(kl_weight):
+            with kl_scale(kl_weight):
                 z = pyro.sample("z", dist.Normal(loc, scale).to_event(1))
             if self.library_encoder is not None:
                 l_loc, l_scale = self.library_encoder(h)
@@ -278,5 +279,5 @@ class ScVI(nn.Module):
         if self.library_prior is not None:
             log_library = self.library_prior.loc.to(z)[codes if codes is not None else 0].reshape(-1, 1)
         else:
-            log_library = torch.full((num_samples, 1), float(torch.tensor(library_size).log())).to(z)
+            log_library = z.new_full((num_samples, 1), math.log(library_size))
         return self.observation(z, codes, log_library.expand(num_samples, 1)).mean

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 
 import pyro
 import torch
-from pyro import poutine
 from torch import nn
 
 from pyro_vae._checks import check_nonnegative, check_positive_int
@@ -15,16 +13,10 @@ from pyro_vae.errors import InputError
 from pyro_vae.guides import DiagonalGaussian
 from pyro_vae.likelihoods.base import Likelihood, check_likelihood
 from pyro_vae.models.covariates import append_covariate
+from pyro_vae.models.kl_scale import kl_scale
 from pyro_vae.models.prior_samples import draw_prior
 from pyro_vae.networks import GaussianEncoder, mirrored_decoder
 from pyro_vae.priors import StandardNormal
-
-
-def _kl_scale(factor: float) -> AbstractContextManager:
-    """Weight of the latent site's terms: ``poutine.scale``, a mask for weight 0, nothing for 1."""
-    if factor == 1.0:
-        return nullcontext()
-    return poutine.mask(mask=False) if factor == 0 else poutine.scale(scale=factor)
 
 
 def _check_composition(vae: VAE, context_dim: int) -> None:
@@ -157,7 +149,7 @@ class VAE(nn.Module):
         pyro.module(f"{self.name}_prior", self.prior)  # learned priors; nothing for N(0, I)
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
-            with _kl_scale(self.beta * kl_weight):
+            with kl_scale(self.beta * kl_weight):
                 z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.likelihood(self.decoder(self._cat(z, y))), obs=x)
         return z
@@ -177,7 +169,7 @@ class VAE(nn.Module):
         batch = x.shape[0]
         with pyro.plate("data", num_data or batch, subsample=torch.arange(batch, device=x.device)):
             q = self.posterior(*self.encoder(self._cat(x, y)))
-            with _kl_scale(self.beta * kl_weight):
+            with kl_scale(self.beta * kl_weight):
                 return pyro.sample("z", q)
 
     # ----------------------------------------------------------------- helpers
