@@ -54,6 +54,19 @@ def summary(t: list[float]) -> dict:
     return {"median_ms": statistics.median(t) * 1e3, "q1_ms": q[0] * 1e3, "q3_ms": q[2] * 1e3}
 
 
+def ratio_table(times: dict[str, list[float]], baseline: str) -> list[dict]:
+    """Print each path's median, interquartile range and ratio to ``baseline``'s median; the rows."""
+    base = statistics.median(times[baseline])
+    rows = []
+    print(f"{'path':<36} {'median ms/step':>15} {'IQR ms':>15} {'ratio':>7}")
+    for name, t in times.items():
+        row = {"path": name, **summary(t), "ratio": statistics.median(t) / base}
+        rows.append(row)
+        iqr = f"{row['q1_ms']:.2f}-{row['q3_ms']:.2f}"
+        print(f"{name:<36} {row['median_ms']:>15.3f} {iqr:>15} {row['ratio']:>7.3f}")
+    return rows
+
+
 def emit(result: dict, target: str | None) -> None:
     """Write ``result`` as JSON to the file ``target`` (``-``: one final line on stdout)."""
     if target == "-":

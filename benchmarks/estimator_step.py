@@ -32,6 +32,7 @@ from pyro_vae.models import CategoricalLatent, DiscreteVAE
 from pyro_vae.networks import mlp
 from pyro_vae.train import train_step
 from pyro_vae.train.optimizers import default_optimizer
+from pyro_vae.train.step import FIT_CAPTURE_AFTER, step_loss
 
 D, HIDDEN, L, C, B, N, LR, TAU = 784, (512, 256), 20, 10, 100, 60000, 1e-3, 0.5
 
@@ -85,12 +86,21 @@ def hand_step(loss: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> C
 
 
 def pyro_vae_step(x: torch.Tensor, loss: object, name: str) -> Callable[[], None]:
+    """The step :func:`pyro_vae.train.fit` runs by default with ``loss``: its optimizer and its
+    step loss (captured once the structure has run ``FIT_CAPTURE_AFTER`` times, for the losses
+    that allow it; ``RelaxedELBO``'s temperature schedule and Pyro's ``Trace_ELBO`` stay eager)."""
     vae = DiscreteVAE(Bernoulli(D), CategoricalLatent(L, C), hidden=HIDDEN, name=name)
     kwargs = {"num_data": N}
     loss.loss(vae.model, vae.guide, x, **kwargs)  # type: ignore[attr-defined]
     params = [p for n, p in pyro.get_param_store().named_parameters() if n.startswith(f"{name}_")]
     opt = default_optimizer(params, lr=LR)  # fit's default
-    return lambda: train_step(loss, opt, vae.model, vae.guide, (x,), kwargs)
+    step = step_loss(loss)
+    if step is not loss:
+        for _ in range(FIT_CAPTURE_AFTER + 1):  # the eager steps, then the capture
+            train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
+        if not step.captured_steps:
+            raise RuntimeError(f"the step was not captured: {step.fallback_reason}")
+    return lambda: train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -10,12 +10,11 @@ process so that machine noise hits both alike; we report medians and their ratio
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import pyro
 import torch
-from _common import emit, environment, interleave, set_threads, summary
+from _common import emit, environment, interleave, ratio_table, set_threads
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,6 +24,7 @@ from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import train_step
 from pyro_vae.train.optimizers import default_optimizer
+from pyro_vae.train.step import FIT_CAPTURE_AFTER, step_loss
 
 D, H, K, B, N, LR = 784, 400, 50, 128, 60000, 1e-3
 
@@ -57,10 +57,13 @@ def hand_step(model: HandVAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> Ca
 
 
 def pyro_vae_step(
-    x: torch.Tensor, *, name: str = "pyro_vae", capture: bool = False, compile: bool = False
+    x: torch.Tensor, *, name: str = "pyro_vae", capture: bool = True, compile: bool = False
 ) -> Callable[[], None]:
-    """The step :func:`pyro_vae.train.fit` runs by default (validation off, as in fit; its
-    default optimizer), or with the loss wrapped in :class:`~pyro_vae.infer.captured.CapturedLoss`."""
+    """The step :func:`pyro_vae.train.fit` runs by default: validation off, its default
+    optimizer, and its step loss (:func:`~pyro_vae.train.step.step_loss`: the step captured and
+    replayed once the structure has run ``FIT_CAPTURE_AFTER`` times eagerly); with
+    ``capture=False``, ``fit(capture_after=None)``'s eager step; with ``compile=True`` the
+    captured graph also compiled by TorchInductor (opt-in, a minute of compiling)."""
     vae = VAE(Bernoulli(D), latent_dim=K, hidden=(H,), name=name)
     loss = MeanFieldELBO()
     kwargs = {"num_data": N}
@@ -68,13 +71,16 @@ def pyro_vae_step(
     prefix = f"{vae.name}_"
     params = [p for n, p in pyro.get_param_store().named_parameters() if n.startswith(prefix)]
     opt = default_optimizer(params, lr=LR)
+    if compile:
+        step = CapturedLoss(loss, compile=True)
+    else:
+        step = step_loss(loss, capture_after=FIT_CAPTURE_AFTER if capture else None)
     if capture:
-        loss = CapturedLoss(loss, compile=compile)
-        for _ in range(2):  # first sight, then capture (and compile)
-            train_step(loss, opt, vae.model, vae.guide, (x,), kwargs)
-        if not loss.captured_steps:
-            raise RuntimeError(f"the step was not captured: {loss.fallback_reason}")
-    return lambda: train_step(loss, opt, vae.model, vae.guide, (x,), kwargs)
+        for _ in range(FIT_CAPTURE_AFTER + 1):  # the eager steps, then the capture
+            train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
+        if not step.captured_steps:
+            raise RuntimeError(f"the step was not captured: {step.fallback_reason}")
+    return lambda: train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
 
 
 def pyro_svi_step(x: torch.Tensor) -> Callable[[], None]:
@@ -115,22 +121,15 @@ def main(argv: list[str] | None = None) -> dict:
                 hand_fused, torch.optim.Adam(hand_fused.parameters(), lr=LR, fused=True), x
             ),
             "pyro_vae (fit's step)": pyro_vae_step(x),
-            "pyro_vae CapturedLoss": pyro_vae_step(x, name="captured", capture=True),
+            "pyro_vae eager (capture_after=None)": pyro_vae_step(x, name="eager", capture=False),
             "Pyro SVI Trace_ELBO": pyro_svi_step(x),
         }
         if args.compile:
-            steps["pyro_vae CapturedLoss(compile)"] = pyro_vae_step(
+            steps["pyro_vae captured + compiled"] = pyro_vae_step(
                 x, name="compiled", capture=True, compile=True
             )
         times = interleave(steps, steps=args.steps, warmup=args.warmup)
-    base = statistics.median(times["hand-written PyTorch"])
-    rows = []
-    print(f"{'path':<32} {'median ms/step':>15} {'IQR ms':>15} {'ratio':>7}")
-    for name, t in times.items():
-        row = {"path": name, **summary(t), "ratio": statistics.median(t) / base}
-        rows.append(row)
-        iqr = f"{row['q1_ms']:.2f}-{row['q3_ms']:.2f}"
-        print(f"{name:<32} {row['median_ms']:>15.3f} {iqr:>15} {row['ratio']:>7.3f}")
+    rows = ratio_table(times, "hand-written PyTorch")
     env = environment()
     print(
         f"torch {torch.__version__}, {env['torch_threads']} threads, {args.steps} interleaved steps each, "

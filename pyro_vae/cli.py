@@ -174,6 +174,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--track-every", type=int, default=_DEFAULT.track_every, help="epochs between L_K records")
     p.add_argument(
+        "--no-capture",
+        dest="capture",
+        action="store_false",
+        help="run every training step eagerly (default: captured and replayed once its structure "
+        "is known, bitwise the same steps)",
+    )
+    p.add_argument(
         "--out", type=Path, default=None, help="run directory (default %(default)s: runs/<data>-<time>)"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -219,6 +226,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         free_bits=args.free_bits,
         track_log_marginal=args.track_log_marginal,
         track_every=args.track_every,
+        capture=args.capture,
     )
 
 

@@ -50,3 +50,8 @@ class TrainingInterrupted(PyroVAEError):
 class DistributedError(PyroVAEError):
     """A distributed run lost one of its processes (it died, hung, or exceeded the process
     group's timeout), or could not form its process group."""
+
+
+class CaptureFallbackWarning(UserWarning):
+    """A captured training step (:class:`~pyro_vae.infer.captured.CapturedLoss`) disagreed
+    with the eager one, or could not be replayed: that structure runs eagerly from then on."""

@@ -208,6 +208,14 @@ def test_parser_defaults_are_the_config_defaults():
     assert compare_config(parser.parse_args(["compare"])) == CompareConfig()
 
 
+def test_no_capture_makes_every_training_step_eager(tmp_path):
+    parser = build_parser()
+    assert train_config(parser.parse_args(["train", "--no-capture"])).capture is False
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--no-capture", *TINY]) == 0
+    assert '"capture": false' in (out / "config.json").read_text()
+
+
 @pytest.mark.slow
 def test_evaluate_prints_ordered_bounds_and_writes_results(tmp_path, capsys):
     out = tmp_path / "run"

@@ -135,6 +135,9 @@ class TrainConfig:
     """``K`` of the held-out :math:`\\mathcal L_K` recorded during training; 0: none."""
     track_every: int = 1
     """Epochs between two records of the held-out :math:`\\mathcal L_K`."""
+    capture: bool = True
+    """The training step captured and replayed once its structure is known (``fit``'s
+    ``capture_after``; bitwise the eager step); ``False``: every step eager."""
 
     @property
     def latent_widths(self) -> tuple[int, ...]:

@@ -44,6 +44,7 @@ from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import Distributed, FitResult, KLWarmup, fit, rate_distortion
 from pyro_vae.train.distributed import in_torchrun, local_device, maybe_process_group, rank
+from pyro_vae.train.step import FIT_CAPTURE_AFTER
 
 __all__ = [
     "CHECKPOINT",
@@ -262,6 +263,7 @@ def _train_locked(
         loss=_loss(config),
         track_log_marginal=config.track_log_marginal or None,
         track_every=config.track_every,
+        capture_after=FIT_CAPTURE_AFTER if config.capture else None,
     )
     seconds = time.perf_counter() - tic
     if not main:

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
 import torch
 from pyro.poutine.runtime import _PYRO_STACK
-from torch import nn
+from torch import fx, nn
 
-from pyro_vae.errors import InputError
+from pyro_vae.errors import CaptureFallbackWarning, InputError
 from pyro_vae.infer.loss import ParticleLoss, program_key
 from pyro_vae.infer.modes import BufferSnapshot
+
+_MAX_STRUCTURES_COUNTED = 1024
+
+
+def capturable(loss: Any) -> str:
+    """Why ``loss``'s training step cannot be captured by :class:`CapturedLoss`, or ``""``.
+
+    A pyro_vae :class:`~pyro_vae.infer.ParticleLoss` can be, unless it keeps state of its own
+    that Python updates every step (a baseline's running averages, a temperature schedule's
+    step counter): a replayed graph would skip the update."""
+    if not isinstance(loss, ParticleLoss):
+        return f"CapturedLoss wraps a pyro_vae ParticleLoss, got {type(loss).__name__}"
+    stateless = type(loss).state_dict is ParticleLoss.state_dict or loss.state_dict() == {}
+    if not stateless or type(loss).loss_and_grads is not ParticleLoss.loss_and_grads:
+        return (
+            f"{type(loss).__name__} has state of its own (updated in Python every step), which a "
+            "captured graph would freeze; train it without CapturedLoss"
+        )
+    return ""
 
 
 def _describe(value: Any) -> Any:
@@ -32,71 +54,158 @@ def _modules_of(fn: Callable) -> list[nn.Module]:
     return list(owner.modules()) if isinstance(owner, nn.Module) else []
 
 
+def simplify_graph(graph: fx.GraphModule) -> fx.GraphModule:
+    """``graph`` without the operations whose results nothing uses (the copies and
+    ``arange`` s the handlers and distributions make and drop) and without ``expand`` s to the
+    shape a tensor already has: the same remaining operations in the same order, so the same
+    values and gradients, with less per-operation overhead. Operations that mutate a tensor
+    or draw random numbers are kept (:meth:`torch.fx.Node.is_impure`)."""
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.expand.default:
+            continue
+        source = node.args[0]
+        before, after = getattr(source, "meta", {}).get("val"), node.meta.get("val")
+        if (
+            isinstance(before, torch.Tensor)
+            and isinstance(after, torch.Tensor)
+            and before.shape == after.shape
+        ):
+            node.replace_all_uses_with(source)
+            graph.graph.erase_node(node)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
+
+
+@dataclass
+class _Captured:
+    """One structure's graph, the modules whose buffers it updates, and its replays so far."""
+
+    run: Callable
+    modules: list[nn.Module]
+    params: list[tuple[str, torch.Tensor]]
+    replays: int = 0
+    check: bool = False
+    buffers: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    def current(self) -> bool:
+        """Whether the parameter store still holds the tensors the graph reads (a parameter
+        replaced by another tensor, or deleted, needs a new graph)."""
+        store = dict(pyro.get_param_store().named_parameters())
+        return all(store.get(name) is tensor for name, tensor in self.params)
+
+    def due(self) -> bool:
+        """Whether this replay is checked: the 1st, 2nd, 4th, 8th, ... and any asked for."""
+        return self.check or (self.replays & (self.replays - 1)) == 0
+
+    def save_buffers(self) -> None:
+        self.buffers = [
+            {n: b.detach().clone() for n, b in m.named_buffers(recurse=False)} for m in self.modules
+        ]
+
+    def restore_buffers(self) -> None:
+        with torch.no_grad():
+            for module, saved in zip(self.modules, self.buffers, strict=True):
+                for name, value in saved.items():
+                    getattr(module, name).copy_(value)
+
+
 class CapturedLoss:
     """``loss`` (a :class:`~pyro_vae.infer.ParticleLoss`) with its training step replayed from a
-    captured graph once the program's structure is known.
+    captured graph once the program's structure is known; :func:`~pyro_vae.train.fit`'s
+    default step (``capture_after=20``).
 
     The model and guide stay Pyro programs; what is captured is the tensor computation one
     run of them performs: :func:`torch.fx.experimental.proxy_tensor.make_fx` records the ATen
     operations of ``loss.objective_and_surrogate`` (the effect handlers, the site recorder
     and the per-site bookkeeping are Python that produces no operation, so the graph has
-    none of them). Replaying the graph runs the same operations, random draws included, in
-    the same order: the same values and gradients as the eager step for the same random
-    state (tested bitwise). With ``compile=True`` the graph is also compiled by
-    ``torch.compile`` (TorchInductor, with PyTorch's own random operations kept, so draws are
-    unchanged; values and gradients equal to float rounding, tested); compiling takes tens of
-    seconds once, for long training runs.
+    none of them), and :func:`simplify_graph` drops the operations whose results are unused.
+    Replaying the graph runs the same operations, random draws included, in the same order:
+    the same values and gradients as the eager step for the same random state (tested
+    bitwise). With ``compile=True`` the graph is also compiled by ``torch.compile``
+    (TorchInductor, with PyTorch's own random operations kept, so draws are unchanged; values
+    and gradients equal to float rounding, tested); compiling takes tens of seconds once, for
+    long training runs.
 
     A graph is kept per *structure*: the programs (their identity), the shapes, dtypes and
-    devices of the tensor arguments and the values of the others, the parameter store's
-    tensors, the ``training`` flags of the modules the programs are methods of, and the
-    gradient mode. A structure is run eagerly the first time it is seen (the loss plans the
-    program and checks it, as without capture); the second time it is captured and checked
-    once: the graph's objective must equal an eager run's at the same random state, else the
-    structure stays eager (``fallback_reason`` says why). The check catches a capture that
-    misses work (an operation outside PyTorch's dispatcher). Beyond ``max_graphs`` structures
-    (a KL warm-up changing ``kl_weight`` every step, a last smaller minibatch) the new ones
-    run eagerly. Steps run inside enclosing Pyro handlers (``pyro.infer.SVI``'s parameter
-    capture) are always eager, so that the handlers see the sites.
+    devices of the tensor arguments and the values of the others, the ``training`` flags of
+    the modules the programs are methods of, and the gradient mode; it is used while the
+    parameter store holds the parameter tensors it reads (others' parameters may come and
+    go). A structure runs eagerly its first ``capture_after`` times (the first plans the
+    program and checks it, as without capture); then it is captured, and checked
+    at once: the graph's objective must equal an eager run's at the same random state, else
+    the structure stays eager (``fallback_reason`` says why). Beyond ``max_graphs``
+    structures (a KL warm-up changing ``kl_weight`` every step) the new ones run eagerly.
+    Steps run inside enclosing Pyro handlers (``pyro.infer.SVI``'s parameter capture) are
+    always eager, so that the handlers see the sites.
 
-    Python control flow that reads tensor *values* (``if x.sum() > 0``, ``.item()``) in the
-    model, guide or loss cannot be captured (PyTorch refuses to read a value while tracing):
-    the structure then stays eager. Pyro's argument validation, which reads values, is off in
-    the captured graph (it ran in the first, eager step). Losses with state of their own
-    (baselines updated in Python) are refused.
+    What a graph cannot see is Python state outside the structure: a program that reads an
+    attribute, a global or Python's own random numbers and changes with them. Such a program
+    is caught by re-checking replays against eager runs: the 1st, 2nd, 4th, 8th, ... replay
+    of every graph, and the next one after :meth:`check_next` (``fit`` calls it every
+    epoch). A check that fails undoes the replay (random state and the modules' buffers),
+    runs the step eagerly, keeps that structure eager from then on and warns
+    (:class:`~pyro_vae.errors.CaptureFallbackWarning`); so does a replay that raises (a
+    shape that depends on data values). Python control flow that reads tensor *values*
+    (``if x.sum() > 0``, ``.item()``) cannot be captured at all (PyTorch refuses to read a
+    value while tracing): the structure stays eager. Pyro's argument validation, which
+    reads values, is off in the captured graph (it ran in the eager steps). Losses with
+    state of their own (baselines updated in Python) are refused (:func:`capturable`).
 
     :param loss: the loss to run (``inner``); ``loss`` and ``differentiable_loss`` stay eager.
     :param compile: also compile each captured graph with ``torch.compile``.
+    :param capture_after: eager runs of a structure before it is captured (at least 1).
     :param max_graphs: structures captured at most.
     """
 
-    def __init__(self, loss: ParticleLoss, *, compile: bool = False, max_graphs: int = 4) -> None:
-        if not isinstance(loss, ParticleLoss):
-            raise InputError(f"CapturedLoss wraps a pyro_vae ParticleLoss, got {type(loss).__name__}")
-        if type(loss).state_dict is not ParticleLoss.state_dict:
-            raise InputError(
-                f"{type(loss).__name__} has state of its own (updated in Python every step), which a "
-                "captured graph would freeze; train it without CapturedLoss"
-            )
+    def __init__(
+        self, loss: ParticleLoss, *, compile: bool = False, capture_after: int = 1, max_graphs: int = 4
+    ) -> None:
+        reason = capturable(loss)
+        if reason:
+            raise InputError(reason)
+        if not isinstance(capture_after, int) or capture_after < 1:
+            raise InputError(f"capture_after must be a positive integer, got {capture_after!r}")
         self.inner = loss
         self.compile = compile
+        self.capture_after = capture_after
         self.max_graphs = max_graphs
-        self._graphs: dict[tuple, Callable | None] = {}
-        self._seen: set[tuple] = set()
+        self._graphs: dict[tuple, _Captured | None] = {}
+        self._seen: Counter[tuple] = Counter()
         self.fallback_reason = ""
         self.captured_steps = 0
 
     # ------------------------------------------------------------------ Pyro's ELBO interface
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """As ``loss.loss_and_grads``, from the structure's captured graph when there is one."""
-        graph = self._graph(model, guide, args, kwargs)
-        if graph is None:
+        key = self.structure(model, guide, args, kwargs)
+        captured = self._graph(key, model, guide, args, kwargs)
+        if captured is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
-        objective, surrogate = graph(*_tensors(args, kwargs))
+        captured.replays += 1
+        tensors = _tensors(args, kwargs)
+        if captured.due():
+            result = self._checked_replay(captured, model, guide, args, kwargs, tensors)
+        else:
+            try:
+                result = captured.run(*tensors)
+            except Exception as e:  # a shape that depends on data values: eager from now on
+                result = None
+                self._drop(key, f"a replay failed: {type(e).__name__}: {e}")
+        if result is None:
+            self._graphs[key] = None
+            return self.inner.loss_and_grads(model, guide, *args, **kwargs)
+        objective, surrogate = result
         if surrogate.requires_grad:
             (-surrogate).backward()
         self.captured_steps += 1
         return -float(objective.detach())
+
+    def check_next(self) -> None:
+        """Check the next replay of every graph against an eager run (see the class docs)."""
+        for captured in self._graphs.values():
+            if captured is not None:
+                captured.check = True
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         return self.inner.loss(model, guide, *args, **kwargs)
@@ -130,25 +239,76 @@ class CapturedLoss:
             tuple(sorted(kwargs)),
         ]
         parts += described
-        parts.append(tuple((n, id(v)) for n, v in pyro.get_param_store().named_parameters()))
         parts.append(tuple(m.training for fn in (model, guide) for m in _modules_of(fn)))
         return tuple(parts)
 
-    def _graph(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Callable | None:
-        key = self.structure(model, guide, args, kwargs)
+    def _graph(
+        self, key: tuple | None, model: Callable, guide: Callable, args: tuple, kwargs: dict
+    ) -> _Captured | None:
         if key is None:
             return None
         if key in self._graphs:
-            return self._graphs[key]
-        if key not in self._seen:  # first sight: eager, so the loss plans and checks the program
-            self._seen.add(key)
+            captured = self._graphs[key]
+            if captured is None or captured.current():
+                return captured
+            del self._graphs[key]  # its parameters were replaced: eager, then captured anew
+            self._seen[key] = 0
+        if key in self._seen or len(self._seen) < _MAX_STRUCTURES_COUNTED:
+            self._seen[key] += 1
+        if self._seen[key] <= self.capture_after:  # eager: the first run plans and checks the program
             return None
         if len(self._graphs) >= self.max_graphs:
             return None
-        self._graphs[key] = graph = self._capture(model, guide, args, kwargs)
-        return graph
+        self._graphs[key] = captured = self._capture(model, guide, args, kwargs)
+        return captured
 
-    def _capture(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Callable | None:
+    def _drop(self, key: tuple | None, reason: str) -> None:
+        self.fallback_reason = reason
+        if key is not None:
+            self._graphs[key] = None
+        warnings.warn(
+            f"{reason}; this structure's steps run eagerly from now on", CaptureFallbackWarning, stacklevel=3
+        )
+
+    def _checked_replay(
+        self,
+        captured: _Captured,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        tensors: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A replay checked against an eager run at the same random state; ``None`` (the replay
+        undone) when they differ."""
+        captured.check = False
+        devices = _cuda_devices(tensors)
+        state = _rng_state(devices)
+        with torch.no_grad(), BufferSnapshot(), pyro.validation_enabled(False):
+            expected = self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]
+        _set_rng_state(state, devices)
+        captured.save_buffers()
+        try:
+            result = captured.run(*tensors)
+            got = result[0].detach()
+        except Exception as e:
+            result, got, why = None, None, f"a replay failed: {type(e).__name__}: {e}"
+        else:
+            why = (
+                ""
+                if _agree(got, expected, self.compile)
+                else f"a replay's objective ({float(got)}) differs from the eager one ({float(expected)}): "
+                "the program's Python depends on state outside its arguments and parameters"
+            )
+        if why:
+            captured.restore_buffers()
+            _set_rng_state(state, devices)
+            self._drop(None, why)
+            return None
+        captured.buffers = []
+        return result
+
+    def _capture(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> _Captured | None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         tensors = _tensors(args, kwargs)
@@ -157,12 +317,19 @@ class CapturedLoss:
             a, k = _with_tensors(args, kwargs, values)
             return self.inner.objective_and_surrogate(model, guide, a, k)
 
-        devices = [t.device for t in tensors if t.device.type == "cuda"][:1]
+        devices = _cuda_devices(tensors)
         # Tracing and the check run the program twice more: neither may change a later draw or
         # a running statistic of the program's modules.
-        with torch.random.fork_rng(devices=devices), BufferSnapshot(), pyro.validation_enabled(False):
+        with (
+            torch.random.fork_rng(devices=devices),
+            BufferSnapshot() as snapshot,
+            pyro.validation_enabled(False),
+        ):
             try:
-                graph: Callable = make_fx(run)(*tensors)
+                # the graph's forward, not the module: a module's call would run global module
+                # hooks, which would take the graph's constants (others' buffers) for its own
+                module = simplify_graph(make_fx(run)(*tensors))
+                graph: Callable = module.forward
                 if self.compile:
                     graph = torch.compile(graph, dynamic=False, options={"fallback_random": True})
                 state = _rng_state(devices)
@@ -173,14 +340,32 @@ class CapturedLoss:
             except Exception as e:
                 self.fallback_reason = f"capture failed: {type(e).__name__}: {e}"
                 return None
-        tol = {"rtol": 1e-5, "atol": 1e-5} if self.compile else {"rtol": 0.0, "atol": 0.0}
-        if not torch.allclose(got, expected, **tol):
+            modules = [m for m, _ in snapshot._saved.values()]
+        if not _agree(got, expected, self.compile):
             self.fallback_reason = (
                 f"the captured graph's objective ({float(got)}) differs from the eager one "
-                f"({float(expected)}): the program's Python depends on tensor values"
+                f"({float(expected)}): the program's Python depends on tensor values or on state outside "
+                "its arguments and parameters"
             )
             return None
-        return graph
+        return _Captured(graph, modules, _params_read(module))
+
+
+def _params_read(graph: fx.GraphModule) -> list[tuple[str, torch.Tensor]]:
+    """The parameter store's entries among ``graph``'s constants."""
+    read = {id(getattr(graph, n.target)) for n in graph.graph.nodes if n.op == "get_attr"}
+    return [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) in read]
+
+
+def _agree(got: torch.Tensor, expected: torch.Tensor, compiled: bool) -> bool:
+    """Bitwise equal (a replay runs the eager operations); to float rounding when compiled."""
+    if compiled:
+        return bool(torch.allclose(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True))
+    return bool(torch.equal(got, expected)) or bool(got.isnan().all() and expected.isnan().all())
+
+
+def _cuda_devices(tensors: list[torch.Tensor]) -> list[torch.device]:
+    return [t.device for t in tensors if t.device.type == "cuda"][:1]
 
 
 def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:

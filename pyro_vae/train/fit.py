@@ -6,7 +6,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae._checks import as_tensors, check_positive, check_positive_int
 from pyro_vae.errors import InputError, NonFiniteLossError, TrainingInterrupted
+from pyro_vae.infer.captured import CapturedLoss, capturable
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import evaluation_mode
 from pyro_vae.infer.particles import forked_rng, record
@@ -29,7 +30,7 @@ from pyro_vae.train.metrics import MetricsPlan, epoch_metrics, plan_metrics
 from pyro_vae.train.optimizers import default_optimizer
 from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
-from pyro_vae.train.step import train_step
+from pyro_vae.train.step import FIT_CAPTURE_AFTER, step_loss, train_step
 from pyro_vae.train.streams import AuxiliaryObjective, StreamData, as_streams
 from pyro_vae.train.tracking import LogMarginalTracker
 
@@ -58,6 +59,9 @@ class FitResult:
         (the program's own subsampled plate), ``"rescaled"`` (``fit`` rescaled its data
         plate) or ``"full batch"``.
     :ivar metrics: why per-datapoint metrics are missing, or ``""``.
+    :ivar captured_steps: steps replayed from a captured graph (see ``capture_after``).
+    :ivar eager_reason: why the steps ran eagerly (``"capture_after=None"``, a loss that
+        cannot be captured, a program that cannot be traced), or ``""``.
     """
 
     history: list[dict[str, float]]
@@ -65,6 +69,8 @@ class FitResult:
     num_steps: int
     scaling: tuple[str, ...] = ()
     metrics: str = ""
+    captured_steps: int = 0
+    eager_reason: str = ""
 
     def last(self, key: str) -> float:
         return self.history[-1][key] if self.history else math.nan
@@ -368,6 +374,8 @@ def _train(
         stop = group.agreed(stop) if group is not None else stop  # all ranks stop at one step
         while state.epoch < epochs:
             tic = time.perf_counter()
+            if isinstance(bound[0][0].loss, CapturedLoss):
+                bound[0][0].loss.check_next()  # the epoch's first replay is checked against eager
             objective = _run_epoch(
                 state,
                 bound,
@@ -452,6 +460,7 @@ def fit(
     distributed: bool | Distributed = False,
     track_log_marginal: int | None = None,
     track_every: int = 1,
+    capture_after: int | None = FIT_CAPTURE_AFTER,
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference [1].
 
@@ -513,6 +522,13 @@ def fit(
         ``val_lk_se``, ``val_lk_elbo``, ``val_lk_elbo_se``, ``val_lk_gap``, ``val_lk_gap_se``,
         NaN in the other epochs) on up to ``eval_max_points`` validation rows. Needs
         ``validation``; changes no draw of the training.
+    :param capture_after: the main loss's step is captured and replayed
+        (:class:`~pyro_vae.infer.captured.CapturedLoss`: the program's tensor operations without
+        its Python) once a structure (batch shape, keyword values, parameters, module modes) has
+        run this many times eagerly; the same draws, values and gradients as the eager step
+        (tested bitwise), every replay that is a power of two and the first of every epoch
+        checked against an eager run. ``None``: every step eager. Losses with state of their
+        own (baselines) and Pyro's ELBOs are always eager.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.
@@ -531,6 +547,8 @@ def fit(
         if val is None:
             raise InputError("track_log_marginal needs held-out data: pass validation=...")
     loss = loss if loss is not None else MeanFieldELBO()
+    if capture_after is not None:
+        check_positive_int(capture_after, "capture_after")
     objectives = [(model, guide, loss, "program")] + [
         (a.model, a.guide, a.loss if a.loss is not None else Trace_ELBO(), f"auxiliary objective '{a.name}'")
         for a in auxiliary
@@ -553,6 +571,8 @@ def fit(
                 streams.batch_sizes, [streams.minibatch(s) for s in range(len(streams.sizes))], streams.names
             )
         bound, scaling = _bind(objectives, auxiliary, streams, plate_name=plate_name, kl_warmup=kl_warmup)
+        step = step_loss(loss, capture_after=capture_after)
+        bound = [[replace(b, loss=step) if i == 0 else b for i, b in enumerate(on)] for on in bound]
         _register(bound, streams, kl_warmup)
         metrics = plan_metrics(
             model,
@@ -607,4 +627,14 @@ def fit(
         num_steps=state.step,
         scaling=scaling,
         metrics=metrics.unavailable,
+        captured_steps=step.captured_steps if isinstance(step, CapturedLoss) else 0,
+        eager_reason=_eager_reason(step, loss, capture_after),
     )
+
+
+def _eager_reason(step: Any, loss: Any, capture_after: int | None) -> str:
+    if capture_after is None:
+        return "capture_after=None"
+    if not isinstance(step, CapturedLoss):
+        return capturable(loss)
+    return step.fallback_reason

@@ -8,6 +8,24 @@ from typing import Any
 
 import torch
 
+from pyro_vae.infer.captured import CapturedLoss, capturable
+
+FIT_CAPTURE_AFTER = 20
+"""Eager steps of a structure before :func:`~pyro_vae.train.fit` captures it: short runs (tests,
+smoke runs) never pay for a capture (about 0.1 s a structure, plus about 1 s the first time in
+a process, for the benchmark VAE)."""
+
+
+def step_loss(loss: Any, *, capture_after: int | None = FIT_CAPTURE_AFTER) -> Any:
+    """The loss whose ``loss_and_grads`` :func:`~pyro_vae.train.fit`'s steps call: ``loss`` with
+    its step captured and replayed (:class:`~pyro_vae.infer.captured.CapturedLoss`) once a
+    structure has run ``capture_after`` times, when ``loss`` allows it
+    (:func:`~pyro_vae.infer.captured.capturable`); ``loss`` itself otherwise, or with
+    ``capture_after=None``. The same draws, values and gradients either way (tested bitwise)."""
+    if capture_after is None or capturable(loss):
+        return loss
+    return CapturedLoss(loss, capture_after=capture_after)
+
 
 def train_step(
     loss: Any,

@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.errors import InputError
+from pyro_vae.errors import CaptureFallbackWarning, InputError
 from pyro_vae.estimators import VIMCO
 from pyro_vae.infer import MeanFieldELBO
 from pyro_vae.infer.captured import CapturedLoss
@@ -119,3 +119,89 @@ def test_control_flow_on_values_stays_eager():
         loss.loss_and_grads(model, vae.guide, x, num_data=64)
     assert loss.captured_steps == 0
     assert "capture failed" in loss.fallback_reason
+
+
+def test_simplify_graph_drops_unused_work_and_keeps_draws_and_mutations():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyro_vae.infer.captured import simplify_graph
+
+    counter = torch.zeros(())
+
+    def f(x):
+        torch.randn(3)  # unused, but it moves the random state on: kept
+        x.clone()  # unused: dropped
+        counter.add_(1)  # a mutation: kept
+        return x.expand(x.shape) * torch.rand(x.shape)  # the expand to its own shape: dropped
+
+    x = torch.randn(4, 2)
+    graph = make_fx(f)(x)
+    before = [str(n.target) for n in graph.graph.nodes]
+    simplified = simplify_graph(make_fx(f)(x))
+    after = [str(n.target) for n in simplified.graph.nodes]
+    assert "aten.clone.default" in before and "aten.clone.default" not in after
+    assert "aten.expand.default" in before and "aten.expand.default" not in after
+    assert "aten.randn.default" in after and "aten.add_.Tensor" in after
+    torch.manual_seed(3)
+    expected = f(x)
+    torch.manual_seed(3)
+    n = float(counter)
+    assert torch.equal(simplified(x), expected) and float(counter) == n + 1
+
+
+def test_a_replay_that_raises_falls_back_to_the_eager_step():
+    batches = [_x(seed=s) for s in range(6)]
+    eager = _train(MeanFieldELBO(), batches)
+    captured_loss = CapturedLoss(MeanFieldELBO())
+    original = CapturedLoss._capture
+
+    def failing_after_two(self, *a):
+        captured = original(self, *a)
+        run, calls = captured.run, []
+
+        def run_or_fail(*tensors):
+            calls.append(1)
+            if len(calls) > 2:
+                raise RuntimeError("shape mismatch")
+            return run(*tensors)
+
+        captured.run = run_or_fail
+        return captured
+
+    CapturedLoss._capture = failing_after_two
+    try:
+        with pytest.warns(CaptureFallbackWarning, match="a replay failed: RuntimeError: shape mismatch"):
+            captured = _train(captured_loss, batches)
+    finally:
+        CapturedLoss._capture = original
+    # steps 2 and 3 replayed (both checked: bitwise the eager draws); step 4's replay raises
+    # before drawing anything, so its eager step and the rest are the eager run's
+    assert captured_loss.captured_steps == 2
+    assert eager[0] == captured[0]
+    for a, b in zip(eager[1], captured[1], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_graph_is_used_while_its_parameters_are_in_the_store():
+    """Another model's parameters coming into the store keep the graph; replacing one of the
+    program's parameter tensors makes a new one (eager, then captured again)."""
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    vae = VAE(Bernoulli(6), latent_dim=2, hidden=(5,), name="mine")
+    loss = CapturedLoss(MeanFieldELBO())
+    x = _x()
+    for _ in range(3):
+        loss.loss_and_grads(vae.model, vae.guide, x)
+    assert loss.captured_steps == 2
+    other = VAE(Bernoulli(6), latent_dim=2, hidden=(5,), name="other")
+    MeanFieldELBO().loss(other.model, other.guide, x)  # registers other's parameters
+    loss.loss_and_grads(vae.model, vae.guide, x)
+    assert loss.captured_steps == 3
+    store = pyro.get_param_store()
+    name = next(n for n in store.keys() if n.startswith("mine"))
+    store._params[name] = store._params[name].detach().clone().requires_grad_()
+    loss.loss_and_grads(vae.model, vae.guide, x)
+    assert loss.captured_steps == 3  # eager
+    loss.loss_and_grads(vae.model, vae.guide, x)
+    assert loss.captured_steps == 4  # captured anew
+    pyro.clear_param_store()

@@ -169,3 +169,46 @@ def test_rescaled_minibatches_under_trace_enum_elbo_are_exact(name):
     exact = exact_elbo(program.model, program.guide, *data).mean().item()
     assert res.scaling == ("rescaled",)
     assert res.history[0]["train_objective"] == pytest.approx(exact, rel=1e-9)
+
+
+def _program_state(program, res):
+    modules = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in program.modules]
+    return modules, {k: v.detach().clone() for k, v in res.param_state["params"].items()}
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES.values() if not c.name.startswith("enumerated")], ids=lambda c: c.name
+)
+def test_fits_captured_step_is_bitwise_the_eager_step(case):
+    """fit's default step, captured and replayed once a structure is known (here after one
+    eager step), trains every program exactly as the eager step does: the same objectives,
+    parameters and module buffers (BatchNorm's running statistics), or says why it stayed eager."""
+    from pyro_vae.estimators import ScoreFunctionELBO
+
+    runs = []
+    for capture_after in (None, 1):
+        torch.manual_seed(0)
+        program, data = case.build(), case.data(N)
+        for m in program.modules:
+            m.train()
+        loss = ScoreFunctionELBO() if case.discrete else None
+        res = fit(
+            program.model,
+            program.guide,
+            data,
+            loss=loss,
+            epochs=3,
+            batch_size=8,
+            progress=False,
+            capture_after=capture_after,
+        )
+        runs.append((res, _program_state(program, res)))
+    (eager, (eager_modules, eager_params)), (captured, (captured_modules, captured_params)) = runs
+    assert captured.captured_steps > 0 or captured.eager_reason, case.name
+    assert [r["train_objective"] for r in eager.history] == [r["train_objective"] for r in captured.history]
+    assert eager_params.keys() == captured_params.keys()
+    for k in eager_params:
+        assert torch.equal(eager_params[k], captured_params[k]), k
+    for a, b in zip(eager_modules, captured_modules, strict=True):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
