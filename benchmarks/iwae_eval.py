@@ -12,7 +12,6 @@ chunking bounds it).
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from _common import emit, environment, set_threads
 
 from pyro_vae.bounds import iwae
-from pyro_vae.infer.per_datapoint import chunk_sizes
+from pyro_vae.infer.per_datapoint import chunk_sizes, default_max_rows
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 
@@ -102,8 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_threads(args.threads)
     vae, x = build()
     x = x[: args.points]
-    default_rows = inspect.signature(iwae).parameters["max_rows"].default
-    max_rows = args.max_rows or default_rows  # pyro_vae's chunking, given to the baseline too
+    max_rows = args.max_rows or default_max_rows((x,))  # pyro_vae's chunking, given to the baseline too
     data_chunk, particle_chunk = chunk_sizes(args.points, args.k, max_rows)
     paths = {
         "hand-written logsumexp": lambda: hand_iwae(vae, x, args.k, data_chunk, particle_chunk),

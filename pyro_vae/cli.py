@@ -314,7 +314,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gap-steps", type=int, default=default.gap_steps)
     p.add_argument("--elbo-particles", type=int, default=default.elbo_particles)
     p.add_argument(
-        "--max-rows", type=int, default=default.max_rows, help="particle-rows per chunk (bounds peak memory)"
+        "--max-rows",
+        type=int,
+        default=default.max_rows,
+        help="particle-rows per chunk (bounds peak memory; default: about 8 million row-features)",
     )
     p.add_argument("--seed", type=int, default=default.seed)
     p.add_argument(

@@ -33,6 +33,10 @@ DEFAULT_SCHEDULE = SigmoidSchedule()
 DEFAULT_HMC = HMCOptions()
 
 
+AIS_MAX_ROWS = 10_000
+"""Chain-rows per chunk by default (each carries gradients and HMC state: fewer than a bound's)."""
+
+
 @dataclass(frozen=True)
 class AISResult:
     """AIS per datapoint (tensors of shape ``(N,)`` unless said otherwise).
@@ -323,7 +327,7 @@ def ais(
     initial: Literal["guide", "prior"] = "guide",
     adaptation: Literal["pilot", "online"] = "pilot",
     pilot_chains: int = 4,
-    max_rows: int = 10_000,
+    max_rows: int | None = None,
     data_chunk: int | None = None,
     plate_name: str | None = None,
     progress: bool = False,
@@ -366,8 +370,9 @@ def ais(
     all inside the data plate), moved to unconstrained space by ``biject_to(support)`` with
     the log-Jacobian, concatenated per datapoint. Chains run as a vectorized particle
     dimension when the program broadcasts (one at a time otherwise), in chunks of at most
-    ``max_rows`` chain-rows. Modules run in eval mode; gradients are taken with respect to
-    the latents only, so no parameter, gradient or running statistic changes. dtype and
+    ``max_rows`` chain-rows (``None``: :data:`AIS_MAX_ROWS`). Modules run in eval mode;
+    gradients are taken with respect to the latents only, so no parameter, gradient or
+    running statistic changes. dtype and
     device are those of the guide's values.
 
     :param schedule: :class:`~pyro_vae.bounds.schedules.SigmoidSchedule` (default, [3]) or
@@ -392,7 +397,7 @@ def ais(
         initial=initial,
         adaptation=adaptation,
         pilot_chains=pilot_chains,
-        max_rows=max_rows,
+        max_rows=AIS_MAX_ROWS if max_rows is None else max_rows,
         data_chunk=data_chunk,
         plate_name=plate_name,
         progress=progress,

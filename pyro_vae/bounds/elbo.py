@@ -20,7 +20,7 @@ def elbo(
     num_particles: int = 1,
     data_chunk: int | None = None,
     particle_chunk: int | None = None,
-    max_rows: int = 50_000,
+    max_rows: int | None = None,
     plate_name: str | None = None,
     return_error: bool = False,
     analytic_kl: bool = False,
@@ -43,7 +43,8 @@ def elbo(
     :math:`\\log p(x \\mid z)` sampled, so a smaller variance (tested), valid under the same
     mean-field condition.
 
-    Chunked over data and particles (at most ``max_rows`` particle-rows at once unless
+    Chunked over data and particles (at most ``max_rows`` particle-rows at once, by default
+    :func:`~pyro_vae.infer.per_datapoint.default_max_rows`, unless
     ``data_chunk``/``particle_chunk`` are given), so memory does not grow with
     ``num_particles``.
 

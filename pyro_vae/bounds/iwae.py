@@ -20,7 +20,7 @@ def iwae(
     num_particles: int = 50,
     particle_chunk: int | None = None,
     data_chunk: int | None = None,
-    max_rows: int = 50_000,
+    max_rows: int | None = None,
     plate_name: str | None = None,
     return_error: bool = False,
     **kwargs: Any,
@@ -40,7 +40,9 @@ def iwae(
     The positional ``args`` are the data as the program takes them (rows of tensors are
     datapoints; other arguments pass through). Work is chunked over data (``data_chunk``
     rows) and particles (``particle_chunk``), by default so that a chunk has at most
-    ``max_rows`` particle-rows, and the log-mean-exp is accumulated across chunks: peak
+    ``max_rows`` particle-rows (``None``: about eight million particle-row features,
+    :func:`~pyro_vae.infer.per_datapoint.default_max_rows`), and the log-mean-exp is
+    accumulated across chunks: peak
     memory does not grow with :math:`K`. Guide sites may be discrete; no gradients are
     computed; modules run in eval mode.
 

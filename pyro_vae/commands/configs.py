@@ -273,7 +273,8 @@ class EvaluateConfig:
     gap_steps: int = 300
     elbo_particles: int = 100
     k_hat_particles: int = 1000
-    max_rows: int = 50_000
+    max_rows: int | None = None
+    """Particle-rows per chunk of the bounds (``None``: each bound's default, sized to the data)."""
     seed: int = 0
     surgery_particles: int = 10
     """Draws per test point for ELBO surgery (the posterior-collapse panel)."""
@@ -291,8 +292,10 @@ class EvaluateConfig:
             raise InputError("need at least one K")
         for k in self.ks:
             check_positive_int(k, "K")
-        for name in ("num_points", "elbo_particles", "k_hat_particles", "max_rows"):
+        for name in ("num_points", "elbo_particles", "k_hat_particles"):
             check_positive_int(getattr(self, name), name.replace("_", " "))
+        if self.max_rows is not None:
+            check_positive_int(self.max_rows, "max rows")
         check_positive_int(self.gap_points, "gap points", minimum=0)
         check_positive_int(self.gap_steps, "gap steps")
 

@@ -30,7 +30,7 @@ def refined_evaluation(
     *,
     elbo_particles: int,
     num_particles: int,
-    max_rows: int,
+    max_rows: int | None,
 ) -> dict[str, Any] | None:
     """The ELBO and :math:`\\mathcal L_K` of the refined guide (``None`` for an amortized run),
     beside which ``evaluate`` puts the amortized ones."""

@@ -152,6 +152,25 @@ def particle_chunks(
         done += k
 
 
+MAX_ROWS = 50_000
+"""The most particle-rows a chunk holds by default, however few features the data have."""
+
+CHUNK_ELEMENTS = 8_000_000
+"""Particle-rows times features per chunk by default: a chunk's largest tensors (the
+likelihood's parameters, one row per particle and datapoint) stay near 32 MB in float32.
+Larger chunks are slower, not faster: on the 784-feature benchmark VAE (``benchmarks/iwae_eval.py``)
+chunks of 50,000 rows (157 MB tensors, allocated afresh and first touched for every chunk)
+took 1.46 times as long as chunks of 10,000 rows."""
+
+
+def default_max_rows(args: tuple) -> int:
+    """``max_rows`` when none is given: :data:`CHUNK_ELEMENTS` over the features of one row
+    of the data (the first tensor argument), at most :data:`MAX_ROWS`."""
+    first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+    features = max(1, first[0].numel()) if first is not None else 1
+    return max(1, min(MAX_ROWS, CHUNK_ELEMENTS // features))
+
+
 def chunk_sizes(n: int, num_particles: int, max_rows: int) -> tuple[int, int]:
     """``(data_chunk, particle_chunk)`` so that one chunk holds at most ``max_rows``
     particle-rows (at least one datapoint and one particle)."""
@@ -187,19 +206,21 @@ def streamed_log_terms(
     num_particles: int,
     data_chunk: int | None = None,
     particle_chunk: int | None = None,
-    max_rows: int = 50_000,
+    max_rows: int | None = None,
     plate_name: str | None = None,
     analytic_kl: bool = False,
 ) -> Iterator[Iterator[Terms]]:
     """For each chunk of rows, the :class:`Terms` of its ``num_particles`` particles in
     particle chunks: ``for chunk in streamed_log_terms(...): for terms in chunk: ...``. By
-    default a chunk holds at most ``max_rows`` particle-rows, so that an accumulator over
+    default a chunk holds at most ``max_rows`` particle-rows (``None``:
+    :func:`default_max_rows`), so that an accumulator over
     particles (a streaming log-mean-exp, running moments) keeps memory flat in
     ``num_particles``. The program is probed once, on the first chunk; a program with
     parameters per datapoint (Pyro's ``AutoNormal``) is never split into chunks of rows."""
     check_rows(args)
     check_positive_int(num_particles, "num_particles")
     n = num_rows(args)
+    max_rows = default_max_rows(args) if max_rows is None else max_rows
     default_data, default_particles = chunk_sizes(n, num_particles, max_rows)
     plan = _probe_first_chunk(model, guide, args, kwargs, plate_name, data_chunk or default_data)
     if plan.local_params:  # parameters per row (AutoNormal): the rows are never split
@@ -244,7 +265,7 @@ def accumulate_log_weights(
     num_particles: int,
     data_chunk: int | None = None,
     particle_chunk: int | None = None,
-    max_rows: int = 50_000,
+    max_rows: int | None = None,
     plate_name: str | None = None,
     analytic_kl: bool = False,
 ) -> tuple[list[A], str]:
