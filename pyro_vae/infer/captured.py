@@ -333,22 +333,62 @@ class CapturedLoss:
                 if self.compile:
                     graph = torch.compile(graph, dynamic=False, options={"fallback_random": True})
                 state = _rng_state(devices)
-                with torch.no_grad():
-                    expected = run(*tensors)[0]
+                eager = run(*tensors)  # at the random state the replay gets
+                leaves = _leaves_of(eager[1])
+                expected = _with_gradients(eager, leaves)
                 _set_rng_state(state, devices)
-                got = graph(*tensors)[0].detach()
+                got = _with_gradients(graph(*tensors), leaves)
             except Exception as e:
                 self.fallback_reason = f"capture failed: {type(e).__name__}: {e}"
                 return None
             modules = [m for m, _ in snapshot._saved.values()]
-        if not _agree(got, expected, self.compile):
+        differs = [
+            i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if not _agree(g, e, self.compile)
+        ]
+        if differs:
+            what = (
+                "objective differs from the eager one"
+                if differs[0] == 0
+                else "gradients differ from the eager ones"
+            )
             self.fallback_reason = (
-                f"the captured graph's objective ({float(got)}) differs from the eager one "
-                f"({float(expected)}): the program's Python depends on tensor values or on state outside "
-                "its arguments and parameters"
+                f"the captured graph's {what}: the program's Python depends on tensor values or on "
+                "state outside its arguments and parameters"
             )
             return None
         return _Captured(graph, modules, _params_read(module))
+
+
+def _with_gradients(
+    result: tuple[torch.Tensor, torch.Tensor], leaves: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """The objective and the gradients of the negated surrogate with respect to ``leaves``
+    (NaN for a leaf it does not reach), without touching any ``.grad``."""
+    objective, surrogate = result
+    if not leaves or not surrogate.requires_grad:
+        return [objective.detach(), *(torch.full_like(leaf, torch.nan) for leaf in leaves)]
+    grads = torch.autograd.grad(-surrogate, leaves, allow_unused=True)
+    unreached = [torch.full_like(leaf, torch.nan) for leaf in leaves]
+    return [objective.detach(), *(u if g is None else g for g, u in zip(grads, unreached, strict=True))]
+
+
+def _leaves_of(surrogate: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors ``surrogate.backward()`` would accumulate gradients into, in the
+    order a walk of its autograd graph meets them."""
+    leaves: list[torch.Tensor] = []
+    seen: set[int] = set()
+    stack = [surrogate.grad_fn] if surrogate.requires_grad else []
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        variable = getattr(fn, "variable", None)
+        if variable is not None:
+            leaves.append(variable)
+            continue
+        stack.extend(f for f, _ in reversed(fn.next_functions))
+    return leaves
 
 
 def _params_read(graph: fx.GraphModule) -> list[tuple[str, torch.Tensor]]:

@@ -184,7 +184,33 @@ def gumbel_max_sample(fn: Distribution) -> torch.Tensor | None:
     index = (logits + gumbel_noise(logits)).argmax(-1)
     if isinstance(base, Categorical):
         return index
-    return torch.nn.functional.one_hot(index, logits.shape[-1]).to(logits)
+    return _one_hot(index, logits)
+
+
+def _one_hot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``F.one_hot(index, like.shape[-1]).to(like)`` by a scatter: the same values, without
+    reading the indices' values (which ``F.one_hot`` does to check them, and which a captured
+    graph cannot: :class:`~pyro_vae.infer.captured.CapturedLoss`)."""
+    return torch.zeros_like(like).scatter_(-1, index.unsqueeze(-1), 1.0)
+
+
+def one_hot_sample(fn: Distribution) -> torch.Tensor | None:
+    """A draw from a ``OneHotCategorical`` site (possibly inside ``Independent``) exactly as
+    ``fn.sample()`` draws it (the same ``torch.multinomial`` call, so the same value for the
+    same random state), its one-hot vector made by :func:`_one_hot`; ``None`` for other
+    distributions."""
+    base = fn
+    while isinstance(base, Independent):
+        base = base.base_dist
+    if not isinstance(base, OneHotCategorical) or type(base).sample is not OneHotCategorical.sample:
+        return None
+    return _one_hot(base._categorical.sample(), base.probs)
+
+
+def _one_hot_hook(msg: Message) -> torch.Tensor | None:
+    if msg["infer"].get("enumerate"):  # type: ignore[union-attr]
+        return None  # enumerated, not drawn
+    return one_hot_sample(msg["fn"])  # type: ignore[arg-type]
 
 
 def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
@@ -306,12 +332,15 @@ def run_particles(
     """
     want = plan.vectorize if vectorize is None else vectorize
     if num_particles == 1:
-        passes = (
-            record(model, guide, args, kwargs, value_hook=hooks(0) if hooks else None, relaxed=relaxed),
-        )
+        hook = _chain(hooks(0) if hooks else None, None if relaxed else _one_hot_hook)
+        passes = (record(model, guide, args, kwargs, value_hook=hook, relaxed=relaxed),)
         return _finish(passes, plan, args, 1, SINGLE)
     if want is not False:
-        hook = _chain(hooks(None) if hooks else None, _gumbel_max_hook if gumbel_max else None)
+        hook = _chain(
+            hooks(None) if hooks else None,
+            _gumbel_max_hook if gumbel_max else None,
+            None if relaxed else _one_hot_hook,
+        )
         try:
             passes = (
                 record(
@@ -346,7 +375,14 @@ def run_particles(
             plan.vectorize = False
             plan.fallback_reason = f"{type(e).__name__}: {e}"
     passes = tuple(
-        record(model, guide, args, kwargs, value_hook=hooks(k) if hooks else None, relaxed=relaxed)
+        record(
+            model,
+            guide,
+            args,
+            kwargs,
+            value_hook=_chain(hooks(k) if hooks else None, None if relaxed else _one_hot_hook),
+            relaxed=relaxed,
+        )
         for k in range(num_particles)
     )
     return _finish(passes, plan, args, num_particles, SEQUENTIAL)

@@ -132,3 +132,21 @@ def test_a_program_that_moves_the_particle_dim_is_drawn_one_particle_at_a_time()
     theirs, theirs_se = values.mean(), values.std() / 400**0.5
     ours_mean, ours_se = ours.value.mean(), (ours.standard_error**2).sum().sqrt() / 30
     assert abs(ours_mean - theirs) < 4 * (ours_se**2 + theirs_se**2).sqrt()
+
+
+def test_one_hot_sample_draws_what_the_distribution_draws():
+    """The same torch.multinomial call as OneHotCategorical.sample, so the same draws for the
+    same random state; the one-hot made without reading values (capturable)."""
+    from torch.distributions import Categorical, Independent, Normal, OneHotCategorical
+
+    from pyro_vae.infer.particles import one_hot_sample
+
+    logits = torch.randn(5, 3, 4, dtype=torch.float64)
+    for fn in (OneHotCategorical(logits=logits), Independent(OneHotCategorical(logits=logits), 1)):
+        torch.manual_seed(7)
+        expected = fn.sample()
+        torch.manual_seed(7)
+        got = one_hot_sample(fn)
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert one_hot_sample(Categorical(logits=logits)) is None
+    assert one_hot_sample(Normal(0.0, 1.0)) is None
