@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Unpack
 
@@ -177,7 +176,11 @@ class RelaxedELBO(MeanFieldELBO):
         """Back to the schedule's first step."""
         self.step = 0
 
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        value = super().loss_and_grads(model, guide, *args, **kwargs)
+    def capture_key(self) -> tuple[float, bool]:
+        """The temperature of the next step (and the straight-through flag): a captured graph
+        holds it as a constant, so a schedule that changes it makes another graph."""
+        return self.temperature, self.straight_through
+
+    def after_step(self) -> None:
+        """One more step taken (the schedule's argument)."""
         self.step += 1
-        return value

@@ -24,12 +24,16 @@ def capturable(loss: Any) -> str:
     """Why ``loss``'s training step cannot be captured by :class:`CapturedLoss`, or ``""``.
 
     A pyro_vae :class:`~pyro_vae.infer.ParticleLoss` can be, unless it keeps state of its own
-    that Python updates every step (a baseline's running averages, a temperature schedule's
-    step counter): a replayed graph would skip the update."""
+    that Python updates inside the step (a baseline's running averages), which a replayed
+    graph would skip; state declared by
+    :meth:`~pyro_vae.infer.ParticleLoss.capture_key` and advanced by
+    :meth:`~pyro_vae.infer.ParticleLoss.after_step` (``RelaxedELBO``'s temperature schedule) is
+    fine."""
     if not isinstance(loss, ParticleLoss):
         return f"CapturedLoss wraps a pyro_vae ParticleLoss, got {type(loss).__name__}"
     stateless = type(loss).state_dict is ParticleLoss.state_dict or loss.state_dict() == {}
-    if not stateless or type(loss).loss_and_grads is not ParticleLoss.loss_and_grads:
+    declared = type(loss).capture_key is not ParticleLoss.capture_key  # state in capture_key/after_step
+    if not (stateless or declared) or type(loss).loss_and_grads is not ParticleLoss.loss_and_grads:
         return (
             f"{type(loss).__name__} has state of its own (updated in Python every step), which a "
             "captured graph would freeze; train it without CapturedLoss"
@@ -122,7 +126,9 @@ class CapturedLoss:
     none of them), and :func:`simplify_graph` drops the operations whose results are unused.
     Replaying the graph runs the same operations, random draws included, in the same order:
     the same values and gradients as the eager step for the same random state (tested
-    bitwise). With ``compile=True`` the graph is also compiled by ``torch.compile``
+    bitwise) run with Pyro's validation off, as :func:`~pyro_vae.train.fit`'s loop runs it
+    (with validation on, Pyro evaluates some densities in another order: equal to float
+    rounding). With ``compile=True`` the graph is also compiled by ``torch.compile``
     (TorchInductor, with PyTorch's own random operations kept, so draws are unchanged; values
     and gradients equal to float rounding, tested); compiling takes tens of seconds once, for
     long training runs.
@@ -198,6 +204,7 @@ class CapturedLoss:
         objective, surrogate = result
         if surrogate.requires_grad:
             (-surrogate).backward()
+        self.inner.after_step()
         self.captured_steps += 1
         return -float(objective.detach())
 
@@ -237,6 +244,7 @@ class CapturedLoss:
             program_key(guide),
             torch.is_grad_enabled(),
             tuple(sorted(kwargs)),
+            self.inner.capture_key(),
         ]
         parts += described
         parts.append(tuple(m.training for fn in (model, guide) for m in _modules_of(fn)))

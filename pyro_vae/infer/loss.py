@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import torch
@@ -190,11 +190,25 @@ class ParticleLoss(ELBO):
             return -float(self.objective_and_surrogate(model, guide, args, kwargs)[0])
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """Backpropagate the negated surrogate; return the negated objective estimate."""
+        """Backpropagate the negated surrogate; return the negated objective estimate; then
+        :meth:`after_step`."""
         objective, surrogate = self.objective_and_surrogate(model, guide, args, kwargs)
         if surrogate.requires_grad:
             (-surrogate).backward()
+        self.after_step()
         return -float(objective.detach())
+
+    # ------------------------------------------------------------------ capture
+    def capture_key(self) -> Hashable:
+        """What of the estimator's own state its step's tensor operations depend on (a
+        temperature): :class:`~pyro_vae.infer.captured.CapturedLoss` keeps a graph per value.
+        An estimator with state that overrides this (and updates that state only in
+        :meth:`after_step`) can have its step captured; ``()`` here, for no state."""
+        return ()
+
+    def after_step(self) -> None:
+        """Advance the estimator's own state after a training step, eager or replayed from a
+        captured graph (a step counter); nothing here."""
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -207,14 +207,19 @@ def test_a_graph_is_used_while_its_parameters_are_in_the_store():
     pyro.clear_param_store()
 
 
-@pytest.mark.parametrize("estimator", ["score", "vimco"])
+@pytest.mark.parametrize("estimator", ["score", "vimco", "relaxed", "relaxed-schedule"])
 def test_discrete_estimators_steps_are_captured_bitwise(estimator):
     """Categorical sites (one-hot draws by the distribution's sampler or by Gumbel-max) trace:
-    the replayed score-function and VIMCO steps are bitwise the eager ones."""
-    from pyro_vae.estimators import ScoreFunctionELBO
+    the replayed score-function, VIMCO and Gumbel-softmax steps are bitwise the eager ones,
+    a temperature schedule's state kept by the loss."""
+    from pyro_vae.estimators import RelaxedELBO, ScoreFunctionELBO, TemperatureSchedule
     from pyro_vae.models import CategoricalLatent, DiscreteVAE
 
     def make():
+        if estimator == "relaxed":
+            return RelaxedELBO(temperature=0.5)
+        if estimator == "relaxed-schedule":  # 1.0 for two steps, then 0.5: two structures, 1 + 2 replays
+            return RelaxedELBO(temperature=TemperatureSchedule(initial=1.0, minimum=0.5, rate=1.0, every=2))
         return ScoreFunctionELBO() if estimator == "score" else VIMCO(num_particles=3)
 
     batches = [_x(seed=s) for s in range(5)]
@@ -226,9 +231,13 @@ def test_discrete_estimators_steps_are_captured_bitwise(estimator):
         loss.loss(vae.model, vae.guide, batches[0], num_data=64)
         opt = torch.optim.Adam(vae.parameters(), lr=0.05)
         torch.manual_seed(1)
-        values = [train_step(loss, opt, vae.model, vae.guide, (x,), {"num_data": 64}) for x in batches]
+        with pyro.validation_enabled(False):  # as in fit's loop (validation orders some operations otherwise)
+            values = [train_step(loss, opt, vae.model, vae.guide, (x,), {"num_data": 64}) for x in batches]
         results.append((values, [p.detach().clone() for p in vae.parameters()]))
-    assert loss.captured_steps == 4, loss.fallback_reason
+    # the first step of each structure is eager (a schedule's new temperature is a new one)
+    assert loss.captured_steps == (3 if estimator == "relaxed-schedule" else 4), loss.fallback_reason
     assert results[0][0] == results[1][0]
+    if estimator.startswith("relaxed"):  # the step counter advanced on replays too
+        assert loss.state_dict() == {"step": 5}
     for a, b in zip(results[0][1], results[1][1], strict=True):
         assert torch.equal(a, b)
