@@ -209,20 +209,23 @@ def streamed_log_terms(
     max_rows: int | None = None,
     plate_name: str | None = None,
     analytic_kl: bool = False,
+    plan: ProgramPlan | None = None,
 ) -> Iterator[Iterator[Terms]]:
     """For each chunk of rows, the :class:`Terms` of its ``num_particles`` particles in
     particle chunks: ``for chunk in streamed_log_terms(...): for terms in chunk: ...``. By
     default a chunk holds at most ``max_rows`` particle-rows (``None``:
     :func:`default_max_rows`), so that an accumulator over
     particles (a streaming log-mean-exp, running moments) keeps memory flat in
-    ``num_particles``. The program is probed once, on the first chunk; a program with
+    ``num_particles``. The program is probed once, on the first chunk (or ``plan``, a probe
+    of the same program kept from an earlier call, is used); a program with
     parameters per datapoint (Pyro's ``AutoNormal``) is never split into chunks of rows."""
     check_rows(args)
     check_positive_int(num_particles, "num_particles")
     n = num_rows(args)
     max_rows = default_max_rows(args) if max_rows is None else max_rows
     default_data, default_particles = chunk_sizes(n, num_particles, max_rows)
-    plan = _probe_first_chunk(model, guide, args, kwargs, plate_name, data_chunk or default_data)
+    if plan is None:
+        plan = _probe_first_chunk(model, guide, args, kwargs, plate_name, data_chunk or default_data)
     if plan.local_params:  # parameters per row (AutoNormal): the rows are never split
         if data_chunk is not None and data_chunk < n:
             name = next(iter(plan.local_params))
@@ -301,6 +304,7 @@ def chunked_log_terms(
     num_particles: int = 1,
     plate_name: str | None = None,
     analytic_kl: bool = False,
+    plan: ProgramPlan | None = None,
     **kwargs: Any,
 ) -> Iterator[Terms]:
     """:func:`log_terms` over consecutive chunks of ``data_chunk`` rows, all particles of a
@@ -315,5 +319,6 @@ def chunked_log_terms(
         particle_chunk=num_particles,
         plate_name=plate_name,
         analytic_kl=analytic_kl,
+        plan=plan,
     ):
         yield from chunk

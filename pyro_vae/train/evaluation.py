@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from pyro_vae.infer.particles import ProgramPlan
 from pyro_vae.infer.per_datapoint import chunked_log_terms
 
 
@@ -35,9 +36,12 @@ def rate_distortion(
     batch_size: int = 1024,
     num_particles: int = 1,
     plate_name: str | None = None,
+    plan: ProgramPlan | None = None,
     **kwargs: Any,
 ) -> RateDistortion:
-    """ELBO, rate and distortion of every row of ``data``, evaluated in chunks of ``batch_size``."""
+    """ELBO, rate and distortion of every row of ``data``, evaluated in chunks of ``batch_size``
+    (``plan``: the program's probe from an earlier call, see
+    :func:`~pyro_vae.infer.per_datapoint.probe`)."""
     rates, dists = [], []
     for terms in chunked_log_terms(
         model,
@@ -46,6 +50,7 @@ def rate_distortion(
         data_chunk=batch_size,
         num_particles=num_particles,
         plate_name=plate_name,
+        plan=plan,
         **kwargs,
     ):
         rates.append(terms.rate.mean(0))

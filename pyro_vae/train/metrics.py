@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from pyro_vae.errors import InputError
-from pyro_vae.infer.particles import forked_rng
-from pyro_vae.infer.per_datapoint import log_terms
+from pyro_vae.infer.particles import ProgramPlan, forked_rng
+from pyro_vae.infer.per_datapoint import log_terms, probe
 from pyro_vae.train.evaluation import rate_distortion
 from pyro_vae.train.streams import StreamData
 
@@ -25,6 +25,8 @@ class MetricsPlan:
 
     :ivar unavailable: why the program has no per-datapoint metrics (no data plate, global
         latents), ``""`` when it has them.
+    :ivar plans: the program's probe on each training stream's rows and on the validation
+        rows, kept for every epoch (a probe costs one more run of the program).
     """
 
     train: tuple[tuple[torch.Tensor, ...], ...]
@@ -32,6 +34,7 @@ class MetricsPlan:
     particles: int
     batch_size: int
     unavailable: str = ""
+    plans: tuple[ProgramPlan, ...] = ()
 
 
 def plan_metrics(
@@ -60,10 +63,21 @@ def plan_metrics(
         unavailable = str(e)
     except (ValueError, RuntimeError, IndexError) as e:  # the program's own error on these rows
         unavailable = f"the program cannot be evaluated on the metrics' rows ({type(e).__name__}: {e})"
-    return MetricsPlan(train, plate_name, particles, batch_size, unavailable)
+    plans: tuple[ProgramPlan, ...] = ()
+    if not unavailable:
+        sets = (*train, *((validation,) if validation is not None else ()))
+        plans = tuple(_probe(model, guide, rows, plate_name) for rows in sets)
+    return MetricsPlan(train, plate_name, particles, batch_size, unavailable, plans)
 
 
-def _per_datapoint(plan: MetricsPlan, model: Callable, guide: Callable, data: tuple) -> dict[str, float]:
+def _probe(model: Callable, guide: Callable, rows: tuple, plate_name: str | None) -> ProgramPlan:
+    with forked_rng(rows):
+        return probe(model, guide, rows, {}, plate_name)
+
+
+def _per_datapoint(
+    plan: MetricsPlan, model: Callable, guide: Callable, data: tuple, index: int
+) -> dict[str, float]:
     rd = rate_distortion(
         model,
         guide,
@@ -71,6 +85,7 @@ def _per_datapoint(plan: MetricsPlan, model: Callable, guide: Callable, data: tu
         batch_size=plan.batch_size,
         num_particles=plan.particles,
         plate_name=plan.plate_name,
+        plan=plan.plans[index] if index < len(plan.plans) else None,
     )
     return {
         "elbo": rd.elbo.mean().item(),
@@ -92,9 +107,11 @@ def epoch_metrics(
                 out["val_elbo"] = -loss.loss(model, guide, *validation) / validation[0].shape[0]
         return out
     rows = [t[0].shape[0] for t in plan.train]
-    parts = [_per_datapoint(plan, model, guide, data) for data in plan.train]
+    parts = [_per_datapoint(plan, model, guide, data, i) for i, data in enumerate(plan.train)]
     for k in NAMES:
         out[f"train_{k}"] = sum(p[k] * r for p, r in zip(parts, rows, strict=True)) / sum(rows)
     if validation is not None:
-        out |= {f"val_{k}": v for k, v in _per_datapoint(plan, model, guide, validation).items()}
+        out |= {
+            f"val_{k}": v for k, v in _per_datapoint(plan, model, guide, validation, len(plan.train)).items()
+        }
     return out
