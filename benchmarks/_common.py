@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -33,16 +34,21 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def interleave(paths: dict, *, steps: int, warmup: int) -> dict:
-    """Time each path ``steps`` times, interleaved step by step with the order rotated, so that
-    machine noise hits every path alike: ``{name: [seconds, ...]}``."""
+def interleave(paths: dict, *, steps: int, warmup: int, seed: int = 0) -> dict:
+    """Time each path ``steps`` times, interleaved step by step in an order shuffled afresh
+    every round (seeded), so that machine noise hits every path alike and no path always runs
+    after the same one (a rotation keeps each path's predecessor, whose memory traffic
+    evicts the caches: measured, that alone moved two identical paths 10% apart):
+    ``{name: [seconds, ...]}``."""
     times: dict = {name: [] for name in paths}
     for _ in range(warmup):
         for f in paths.values():
             f()
     names = list(paths)
-    for i in range(steps):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
+    order = random.Random(seed)
+    for _ in range(steps):
+        order.shuffle(names)
+        for name in names:
             tic = time.perf_counter()
             paths[name]()
             times[name].append(time.perf_counter() - tic)

@@ -95,8 +95,8 @@ class _Captured:
     def current(self) -> bool:
         """Whether the parameter store still holds the tensors the graph reads (a parameter
         replaced by another tensor, or deleted, needs a new graph)."""
-        store = dict(pyro.get_param_store().named_parameters())
-        return all(store.get(name) is tensor for name, tensor in self.params)
+        store = pyro.get_param_store()
+        return all(name in store and store._params[name] is tensor for name, tensor in self.params)
 
     def due(self) -> bool:
         """Whether this replay is checked: the 1st, 2nd, 4th, 8th, ... and any asked for."""
@@ -178,6 +178,7 @@ class CapturedLoss:
         self.max_graphs = max_graphs
         self._graphs: dict[tuple, _Captured | None] = {}
         self._seen: Counter[tuple] = Counter()
+        self._module_lists: dict[int, tuple[Any, list[nn.Module]]] = {}
         self.fallback_reason = ""
         self.captured_steps = 0
 
@@ -247,8 +248,19 @@ class CapturedLoss:
             self.inner.capture_key(),
         ]
         parts += described
-        parts.append(tuple(m.training for fn in (model, guide) for m in _modules_of(fn)))
+        parts.append(tuple(m.training for fn in (model, guide) for m in self._modules(fn)))
         return tuple(parts)
+
+    def _modules(self, fn: Callable) -> list[nn.Module]:
+        """The modules of ``fn``'s owner, listed once per owner (walking them every step costs
+        more than the rest of the structure)."""
+        owner = getattr(fn, "__self__", None)
+        if owner is None:
+            return []
+        found = self._module_lists.get(id(owner))
+        if found is None or found[0] is not owner:
+            found = self._module_lists[id(owner)] = (owner, _modules_of(fn))
+        return found[1]
 
     def _graph(
         self, key: tuple | None, model: Callable, guide: Callable, args: tuple, kwargs: dict
