@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
@@ -13,6 +13,7 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK
 from torch import fx, nn
 
+from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import CaptureFallbackWarning, InputError
 from pyro_vae.infer.loss import ParticleLoss, program_key
 from pyro_vae.infer.modes import BufferSnapshot
@@ -53,11 +54,6 @@ def _describe(value: Any) -> Any:
     return (type(value), value)
 
 
-def _modules_of(fn: Callable) -> list[nn.Module]:
-    owner = getattr(fn, "__self__", None)
-    return list(owner.modules()) if isinstance(owner, nn.Module) else []
-
-
 def simplify_graph(graph: fx.GraphModule) -> fx.GraphModule:
     """``graph`` without the operations whose results nothing uses (the copies and
     ``arange`` s the handlers and distributions make and drop) and without ``expand`` s to the
@@ -90,28 +86,16 @@ class _Captured:
     params: list[tuple[str, torch.Tensor]]
     replays: int = 0
     check: bool = False
-    buffers: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     def current(self) -> bool:
         """Whether the parameter store still holds the tensors the graph reads (a parameter
         replaced by another tensor, or deleted, needs a new graph)."""
-        store = pyro.get_param_store()
-        return all(name in store and store._params[name] is tensor for name, tensor in self.params)
+        store = dict(pyro.get_param_store().named_parameters())
+        return all(store.get(name) is tensor for name, tensor in self.params)
 
     def due(self) -> bool:
         """Whether this replay is checked: the 1st, 2nd, 4th, 8th, ... and any asked for."""
         return self.check or (self.replays & (self.replays - 1)) == 0
-
-    def save_buffers(self) -> None:
-        self.buffers = [
-            {n: b.detach().clone() for n, b in m.named_buffers(recurse=False)} for m in self.modules
-        ]
-
-    def restore_buffers(self) -> None:
-        with torch.no_grad():
-            for module, saved in zip(self.modules, self.buffers, strict=True):
-                for name, value in saved.items():
-                    getattr(module, name).copy_(value)
 
 
 class CapturedLoss:
@@ -170,8 +154,7 @@ class CapturedLoss:
         reason = capturable(loss)
         if reason:
             raise InputError(reason)
-        if not isinstance(capture_after, int) or capture_after < 1:
-            raise InputError(f"capture_after must be a positive integer, got {capture_after!r}")
+        check_positive_int(capture_after, "capture_after")
         self.inner = loss
         self.compile = compile
         self.capture_after = capture_after
@@ -192,7 +175,7 @@ class CapturedLoss:
         captured.replays += 1
         tensors = _tensors(args, kwargs)
         if captured.due():
-            result = self._checked_replay(captured, model, guide, args, kwargs, tensors)
+            result = self._checked_replay(key, captured, model, guide, args, kwargs, tensors)
         else:
             try:
                 result = captured.run(*tensors)
@@ -200,7 +183,6 @@ class CapturedLoss:
                 result = None
                 self._drop(key, f"a replay failed: {type(e).__name__}: {e}")
         if result is None:
-            self._graphs[key] = None
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         objective, surrogate = result
         if surrogate.requires_grad:
@@ -255,11 +237,11 @@ class CapturedLoss:
         """The modules of ``fn``'s owner, listed once per owner (walking them every step costs
         more than the rest of the structure)."""
         owner = getattr(fn, "__self__", None)
-        if owner is None:
+        if not isinstance(owner, nn.Module):
             return []
         found = self._module_lists.get(id(owner))
         if found is None or found[0] is not owner:
-            found = self._module_lists[id(owner)] = (owner, _modules_of(fn))
+            found = self._module_lists[id(owner)] = (owner, list(owner.modules()))
         return found[1]
 
     def _graph(
@@ -282,16 +264,16 @@ class CapturedLoss:
         self._graphs[key] = captured = self._capture(model, guide, args, kwargs)
         return captured
 
-    def _drop(self, key: tuple | None, reason: str) -> None:
+    def _drop(self, key: tuple, reason: str) -> None:
         self.fallback_reason = reason
-        if key is not None:
-            self._graphs[key] = None
+        self._graphs[key] = None
         warnings.warn(
             f"{reason}; this structure's steps run eagerly from now on", CaptureFallbackWarning, stacklevel=3
         )
 
     def _checked_replay(
         self,
+        key: tuple,
         captured: _Captured,
         model: Callable,
         guide: Callable,
@@ -307,7 +289,7 @@ class CapturedLoss:
         with torch.no_grad(), BufferSnapshot(), pyro.validation_enabled(False):
             expected = self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]
         _set_rng_state(state, devices)
-        captured.save_buffers()
+        buffers = BufferSnapshot.of(captured.modules)
         try:
             result = captured.run(*tensors)
             got = result[0].detach()
@@ -321,11 +303,10 @@ class CapturedLoss:
                 "the program's Python depends on state outside its arguments and parameters"
             )
         if why:
-            captured.restore_buffers()
+            buffers.restore()
             _set_rng_state(state, devices)
-            self._drop(None, why)
+            self._drop(key, why)
             return None
-        captured.buffers = []
         return result
 
     def _capture(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> _Captured | None:
@@ -361,7 +342,7 @@ class CapturedLoss:
             except Exception as e:
                 self.fallback_reason = f"capture failed: {type(e).__name__}: {e}"
                 return None
-            modules = [m for m, _ in snapshot._saved.values()]
+            modules = snapshot.modules
         differs = [
             i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if not _agree(g, e, self.compile)
         ]

@@ -61,6 +61,20 @@ class BufferSnapshot:
         self._saved: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
         self._handle: object | None = None
 
+    @classmethod
+    def of(cls, modules: list[nn.Module]) -> BufferSnapshot:
+        """A snapshot of ``modules``' buffers taken now, without a hook (for modules known in
+        advance, which may not run as modules: a captured graph updates their buffers directly)."""
+        snapshot = cls()
+        for module in modules:
+            snapshot._see(module, None)
+        return snapshot
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """The modules seen so far, in the order first seen."""
+        return [module for module, _ in self._saved.values()]
+
     def _see(self, module: nn.Module, _inputs: object) -> None:
         if id(module) not in self._saved:
             buffers = {n: b.detach().clone() for n, b in module.named_buffers(recurse=False) if b is not None}

@@ -331,15 +331,16 @@ def run_particles(
         trick (the same distribution, cheaper than ``torch.multinomial`` per row).
     """
     want = plan.vectorize if vectorize is None else vectorize
+    one_hot = None if relaxed else _one_hot_hook  # a hook's value would be taken for a relaxed one
     if num_particles == 1:
-        hook = _chain(hooks(0) if hooks else None, None if relaxed else _one_hot_hook)
+        hook = _chain(hooks(0) if hooks else None, one_hot)
         passes = (record(model, guide, args, kwargs, value_hook=hook, relaxed=relaxed),)
         return _finish(passes, plan, args, 1, SINGLE)
     if want is not False:
         hook = _chain(
             hooks(None) if hooks else None,
             _gumbel_max_hook if gumbel_max else None,
-            None if relaxed else _one_hot_hook,
+            one_hot,
         )
         try:
             passes = (
@@ -380,7 +381,7 @@ def run_particles(
             guide,
             args,
             kwargs,
-            value_hook=_chain(hooks(k) if hooks else None, None if relaxed else _one_hot_hook),
+            value_hook=_chain(hooks(k) if hooks else None, one_hot),
             relaxed=relaxed,
         )
         for k in range(num_particles)

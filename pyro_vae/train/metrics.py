@@ -54,11 +54,13 @@ def plan_metrics(
     global sites, a guide with parameters per training row such as Pyro's ``AutoNormal``)
     trains all the same, with the reason in ``unavailable``."""
     train = tuple(streams.head(s, max_points) for s in range(len(streams.tensors)))
+    checked: dict[int, ProgramPlan] = {}  # the probes of the first stream's and the validation rows
     unavailable = ""
     try:
-        for rows in (train[0], *((validation,) if validation is not None else ())):
+        for i, rows in ((0, train[0]), *(((len(train), validation),) if validation is not None else ())):
+            checked[i] = _probe(model, guide, rows, plate_name)
             with forked_rng(rows):
-                log_terms(model, guide, *rows, plate_name=plate_name)
+                log_terms(model, guide, *rows, plate_name=plate_name, plan=checked[i])
     except InputError as e:
         unavailable = str(e)
     except (ValueError, RuntimeError, IndexError) as e:  # the program's own error on these rows
@@ -66,7 +68,7 @@ def plan_metrics(
     plans: tuple[ProgramPlan, ...] = ()
     if not unavailable:
         sets = (*train, *((validation,) if validation is not None else ()))
-        plans = tuple(_probe(model, guide, rows, plate_name) for rows in sets)
+        plans = tuple(checked.get(i) or _probe(model, guide, rows, plate_name) for i, rows in enumerate(sets))
     return MetricsPlan(train, plate_name, particles, batch_size, unavailable, plans)
 
 
