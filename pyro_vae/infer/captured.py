@@ -15,6 +15,8 @@ from torch import fx, nn
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import CaptureFallbackWarning, InputError
+from pyro_vae.infer.graph_replay import replay_function
+from pyro_vae.infer.graph_simplify import SimplifiedGraph, simplify_graph
 from pyro_vae.infer.loss import ParticleLoss, program_key
 from pyro_vae.infer.modes import BufferSnapshot
 
@@ -46,35 +48,12 @@ def _describe(value: Any) -> Any:
     """What of an argument a captured graph depends on: a tensor's shape, dtype, device and
     gradient flag (its values are graph inputs); any other value itself (``None`` when unhashable)."""
     if isinstance(value, torch.Tensor):
-        return ("tensor", tuple(value.shape), value.dtype, value.device, value.requires_grad)
+        return ("tensor", value.shape, value.dtype, value.device, value.requires_grad)
     try:
         hash(value)
     except TypeError:
         return None
     return (type(value), value)
-
-
-def simplify_graph(graph: fx.GraphModule) -> fx.GraphModule:
-    """``graph`` without the operations whose results nothing uses (the copies and
-    ``arange`` s the handlers and distributions make and drop) and without ``expand`` s to the
-    shape a tensor already has: the same remaining operations in the same order, so the same
-    values and gradients, with less per-operation overhead. Operations that mutate a tensor
-    or draw random numbers are kept (:meth:`torch.fx.Node.is_impure`)."""
-    for node in list(graph.graph.nodes):
-        if node.op != "call_function" or node.target is not torch.ops.aten.expand.default:
-            continue
-        source = node.args[0]
-        before, after = getattr(source, "meta", {}).get("val"), node.meta.get("val")
-        if (
-            isinstance(before, torch.Tensor)
-            and isinstance(after, torch.Tensor)
-            and before.shape == after.shape
-        ):
-            node.replace_all_uses_with(source)
-            graph.graph.erase_node(node)
-    graph.graph.eliminate_dead_code()
-    graph.recompile()
-    return graph
 
 
 @dataclass
@@ -84,14 +63,24 @@ class _Captured:
     run: Callable
     modules: list[nn.Module]
     params: list[tuple[str, torch.Tensor]]
+    simplified: SimplifiedGraph
     replays: int = 0
     check: bool = False
+    minus_one: torch.Tensor | None = None
 
     def current(self) -> bool:
         """Whether the parameter store still holds the tensors the graph reads (a parameter
-        replaced by another tensor, or deleted, needs a new graph)."""
-        store = dict(pyro.get_param_store().named_parameters())
-        return all(store.get(name) is tensor for name, tensor in self.params)
+        replaced by another tensor, or deleted, needs a new graph) and the constants whose
+        values the graph's simplification relied on are unchanged."""
+        store = pyro.get_param_store().named_parameters().mapping
+        return all(store.get(name) is tensor for name, tensor in self.params) and self.simplified.current()
+
+    def backward(self, surrogate: torch.Tensor) -> None:
+        """``(-surrogate).backward()`` without the negation's two operations: the same
+        gradients (the negation's backward hands on exactly -1)."""
+        if self.minus_one is None:
+            self.minus_one = torch.full((), -1.0, dtype=surrogate.dtype, device=surrogate.device)
+        surrogate.backward(self.minus_one)
 
     def due(self) -> bool:
         """Whether this replay is checked: the 1st, 2nd, 4th, 8th, ... and any asked for."""
@@ -107,7 +96,8 @@ class CapturedLoss:
     run of them performs: :func:`torch.fx.experimental.proxy_tensor.make_fx` records the ATen
     operations of ``loss.objective_and_surrogate`` (the effect handlers, the site recorder
     and the per-site bookkeeping are Python that produces no operation, so the graph has
-    none of them), and :func:`simplify_graph` drops the operations whose results are unused.
+    none of them), and :func:`~pyro_vae.infer.graph_simplify.simplify_graph` drops the operations whose
+    results are unused and arithmetic by identities (a standard-normal prior's :math:`/1`).
     Replaying the graph runs the same operations, random draws included, in the same order:
     the same values and gradients as the eager step for the same random state (tested
     bitwise) run with Pyro's validation off, as :func:`~pyro_vae.train.fit`'s loop runs it
@@ -186,7 +176,7 @@ class CapturedLoss:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         objective, surrogate = result
         if surrogate.requires_grad:
-            (-surrogate).backward()
+            captured.backward(surrogate)
         self.inner.after_step()
         self.captured_steps += 1
         return -float(objective.detach())
@@ -219,17 +209,19 @@ class CapturedLoss:
         """The key of a captured graph (``None``: this call cannot be captured)."""
         if _PYRO_STACK:
             return None
-        described = [_describe(a) for a in args] + [_describe(kwargs[k]) for k in sorted(kwargs)]
-        if any(d is None for d in described):
-            return None
+        names = tuple(sorted(kwargs))
         parts: list[Any] = [
             program_key(model),
             program_key(guide),
             torch.is_grad_enabled(),
-            tuple(sorted(kwargs)),
+            names,
             self.inner.capture_key(),
         ]
-        parts += described
+        for value in (*args, *(kwargs[k] for k in names)):
+            described = _describe(value)
+            if described is None:
+                return None
+            parts.append(described)
         parts.append(tuple(m.training for fn in (model, guide) for m in self._modules(fn)))
         return tuple(parts)
 
@@ -327,25 +319,40 @@ class CapturedLoss:
             pyro.validation_enabled(False),
         ):
             try:
-                # the graph's forward, not the module: a module's call would run global module
-                # hooks, which would take the graph's constants (others' buffers) for its own
-                module = simplify_graph(make_fx(run)(*tensors))
-                graph: Callable = module.forward
-                if self.compile:
-                    graph = torch.compile(graph, dynamic=False, options={"fallback_random": True})
+                simplified = simplify_graph(make_fx(run)(*tensors))
                 state = _rng_state(devices)
                 eager = run(*tensors)  # at the random state the replay gets
                 leaves = _leaves_of(eager[1])
                 expected = _with_gradients(eager, leaves)
-                _set_rng_state(state, devices)
-                got = _with_gradients(graph(*tensors), leaves)
+                for fold in (True, False):
+                    if not fold:  # folding reordered a gradient's sum: the graph as traced
+                        if not simplified.folds:
+                            break
+                        simplified = simplify_graph(make_fx(run)(*tensors), fold=False)
+                    # the graph's forward, not the module: a module's call would run global
+                    # module hooks, which would take the graph's constants (others' buffers)
+                    graph: Callable
+                    if self.compile:
+                        read = _constants(simplified.module)
+                        graph = torch.compile(
+                            simplified.module.forward, dynamic=False, options={"fallback_random": True}
+                        )
+                    else:
+                        replay = replay_function(simplified.module)
+                        graph, read = replay.run, list(replay.constants)
+                    _set_rng_state(state, devices)
+                    got = _with_gradients(graph(*tensors), leaves)
+                    differs = [
+                        i
+                        for i, (g, e) in enumerate(zip(got, expected, strict=True))
+                        if not _agree(g, e, self.compile)
+                    ]
+                    if not differs:
+                        break
             except Exception as e:
                 self.fallback_reason = f"capture failed: {type(e).__name__}: {e}"
                 return None
             modules = snapshot.modules
-        differs = [
-            i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if not _agree(g, e, self.compile)
-        ]
         if differs:
             what = (
                 "objective differs from the eager one"
@@ -357,7 +364,7 @@ class CapturedLoss:
                 "state outside its arguments and parameters"
             )
             return None
-        return _Captured(graph, modules, _params_read(module))
+        return _Captured(graph, modules, _params_read(read), simplified)
 
 
 def _with_gradients(
@@ -392,9 +399,14 @@ def _leaves_of(surrogate: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
-def _params_read(graph: fx.GraphModule) -> list[tuple[str, torch.Tensor]]:
-    """The parameter store's entries among ``graph``'s constants."""
-    read = {id(getattr(graph, n.target)) for n in graph.graph.nodes if n.op == "get_attr"}
+def _constants(graph: fx.GraphModule) -> list[torch.Tensor]:
+    """The tensors ``graph`` reads as attributes."""
+    return [getattr(graph, str(n.target)) for n in graph.graph.nodes if n.op == "get_attr"]
+
+
+def _params_read(constants: list[Any]) -> list[tuple[str, torch.Tensor]]:
+    """The parameter store's entries among a graph's constants."""
+    read = {id(t) for t in constants}
     return [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) in read]
 
 

@@ -81,11 +81,15 @@ class BufferSnapshot:
             self._saved[id(module)] = (module, buffers)
 
     def restore(self) -> None:
-        """Every module seen so far gets the buffers it had when first seen."""
+        """Every module seen so far gets the buffers it had when first seen. A buffer that
+        still holds its values is left alone, so its version counter stays (a captured graph
+        that relied on a constant buffer's values checks that counter)."""
         with torch.no_grad():
             for module, buffers in self._saved.values():
                 for name, value in buffers.items():
-                    getattr(module, name).copy_(value)
+                    current = getattr(module, name)
+                    if not torch.equal(current, value):
+                        current.copy_(value)
 
     def __enter__(self) -> BufferSnapshot:
         self._handle = register_module_forward_pre_hook(self._see)
