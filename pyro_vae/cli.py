@@ -317,7 +317,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--max-rows",
         type=int,
         default=default.max_rows,
-        help="particle-rows per chunk (bounds peak memory; default: about 8 million row-features)",
+        help="particle-rows per chunk (bounds peak memory; default: about 2 million row-features)",
     )
     p.add_argument("--seed", type=int, default=default.seed)
     p.add_argument(

@@ -40,7 +40,7 @@ def iwae(
     The positional ``args`` are the data as the program takes them (rows of tensors are
     datapoints; other arguments pass through). Work is chunked over data (``data_chunk``
     rows) and particles (``particle_chunk``), by default so that a chunk has at most
-    ``max_rows`` particle-rows (``None``: about eight million particle-row features,
+    ``max_rows`` particle-rows (``None``: about two million particle-row features,
     :func:`~pyro_vae.infer.per_datapoint.default_max_rows`), and the log-mean-exp is
     accumulated across chunks: peak
     memory does not grow with :math:`K`. Guide sites may be discrete; no gradients are

@@ -155,12 +155,15 @@ def particle_chunks(
 MAX_ROWS = 50_000
 """The most particle-rows a chunk holds by default, however few features the data have."""
 
-CHUNK_ELEMENTS = 8_000_000
+CHUNK_ELEMENTS = 2_000_000
 """Particle-rows times features per chunk by default: a chunk's largest tensors (the
-likelihood's parameters, one row per particle and datapoint) stay near 32 MB in float32.
-Larger chunks are slower, not faster: on the 784-feature benchmark VAE (``benchmarks/iwae_eval.py``)
-chunks of 50,000 rows (157 MB tensors, allocated afresh and first touched for every chunk)
-took 1.46 times as long as chunks of 10,000 rows."""
+likelihood's parameters, one row per particle and datapoint) stay near 8 MB in float32.
+Larger chunks are slower, not faster, because their tensors are handed back to the operating
+system between chunks and first touched afresh for every chunk (page faults). On the
+784-feature benchmark VAE (``benchmarks/iwae_eval.py``, K=1000, 1000 points): 2,551 rows
+(2 points x 1000 particles) took 8.52 s with 3 page faults, 10,204 rows 9.38 s with 1.36
+million (the hand-written estimator: 6.66 and 8.25 s); 50,000 rows had taken 1.46 times as
+long as 10,204."""
 
 
 def default_max_rows(args: tuple) -> int:
