@@ -11,6 +11,12 @@ from typing import Any
 import torch
 from torch import fx
 
+from pyro_vae.infer.graph_simplify import attribute
+
+
+class _Unsupported(Exception):
+    """A graph the generated function cannot express (it replays through its forward)."""
+
 
 @dataclass(frozen=True)
 class Replay:
@@ -35,13 +41,24 @@ def replay_function(module: fx.GraphModule) -> Replay:
     globals, called directly. On ``benchmarks/train_step.py``'s VAE the replayed forward pass
     took 2.07 ms against 2.32 ms for ``GraphModule.forward`` (interleaved in one process,
     medians of 950). Graphs with nodes other than placeholders, constants, function calls and
-    the output (none from ``make_fx``) replay through ``module.forward``. For
+    the output, with arguments holding nodes in containers other than lists and tuples, or
+    with inputs or outputs structured by a pytree (``make_fx`` of a function taking a dict)
+    replay through ``module.forward``. For
     ``torch.compile``, which traces operator overloads, use the module itself.
     """
+    try:
+        return _generate(module)
+    except _Unsupported:
+        return Replay(module.forward, (), module.code)
+
+
+def _generate(module: fx.GraphModule) -> Replay:
     graph = module.graph
     nodes = list(graph.nodes)
+    if type(graph._codegen) is not fx.graph.CodeGen:  # pytree-structured inputs or outputs
+        raise _Unsupported
     if any(n.op not in ("placeholder", "get_attr", "call_function", "output") for n in nodes):
-        return Replay(module.forward, (), module.code)
+        raise _Unsupported
     last_use: dict[fx.Node, int] = {}
     for i, node in enumerate(nodes):
         for used in node.all_input_nodes:
@@ -69,6 +86,11 @@ def replay_function(module: fx.GraphModule) -> Replay:
             return repr(value)
         if type(value) is float and math.isfinite(value):
             return repr(value)  # round-trips exactly
+        if isinstance(value, (dict, slice, set, frozenset)):
+            held: list[fx.Node] = []
+            fx.node.map_arg(value, held.append)
+            if held:
+                raise _Unsupported
         return bind(value)  # dtypes, devices, layouts, non-finite floats, ...
 
     lines: list[str] = []
@@ -79,7 +101,10 @@ def replay_function(module: fx.GraphModule) -> Replay:
             continue
         if node.op == "get_attr":
             names[node] = f"c{i}"
-            constants.append(getattr(module, str(node.target)))
+            value = attribute(module, str(node.target))
+            if value is None:
+                raise _Unsupported
+            constants.append(value)
             constant_names.append(names[node])
             continue
         if node.op == "output":

@@ -56,8 +56,9 @@ class SimplifiedGraph:
     folds: int = 0
 
     def current(self) -> bool:
-        """Whether every constant the simplification read still has its value."""
-        return all(t._version == version for t, version in self.constants)
+        """Whether every constant the simplification read still has its value (by its version
+        counter: a write through ``.data`` escapes it) and still needs no gradient."""
+        return all(t._version == version and not t.requires_grad for t, version in self.constants)
 
 
 def simplify_graph(graph: fx.GraphModule, *, fold: bool = True) -> SimplifiedGraph:
@@ -65,28 +66,31 @@ def simplify_graph(graph: fx.GraphModule, *, fold: bool = True) -> SimplifiedGra
 
     - views to the shape a tensor already has (``expand``, ``view``, ``reshape``) are dropped;
     - arithmetic by an identity is dropped: :math:`x \\cdot 1`, :math:`x / 1`,
-      :math:`x - (+0)` and :math:`x^1` are exactly :math:`x` in IEEE arithmetic (signed zeros,
-      infinities and NaNs included; :math:`x + 0` is not: :math:`-0 + 0 = +0`), and so are
-      their gradients (:math:`g \\cdot 1`, :math:`g / 1`), where the identity is a filled
-      factory (``ones``, ``zeros``, ``full``), a Python number, or a constant tensor of the
-      graph that holds one value everywhere (a standard-normal prior's ``loc`` and ``scale``
-      buffers) and is changed nowhere in the graph; the result must have the shape and dtype
-      of :math:`x`, and neither may be changed in place in the graph (then the two would
-      differ); with ``fold=False``, only the next step;
+      :math:`x - (+0)` and :math:`x^1` are exactly :math:`x` in real IEEE arithmetic (signed
+      zeros, infinities and NaNs included; :math:`x + 0` is not: :math:`-0 + 0 = +0`; nor is
+      complex multiplication), where the identity is a filled factory (``ones``, ``zeros``,
+      ``full``), a Python number, or a constant tensor of the graph that holds one value
+      everywhere (a standard-normal prior's ``loc`` and ``scale`` buffers) and is written
+      nowhere in the graph. The result must have the shape, strides, dtype and device of
+      :math:`x` (a real dtype), neither may be written in place in the graph, and the CPU
+      must not flush denormals to zero (then :math:`x \\cdot 1` is not :math:`x`). The
+      graph's inputs are taken to be distinct tensors (none aliasing another or a constant);
+      with ``fold=False``, only the next step;
     - operations whose results nothing uses are dropped (the copies and ``arange`` s the
-      effect handlers and distributions make and drop).
+      effect handlers and distributions make and drop), except those that write a tensor
+      (in their schemas, or BatchNorm's running statistics) or draw random numbers.
 
-    The remaining operations run in the same order. Gradients are the same values, but where
-    a tensor's gradient gathers three or more contributions, dropping a node between them
-    can change the order autograd adds them in (float addition is not associative): a
-    caller that needs bitwise equal gradients checks them (:class:`CapturedLoss` does, and
-    falls back to ``fold=False``). Operations that mutate a tensor or draw
-    random numbers are kept (:meth:`torch.fx.Node.is_impure`). Constant tensors whose values
-    a fold relied on are returned with their version counters (:class:`SimplifiedGraph`):
-    the graph is stale once one of them is changed in place."""
+    The remaining operations run in the same order. Gradients are the same values, up to
+    two things a caller that needs bitwise equal gradients must check (:class:`CapturedLoss`
+    does, and falls back to ``fold=False``): where three or more contributions to a gradient
+    meet, autograd may add them in another order, and a dropped multiply's backward no longer
+    makes a broadcast gradient (a ``sum``'s) dense, which can change how a later kernel
+    rounds. Constant tensors whose values a fold relied on are returned with their version
+    counters (:class:`SimplifiedGraph`): the graph is stale once one of them is changed in
+    place."""
     relied: dict[int, tuple[torch.Tensor, int]] = {}
     folds = 0
-    if fold:
+    if fold and not _flushes_denormals():
         mutated = _mutated_aliases(graph)
         for node in list(graph.graph.nodes):
             if node.op != "call_function":
@@ -96,9 +100,34 @@ def simplify_graph(graph: fx.GraphModule, *, fold: bool = True) -> SimplifiedGra
                 node.replace_all_uses_with(source)
                 graph.graph.erase_node(node)
                 folds += 1
-    graph.graph.eliminate_dead_code()
+    graph.graph.eliminate_dead_code(is_impure_node=_is_impure)
     graph.recompile()
     return SimplifiedGraph(graph, tuple(relied.values()), folds)
+
+
+def _is_impure(node: fx.Node) -> bool:
+    """:meth:`torch.fx.Node.is_impure`, and BatchNorm's kernels, which write the running
+    statistics without saying so in their schemas."""
+    if node.is_impure():
+        return True
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(a.name in _SECRETLY_WRITTEN for a in schema.arguments)
+
+
+def _flushes_denormals() -> bool:
+    """Whether this thread's CPU flushes denormal floats to zero
+    (``torch.set_flush_denormal(True)``): then :math:`x \\cdot 1` is not :math:`x`."""
+    return bool((torch.tensor([1e-40]) * 1.0).item() == 0.0)
+
+
+def attribute(module: fx.GraphModule, target: str) -> object:
+    """The attribute a ``get_attr`` node names (a dotted path into submodules), or ``None``."""
+    value: object = module
+    for name in target.split("."):
+        value = getattr(value, name, None)
+        if value is None:
+            return None
+    return value
 
 
 def _identity_of(
@@ -127,13 +156,16 @@ def _identity_of(
 
 
 def _same_layout(a: object, b: fx.Node, *, dtype: bool) -> bool:
+    """Whether ``a`` and ``b`` hold tensors of one shape, strides and device (and, with
+    ``dtype``, one real dtype)."""
     before, after = getattr(a, "meta", {}).get("val"), b.meta.get("val")
     return (
         isinstance(before, torch.Tensor)
         and isinstance(after, torch.Tensor)
         and before.shape == after.shape
+        and before.stride() == after.stride()
         and before.device == after.device
-        and (not dtype or before.dtype == after.dtype)
+        and (not dtype or (before.dtype == after.dtype and not before.dtype.is_complex))
     )
 
 
@@ -167,8 +199,10 @@ def _is_uniform(
         return isinstance(fill, (bool, int, float)) and _equal(float(fill), expected)
     if value.op != "get_attr":
         return False
-    tensor = getattr(graph, value.target, None)
+    tensor = attribute(graph, str(value.target))
     if not isinstance(tensor, torch.Tensor) or tensor.requires_grad or tensor.numel() == 0:
+        return False
+    if tensor.is_inference():  # no version counter to keep
         return False
     if tensor.is_complex() or not (tensor == expected).all():
         return False
@@ -183,9 +217,10 @@ def _equal(value: float, expected: float) -> bool:
 
 
 def _mutated_aliases(graph: fx.GraphModule) -> set[fx.Node]:
-    """The nodes whose tensors some operation of ``graph`` changes in place, with every node
-    that may share memory with them: views of one another (through the operations' schemas)
-    and constants on the same storage."""
+    """The nodes whose tensors some operation of ``graph`` writes in place, with every node
+    that may share memory with them: views of one another (through the operations' schemas,
+    lists of tensors included), the graph's inputs (taken to alias one another), constants
+    on the same storage, and both sides of a ``set_``."""
     parent: dict[fx.Node, fx.Node] = {}
 
     def root(n: fx.Node) -> fx.Node:
@@ -193,32 +228,43 @@ def _mutated_aliases(graph: fx.GraphModule) -> set[fx.Node]:
             n = parent[n]
         return n
 
+    def join(a: fx.Node, b: fx.Node) -> None:
+        parent[root(a)] = root(b)
+
     written: list[fx.Node] = []
     storages: dict[int, fx.Node] = {}
+    first_input: fx.Node | None = None
     for node in graph.graph.nodes:
+        if node.op == "placeholder":
+            first_input = first_input or node
+            join(node, first_input)
+            continue
         if node.op == "get_attr":
-            tensor = getattr(graph, str(node.target), None)
+            tensor = attribute(graph, str(node.target))
             if isinstance(tensor, torch.Tensor):
-                first = storages.setdefault(tensor.untyped_storage().data_ptr(), node)
-                parent[root(node)] = root(first)
+                join(node, storages.setdefault(tensor.untyped_storage().data_ptr(), node))
             continue
         if node.op != "call_function":
             continue
         schema = getattr(node.target, "_schema", None)
-        if schema is None:  # operator.getitem of a list of views
-            source = node.args[0] if node.args else None
-            if isinstance(source, fx.Node):
-                parent[root(node)] = root(source)
+        if schema is None:  # operator.getitem of a list of views, or an unknown function
+            for source in node.all_input_nodes:
+                join(node, source)
             continue
+        rebinds = schema.name in ("aten::set_", "aten::resize_", "aten::as_strided_")
         for i, argument in enumerate(schema.arguments):
             value = node.args[i] if i < len(node.args) else node.kwargs.get(argument.name)
-            if not isinstance(value, fx.Node):
-                continue
-            if argument.alias_info is not None:
-                parent[root(node)] = root(value)  # the result may alias this argument
-            if (argument.alias_info is not None and argument.alias_info.is_write) or (
-                argument.name in _SECRETLY_WRITTEN
-            ):
-                written.append(value)
+            tensors = [value] if isinstance(value, fx.Node) else []
+            if isinstance(value, (list, tuple)):
+                tensors = [v for v in value if isinstance(v, fx.Node)]
+            for tensor in tensors:
+                if argument.alias_info is not None or rebinds:
+                    join(node, tensor)  # the result may alias this argument
+                if (
+                    (argument.alias_info is not None and argument.alias_info.is_write)
+                    or argument.name in _SECRETLY_WRITTEN
+                    or rebinds
+                ):
+                    written.append(tensor)
     dirty = {root(n) for n in written}
     return {n for n in graph.graph.nodes if root(n) in dirty}

@@ -62,3 +62,22 @@ def test_graphs_with_other_nodes_replay_through_their_forward():
     replay = replay_function(module)
     assert replay.run == module.forward
     assert torch.equal(replay.run(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_dict_outputs_pytree_inputs_and_dotted_constants_replay_through_their_forward():
+    """What the generated function cannot express replays through ``module.forward``."""
+    dict_out = make_fx(lambda x: {"a": x * 2})(torch.ones(2))
+    replay = replay_function(dict_out)
+    assert torch.equal(replay.run(torch.ones(2))["a"], torch.full((2,), 2.0))
+    dict_in = make_fx(lambda d: d["x"] + 1)({"x": torch.ones(2)})
+    assert torch.equal(replay_function(dict_in).run({"x": torch.ones(2)}), torch.full((2,), 2.0))
+    root = nn.Module()
+    root.sub = nn.Module()
+    root.sub.register_buffer("w", torch.full((2,), 3.0))
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    w = graph.get_attr("sub.w")
+    graph.output(graph.call_function(torch.ops.aten.mul.Tensor, (x, w)))
+    dotted = replay_function(fx.GraphModule(root, graph))
+    assert torch.equal(dotted.run(torch.ones(2)), torch.full((2,), 3.0))
+    assert dotted.constants[0] is root.sub.w

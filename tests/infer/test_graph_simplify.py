@@ -88,6 +88,12 @@ def test_arithmetic_by_identities_is_dropped_with_bitwise_values_and_gradients()
         "mutated_result",
         "promotes",
         "broadcasts",
+        "complex",  # complex multiplication by 1 turns (inf, -0) parts into NaN, +0
+        "strided",  # x * 1 of a strided x is dense: another layout, other reductions
+        "foreach_write",  # written through a list argument
+        "set_write",  # written through a tensor that set_ made share its storage
+        "aliased_inputs",  # inputs may be the same tensor
+        "inference",  # no version counter to keep
     ],
 )
 def test_what_is_not_an_identity_stays(case):
@@ -100,7 +106,16 @@ def test_what_is_not_an_identity_stays(case):
         "mutated_result": torch.ones(2),
         "promotes": torch.ones(2, dtype=torch.float64),
         "broadcasts": torch.ones(3, 2),
+        "complex": torch.ones(2),
+        "strided": torch.ones(2),
+        "foreach_write": torch.ones(2),
+        "set_write": torch.ones(2),
+        "aliased_inputs": torch.ones(2),
+        "inference": None,
     }[case]
+    if case == "inference":
+        with torch.inference_mode():
+            c = torch.ones(2)
 
     def f(x):
         if case == "add_zero":
@@ -115,9 +130,31 @@ def test_what_is_not_an_identity_stays(case):
             y = x / c
             y.add_(1.0)  # would change x if y were x
             return y + x
+        if case == "complex":
+            return torch.view_as_complex(torch.stack([x, x], -1)) * c
+        if case == "strided":
+            return torch.cat([x, x])[::2] * c
+        if case == "foreach_write":
+            torch._foreach_mul_([c], 2.0)
+            return x * c
+        if case == "set_write":
+            other = torch.empty(0)
+            other.set_(c)
+            other.add_(1.0)
+            return x * c
         return x * c
 
     x = torch.tensor([-0.0, 3.0])
+    if case == "aliased_inputs":
+
+        def g(p, q):
+            y = p * 1
+            q.add_(1.0)  # p is q when called as g(a, a)
+            return y
+
+        simplified = simplify_graph(make_fx(g)(x.clone(), x.clone()))
+        assert simplified.folds == 0
+        return
     simplified = simplify_graph(make_fx(f)(x))
     assert simplified.folds == 0
     assert simplified.constants == ()
@@ -142,3 +179,41 @@ def test_batch_norm_running_statistics_are_not_taken_for_constants():
     x = torch.randn(5, 2)
     simplified = simplify_graph(make_fx(f)(x))
     assert "aten.div.Tensor" in _targets(simplified.module)
+
+
+def test_a_graph_is_stale_once_a_constant_it_relied_on_needs_a_gradient():
+    scale = torch.ones(2)
+    simplified = simplify_graph(make_fx(lambda x: x / scale)(torch.randn(2)))
+    assert simplified.current()
+    scale.requires_grad_()
+    assert not simplified.current()
+
+
+def test_unused_batch_norm_still_updates_its_running_statistics():
+    """native_batch_norm's schema does not say that it writes the running statistics: its
+    node is kept even when nothing uses its output."""
+    bn = torch.nn.BatchNorm1d(2)
+    x = torch.randn(6, 2)
+
+    def f(x):
+        bn(x)
+        return x * 2
+
+    for fold in (True, False):
+        simplified = simplify_graph(make_fx(f)(x), fold=fold).module
+        before = bn.running_mean.clone()
+        simplified(x)
+        assert not torch.equal(bn.running_mean, before)
+
+
+def test_no_folds_while_the_cpu_flushes_denormals():
+    """With denormals flushed to zero, x * 1 is not x (1e-40 * 1 is 0)."""
+    torch.set_flush_denormal(True)
+    try:
+        flushing = bool((torch.tensor([1e-40]) * 1.0).item() == 0.0)
+        simplified = simplify_graph(make_fx(lambda x: x * 1.0)(torch.ones(2)))
+    finally:
+        torch.set_flush_denormal(False)
+    if not flushing:
+        pytest.skip("this CPU does not flush denormals")
+    assert simplified.folds == 0
