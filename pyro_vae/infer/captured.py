@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from pyro_vae.infer.loss import ParticleLoss, program_key
 from pyro_vae.infer.modes import BufferSnapshot
 
 _MAX_STRUCTURES_COUNTED = 1024
+_TRAINING = operator.attrgetter("training")
 
 
 def capturable(loss: Any) -> str:
@@ -73,7 +76,12 @@ class _Captured:
         replaced by another tensor, or deleted, needs a new graph) and the constants whose
         values the graph's simplification relied on are unchanged."""
         store = pyro.get_param_store().named_parameters().mapping
-        return all(store.get(name) is tensor for name, tensor in self.params) and self.simplified.current()
+        names, tensors = self.params_by_name
+        return all(map(operator.is_, map(store.get, names), tensors)) and self.simplified.current()
+
+    @functools.cached_property
+    def params_by_name(self) -> tuple[list[str], list[torch.Tensor]]:
+        return [name for name, _ in self.params], [tensor for _, tensor in self.params]
 
     def backward(self, surrogate: torch.Tensor) -> None:
         """``(-surrogate).backward()`` without the negation's two operations: the same
@@ -222,7 +230,8 @@ class CapturedLoss:
             if described is None:
                 return None
             parts.append(described)
-        parts.append(tuple(m.training for fn in (model, guide) for m in self._modules(fn)))
+        parts.append(tuple(map(_TRAINING, self._modules(model))))
+        parts.append(tuple(map(_TRAINING, self._modules(guide))))
         return tuple(parts)
 
     def _modules(self, fn: Callable) -> list[nn.Module]:
