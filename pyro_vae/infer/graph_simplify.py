@@ -100,9 +100,16 @@ def simplify_graph(graph: fx.GraphModule, *, fold: bool = True) -> SimplifiedGra
                 node.replace_all_uses_with(source)
                 graph.graph.erase_node(node)
                 folds += 1
-    graph.graph.eliminate_dead_code(is_impure_node=_is_impure)
+    _eliminate_dead_code(graph.graph)
     graph.recompile()
     return SimplifiedGraph(graph, tuple(relied.values()), folds)
+
+
+def _eliminate_dead_code(graph: fx.Graph) -> None:
+    """Erase the nodes nothing uses, last first, except impure ones (:func:`_is_impure`)."""
+    for node in reversed(list(graph.nodes)):
+        if not node.users and node.op not in ("placeholder", "output") and not _is_impure(node):
+            graph.erase_node(node)
 
 
 def _is_impure(node: fx.Node) -> bool:
