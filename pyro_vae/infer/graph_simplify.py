@@ -113,9 +113,12 @@ def _eliminate_dead_code(graph: fx.Graph) -> None:
 
 
 def _is_impure(node: fx.Node) -> bool:
-    """:meth:`torch.fx.Node.is_impure`, and BatchNorm's kernels, which write the running
+    """:meth:`torch.fx.Node.is_impure`, random draws (older PyTorch drops unused ones, which
+    would shift every later draw), and BatchNorm's kernels, which write the running
     statistics without saying so in their schemas."""
     if node.is_impure():
+        return True
+    if torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
         return True
     schema = getattr(node.target, "_schema", None)
     return schema is not None and any(a.name in _SECRETLY_WRITTEN for a in schema.arguments)
