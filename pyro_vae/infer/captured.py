@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import operator
 import warnings
 from collections import Counter
@@ -18,7 +17,7 @@ from torch import fx, nn
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import CaptureFallbackWarning, InputError
 from pyro_vae.infer.graph_replay import replay_function
-from pyro_vae.infer.graph_simplify import SimplifiedGraph, simplify_graph
+from pyro_vae.infer.graph_simplify import SimplifiedGraph, attribute, simplify_graph
 from pyro_vae.infer.loss import ParticleLoss, program_key
 from pyro_vae.infer.modes import BufferSnapshot
 
@@ -65,7 +64,8 @@ class _Captured:
 
     run: Callable
     modules: list[nn.Module]
-    params: list[tuple[str, torch.Tensor]]
+    param_names: tuple[str, ...]
+    param_tensors: tuple[torch.Tensor, ...]
     simplified: SimplifiedGraph
     replays: int = 0
     check: bool = False
@@ -76,12 +76,8 @@ class _Captured:
         replaced by another tensor, or deleted, needs a new graph) and the constants whose
         values the graph's simplification relied on are unchanged."""
         store = pyro.get_param_store().named_parameters().mapping
-        names, tensors = self.params_by_name
-        return all(map(operator.is_, map(store.get, names), tensors)) and self.simplified.current()
-
-    @functools.cached_property
-    def params_by_name(self) -> tuple[list[str], list[torch.Tensor]]:
-        return [name for name, _ in self.params], [tensor for _, tensor in self.params]
+        same = all(map(operator.is_, map(store.get, self.param_names), self.param_tensors))
+        return same and self.simplified.current()
 
     def backward(self, surrogate: torch.Tensor) -> None:
         """``(-surrogate).backward()`` without the negation's two operations: the same
@@ -373,7 +369,7 @@ class CapturedLoss:
                 "state outside its arguments and parameters"
             )
             return None
-        return _Captured(graph, modules, _params_read(read), simplified)
+        return _Captured(graph, modules, *_params_read(read), simplified)
 
 
 def _with_gradients(
@@ -408,15 +404,16 @@ def _leaves_of(surrogate: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
-def _constants(graph: fx.GraphModule) -> list[torch.Tensor]:
+def _constants(graph: fx.GraphModule) -> list[Any]:
     """The tensors ``graph`` reads as attributes."""
-    return [getattr(graph, str(n.target)) for n in graph.graph.nodes if n.op == "get_attr"]
+    return [attribute(graph, str(n.target)) for n in graph.graph.nodes if n.op == "get_attr"]
 
 
-def _params_read(constants: list[Any]) -> list[tuple[str, torch.Tensor]]:
-    """The parameter store's entries among a graph's constants."""
+def _params_read(constants: list[Any]) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
+    """The names and tensors of the parameter store's entries among a graph's constants."""
     read = {id(t) for t in constants}
-    return [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) in read]
+    found = [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) in read]
+    return tuple(name for name, _ in found), tuple(p for _, p in found)
 
 
 def _agree(got: torch.Tensor, expected: torch.Tensor, compiled: bool) -> bool:
