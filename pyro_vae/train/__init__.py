@@ -4,6 +4,7 @@ from pyro_vae.train.checkpoint import load_checkpoint, load_parameters, save_che
 from pyro_vae.train.distributed import Distributed
 from pyro_vae.train.evaluation import RateDistortion, rate_distortion
 from pyro_vae.train.fit import FitResult, fit
+from pyro_vae.train.fused_adam import FusedAdam
 from pyro_vae.train.held_out import HeldOut, fit_and_evaluate, over_seeds
 from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
@@ -15,6 +16,7 @@ __all__ = [
     "AuxiliaryObjective",
     "Distributed",
     "FitResult",
+    "FusedAdam",
     "HeldOut",
     "KLWarmup",
     "LogMarginalTracker",

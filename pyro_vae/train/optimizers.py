@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from pyro_vae.train.fused_adam import FusedAdam
+
 _FUSED_DEVICES = ("cpu", "cuda")
 
 
@@ -23,20 +25,15 @@ def can_fuse(params: Sequence[torch.Tensor]) -> bool:
 
 
 def default_optimizer(params: Sequence[torch.Tensor], *, lr: float) -> torch.optim.Optimizer:
-    """``torch.optim.Adam(params, lr=lr)`` with ``fused=True`` where the parameters allow it.
+    """``torch.optim.Adam(params, lr=lr)`` [1] with PyTorch's fused kernel where the parameters
+    allow it (:class:`~pyro_vae.train.fused_adam.FusedAdam`, which gives the update).
 
-    Adam [1] updates each parameter :math:`\\theta` with gradient :math:`g` at step :math:`t` by
-
-    .. math::
-        m \\leftarrow \\beta_1 m + (1 - \\beta_1) g, \\quad
-        v \\leftarrow \\beta_2 v + (1 - \\beta_2) g^2, \\quad
-        \\theta \\leftarrow \\theta - \\frac{\\mathrm{lr}}{1 - \\beta_1^t}
-        \\frac{m}{\\sqrt{v / (1 - \\beta_2^t)} + \\epsilon}.
-
-    The fused kernel does this in one pass over each tensor (the for-loop implementation,
+    The fused kernel does the update in one pass over each tensor (the for-loop implementation,
     PyTorch's default on CPU, makes about ten passes of separate operations); it is the same
     update to float rounding (tested against the for-loop one) and about a fifth of the
-    default training step on the benchmark VAE (``benchmarks/train_step.py``). Parameters
+    default training step on the benchmark VAE (``benchmarks/train_step.py``).
+    :class:`~pyro_vae.train.fused_adam.FusedAdam` calls it with less of the general
+    optimizer's Python around it (bitwise ``torch.optim.Adam(fused=True)``). Parameters
     that the kernel does not take (several devices, a device type it does not support) get
     PyTorch's default implementation. Groups added later (``add_param_group``) inherit the
     choice.
@@ -46,5 +43,5 @@ def default_optimizer(params: Sequence[torch.Tensor], *, lr: float) -> torch.opt
     """
     params = list(params)
     if can_fuse(params):
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return FusedAdam(params, lr=lr)
     return torch.optim.Adam(params, lr=lr)

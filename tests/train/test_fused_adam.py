@@ -1,0 +1,192 @@
+"""FusedAdam is bitwise torch.optim.Adam(fused=True): parameters, state, hooks, schedulers."""
+
+import importlib
+import io
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import StepLR
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from pyro_vae.train import fused_adam
+from pyro_vae.train.fused_adam import FusedAdam
+
+
+def _params(seed=0, dtype=torch.float32, shapes=((5, 3), (3,), (2, 4))):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def _copy(params):
+    return [p.detach().clone().requires_grad_() for p in params]
+
+
+def _run(opt, params, grads_seq, *, skip=()):
+    """Steps with the gradients of grads_seq; parameters in ``skip`` get no gradient."""
+    for grads in grads_seq:
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            p.grad = None if i in skip else g.clone()
+        opt.step()
+        opt.zero_grad()
+
+
+def _grads(params, steps=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params] for _ in range(steps)]
+
+
+def _assert_same(opt_a, params_a, opt_b, params_b):
+    for p, q in zip(params_a, params_b, strict=True):
+        assert torch.equal(p, q)
+        sa, sb = opt_a.state[p], opt_b.state[q]
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"amsgrad": True}, {"weight_decay": 0.1}, {"maximize": True}, {"betas": (0.5, 0.9), "eps": 1e-3}],
+)
+def test_bitwise_torch_fused_adam(dtype, options):
+    ours = _params(dtype=dtype)
+    ref = _copy(ours)
+    opt = FusedAdam(ours, lr=0.05, **options)
+    opt_ref = torch.optim.Adam(ref, lr=0.05, fused=True, **options)
+    grads = _grads(ours)
+    _run(opt, ours, grads)
+    _run(opt_ref, ref, grads)
+    _assert_same(opt, ours, opt_ref, ref)
+
+
+def test_the_lean_step_runs_after_the_first(monkeypatch):
+    """The general step initializes the state once; then every step is the lean one."""
+    params = _params()
+    opt = FusedAdam(params, lr=0.05)
+    general = []
+    real = fused_adam._ADAM_STEP
+    monkeypatch.setattr(fused_adam, "_ADAM_STEP", lambda *a: general.append(1) or real(*a))
+    _run(opt, params, _grads(params, steps=5))
+    assert len(general) == 1
+
+
+def test_groups_missing_gradients_and_a_scheduler():
+    """Two groups with their own learning rates, a parameter without a gradient in some steps,
+    a parameter added later, and a learning-rate schedule: bitwise as torch's fused Adam."""
+    ours, ref = _params(), None
+    ref = _copy(ours)
+    late, late_ref = _params(seed=3, shapes=((4,),))[0], None
+    late_ref = late.detach().clone().requires_grad_()
+    opt = FusedAdam([{"params": ours[:2]}, {"params": ours[2:], "lr": 0.01}], lr=0.05)
+    opt_ref = torch.optim.Adam([{"params": ref[:2]}, {"params": ref[2:], "lr": 0.01}], lr=0.05, fused=True)
+    sched, sched_ref = StepLR(opt, step_size=2, gamma=0.5), StepLR(opt_ref, step_size=2, gamma=0.5)
+    grads = _grads(ours)
+    for i, step_grads in enumerate(grads):
+        if i == 4:
+            opt.add_param_group({"params": [late]})
+            opt_ref.add_param_group({"params": [late_ref]})
+        for params, opt_, sched_ in ((ours, opt, sched), (ref, opt_ref, sched_ref)):
+            for j, (p, g) in enumerate(zip(params, step_grads, strict=True)):
+                p.grad = None if (j == 1 and i % 3 == 0) else g.clone()
+            extra = late if params is ours else late_ref
+            if i >= 4:
+                extra.grad = torch.full_like(extra, float(i))
+            opt_.step()
+            opt_.zero_grad()
+            sched_.step()
+    _assert_same(opt, [*ours, late], opt_ref, [*ref, late_ref])
+    assert opt.param_groups[0]["lr"] == opt_ref.param_groups[0]["lr"]
+
+
+def test_state_dict_loads_either_way():
+    """Checkpoints move between FusedAdam and torch.optim.Adam in both directions."""
+    ours = _params()
+    ref = _copy(ours)
+    opt, opt_ref = FusedAdam(ours, lr=0.05), torch.optim.Adam(ref, lr=0.05, fused=True)
+    grads = _grads(ours, steps=6)
+    _run(opt, ours, grads[:3])
+    _run(opt_ref, ref, grads[:3])
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    swapped_ref = torch.optim.Adam(ref, lr=0.05, fused=True)
+    swapped_ref.load_state_dict(torch.load(buffer))
+    swapped = FusedAdam(ours, lr=0.05)
+    swapped.load_state_dict(opt_ref.state_dict())
+    _run(swapped, ours, grads[3:])
+    _run(swapped_ref, ref, grads[3:])
+    _assert_same(swapped, ours, swapped_ref, ref)
+
+
+@pytest.mark.parametrize("reload", [False, True])
+def test_hooks_run_once_and_the_profiler_sees_the_step(reload):
+    """Hooks run once a step, the first (general) step included, also when a plain Adam had
+    patched ``Adam.step`` with its hook wrapper before this module was imported."""
+    params = _params()
+    torch.optim.Adam(_copy(params), lr=0.05)  # patches Adam.step with the hook wrapper
+    cls = importlib.reload(fused_adam).FusedAdam if reload else FusedAdam
+    opt = cls(params, lr=0.05)
+    calls = []
+    pre = opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    post = opt.register_step_post_hook(lambda *a: calls.append("post"))
+    glob = register_optimizer_step_pre_hook(lambda *a: calls.append("global"))
+    try:
+        _run(opt, params, _grads(params, steps=3))
+    finally:
+        pre.remove(), post.remove(), glob.remove()
+    assert calls == ["global", "pre", "post"] * 3
+    _run(opt, params, _grads(params, steps=1))
+    assert len(calls) == 9
+    with torch.profiler.profile() as prof:
+        _run(opt, params, _grads(params, steps=1))
+    assert any(e.name == "Optimizer.step#FusedAdam.step" for e in prof.events())
+
+
+def test_closure_and_fallbacks_equal_torch():
+    """A closure and a group mixing dtypes take the general step, with torch's results."""
+    ours = _params() + _params(seed=2, dtype=torch.float64, shapes=((3,),))
+    ref = _copy(ours)
+    opt = FusedAdam(ours, lr=0.05)
+    opt_ref = torch.optim.Adam(ref, lr=0.05, fused=True)
+    grads = _grads(ours, steps=4)
+    _run(opt, ours, grads)
+    _run(opt_ref, ref, grads)
+    _assert_same(opt, ours, opt_ref, ref)
+
+    def closure(params):
+        def f():
+            loss = sum((p**2).sum() for p in params)
+            loss.backward()
+            return loss
+
+        return f
+
+    losses = []
+    for params, o in ((ours, opt), (ref, opt_ref)):
+        o.zero_grad()
+        losses.append(o.step(closure(params)))
+    assert torch.equal(losses[0], losses[1])
+    _assert_same(opt, ours, opt_ref, ref)
+
+
+def test_a_tensor_learning_rate_takes_the_general_step():
+    ours = _params()
+    ref = _copy(ours)
+    opt = FusedAdam(ours, lr=torch.tensor(0.05))
+    opt_ref = torch.optim.Adam(ref, lr=torch.tensor(0.05), fused=True)
+    grads = _grads(ours, steps=4)
+    _run(opt, ours, grads)
+    _run(opt_ref, ref, grads)
+    _assert_same(opt, ours, opt_ref, ref)
+
+
+def test_zero_grad_keeps_or_drops_like_torch():
+    params = _params()
+    opt = FusedAdam(params, lr=0.05)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.zero_grad(set_to_none=False)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in params)
+    opt.zero_grad()
+    assert all(p.grad is None for p in params)
