@@ -21,7 +21,7 @@ repository root::
         && pip install torch==2.13.0 && pip install -e . jax numpyro \
         && python benchmarks/numpyro_step.py
 
-    python benchmarks/numpyro_step.py [--steps 300] [--warmup 30] [--quick] [--threads N] [--json out.json]
+    python benchmarks/numpyro_step.py [--steps 300] [--warmup 30] [--quick] [--threads N] [--separate ROUNDS] [--json out.json]
 
 Threads: ``--threads`` sets torch's (``torch.set_num_threads``). XLA's CPU backend keeps its own
 thread pool, which this script does not change: ``XLA_FLAGS`` is recorded in the environment
@@ -37,7 +37,11 @@ torch path does. The same scale is on the model and the guide, so the KL term is
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +72,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's); XLA keeps its own"
     )
+    parser.add_argument(
+        "--separate",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="time every path alone in a process of its own instead, ROUNDS rounds of one process "
+        "per path in alternating order (no thread pool competes with another)",
+    )
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one path: --separate's worker
     parser.add_argument(
         "--json", default=None, help="also write the results as JSON to this file ('-': stdout)"
     )
@@ -156,21 +169,33 @@ def pyro_vae_initial_loss(x: torch.Tensor) -> float:
     return float(MeanFieldELBO().loss(vae.model, vae.guide, x, num_data=N))
 
 
-def build_steps(x: torch.Tensor) -> tuple[dict[str, Callable[[], None]], float, dict[str, float]]:
-    """The four paths, the NumPyro compile time and the loss of each at initialization."""
-    hand, hand_fused = HandVAE(), HandVAE()
+PATHS = (BASELINE, "hand-written, fused Adam", "pyro_vae (fit's step)", NUMPYRO)
+
+
+def build_steps(
+    x: torch.Tensor, names: tuple[str, ...] = PATHS
+) -> tuple[dict[str, Callable[[], None]], float, dict[str, float]]:
+    """The paths ``names`` (all four by default), the NumPyro compile time (NaN without it)
+    and the loss of each at initialization."""
+    hand, hand_fused = HandVAE(), HandVAE()  # created in this order whichever paths run: same weights
     with torch.no_grad():
         initial = {BASELINE: float(hand.loss(x))}
-    jitted, compile_s, initial[NUMPYRO] = numpyro_step(x, torch_weights(hand))
-    initial["pyro_vae (fit's step)"] = pyro_vae_initial_loss(x)
-    steps = {
-        BASELINE: hand_step(hand, torch.optim.Adam(hand.parameters(), lr=LR), x),
-        "hand-written, fused Adam": hand_step(
-            hand_fused, torch.optim.Adam(hand_fused.parameters(), lr=LR, fused=True), x
-        ),
-        "pyro_vae (fit's step)": pyro_vae_step(x),
-        NUMPYRO: jitted,
-    }
+    steps: dict[str, Callable[[], None]] = {}
+    compile_s = float("nan")
+    for name in names:
+        if name == BASELINE:
+            steps[name] = hand_step(hand, torch.optim.Adam(hand.parameters(), lr=LR), x)
+        elif name == "hand-written, fused Adam":
+            steps[name] = hand_step(
+                hand_fused, torch.optim.Adam(hand_fused.parameters(), lr=LR, fused=True), x
+            )
+        elif name == "pyro_vae (fit's step)":
+            initial[name] = pyro_vae_initial_loss(x)
+            steps[name] = pyro_vae_step(x)
+        elif name == NUMPYRO:
+            steps[name], compile_s, initial[NUMPYRO] = numpyro_step(x, torch_weights(hand))
+        else:
+            raise ValueError(f"no path {name!r}; the paths are {PATHS}")
     return steps, compile_s, initial
 
 
@@ -196,13 +221,19 @@ def main(argv: list[str] | None = None) -> dict:
             print(SKIP_REASON)
         emit(result, args.json)
         return result
+    if args.separate:
+        return separate(args)
     set_threads(args.threads)
     torch.manual_seed(0)
     x = (torch.rand(B, D) < 0.3).float()
     # One private parameter store for the whole run (the Pyro paths use distinct names).
     with pyro.get_param_store().scope(), pyro.validation_enabled(False):
-        steps, compile_s, initial = build_steps(x)
+        steps, compile_s, initial = build_steps(x, (args.only,) if args.only else PATHS)
         times = interleave(steps, steps=args.steps, warmup=args.warmup)
+    if args.only:
+        result = {"path": args.only, "median_s": statistics.median(times[args.only])}
+        emit(result, args.json)
+        return result
     rows = ratio_table(times, BASELINE)
     env = numpyro_environment()
     print(
@@ -220,6 +251,52 @@ def main(argv: list[str] | None = None) -> dict:
         "results": rows,
         "compile_s": compile_s,
         "initial_loss": initial,
+    }
+    emit(result, args.json)
+    return result
+
+
+def separate(args: argparse.Namespace) -> dict:
+    """Every path alone in a process of its own (``--only``), ``args.separate`` rounds, the order
+    of the processes reversed every other round: the issue's way of comparing with NumPyro,
+    where XLA's thread pool and torch's threads never share the machine."""
+    medians: dict[str, list[float]] = {name: [] for name in PATHS}
+    for r in range(args.separate):
+        for name in PATHS if r % 2 == 0 else PATHS[::-1]:
+            command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps)]
+            command += ["--warmup", str(args.warmup), "--json", "-"]
+            if args.threads is not None:
+                command += ["--threads", str(args.threads)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            medians[name].append(json.loads(out.strip().splitlines()[-1])["median_s"])
+    base = statistics.median(medians[BASELINE])
+    env = numpyro_environment()
+    print(
+        f"each path alone in its own process, {args.separate} rounds of {args.steps} steps, "
+        f"load {env['loadavg']}"
+    )
+    print(f"{'path':<28} {'median ms/step':>15} {'per round (ms)':>28} {'ratio':>7}")
+    rows = []
+    for name, values in medians.items():
+        med = statistics.median(values)
+        per_round = ", ".join(f"{v * 1e3:.2f}" for v in values)
+        rows.append(
+            {
+                "path": name,
+                "median_ms": med * 1e3,
+                "rounds_ms": [v * 1e3 for v in values],
+                "ratio": med / base,
+            }
+        )
+        print(f"{name:<28} {med * 1e3:>15.3f} {per_round:>28} {med / base:>7.3f}")
+    result = {
+        "benchmark": "numpyro_step",
+        "mode": "separate processes",
+        "steps": args.steps,
+        "rounds": args.separate,
+        "environment": env,
+        "ratios": {r["path"]: r["ratio"] for r in rows},
+        "results": rows,
     }
     emit(result, args.json)
     return result

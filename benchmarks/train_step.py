@@ -22,7 +22,7 @@ from pyro_vae.infer import MeanFieldELBO
 from pyro_vae.infer.captured import CapturedLoss
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
-from pyro_vae.train import train_step
+from pyro_vae.train import FusedAdam, train_step
 from pyro_vae.train.optimizers import default_optimizer
 from pyro_vae.train.step import FIT_CAPTURE_AFTER, step_loss
 
@@ -112,13 +112,16 @@ def main(argv: list[str] | None = None) -> dict:
     set_threads(args.threads)
     torch.manual_seed(0)
     x = (torch.rand(B, D) < 0.3).float()
-    hand, hand_fused = HandVAE(), HandVAE()
+    hand, hand_fused, hand_ours = HandVAE(), HandVAE(), HandVAE()
     # One private parameter store for the whole run (the Pyro paths use distinct names).
     with pyro.get_param_store().scope(), pyro.validation_enabled(False):
         steps = {
             "hand-written PyTorch": hand_step(hand, torch.optim.Adam(hand.parameters(), lr=LR), x),
             "hand-written, fused Adam": hand_step(
                 hand_fused, torch.optim.Adam(hand_fused.parameters(), lr=LR, fused=True), x
+            ),
+            "hand-written, pyro_vae's FusedAdam": hand_step(
+                hand_ours, FusedAdam(hand_ours.parameters(), lr=LR), x
             ),
             "pyro_vae (fit's step)": pyro_vae_step(x),
             "pyro_vae eager (capture_after=None)": pyro_vae_step(x, name="eager", capture=False),
