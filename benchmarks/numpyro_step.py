@@ -21,7 +21,8 @@ repository root::
         && pip install torch==2.13.0 && pip install -e . jax numpyro \
         && python benchmarks/numpyro_step.py
 
-    python benchmarks/numpyro_step.py [--steps 300] [--warmup 30] [--quick] [--threads N] [--separate ROUNDS] [--json out.json]
+    python benchmarks/numpyro_step.py [--steps 300] [--warmup 30] [--quick] [--threads N]
+        [--separate ROUNDS] [--json out.json]
 
 Threads: ``--threads`` sets torch's (``torch.set_num_threads``). XLA's CPU backend keeps its own
 thread pool, which this script does not change: ``XLA_FLAGS`` is recorded in the environment
