@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,12 @@ def _peak_memory(k: int, points: int) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB (Linux reports KiB)
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far: memory the allocator handed back to the
+    system and touched afresh (see docs/benchmarks.md, "IWAE evaluation")."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def sgemm_rate(rows: int, repeats: int = 5) -> float:
     """GFLOP/s of the decoder's two matrix multiplies alone (``rows`` particle-rows, the chunk
     size of the evaluation): the rate the evaluation's decoder could reach at best."""
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
     }
     times: dict[str, list[float]] = {name: [] for name in paths}
+    faults: dict[str, list[int]] = {name: [] for name in paths}
     values = {}
     rates = []
     with pyro.get_param_store().scope():
@@ -117,9 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(args.repeats):
             rates.append(sgemm_rate(data_chunk * particle_chunk))
             for name in names[r % 2 :] + names[: r % 2]:
+                faults_before = _minor_faults()
                 tic = time.perf_counter()
                 values[name] = paths[name]()
                 times[name].append(time.perf_counter() - tic)
+                faults[name].append(_minor_faults() - faults_before)
     work = args.points * args.k
     decoder_gflop = 2 * work * (Z * H + H * D) / 1e9
     rate = statistics.median(rates)
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"decoder matmuls alone: {rate:.1f} GFLOP/s ({decoder_gflop:.0f} GFLOP in the evaluation)")
     print(
         f"{'path':<24} {'median s':>9} {'points*K / s':>14} {'throughput ratio':>17} {'decoder GFLOP/s':>16}"
-        f" {'of sgemm':>9}"
+        f" {'of sgemm':>9}  page faults per repeat"
     )
     rows = []
     for name, t in times.items():
@@ -146,11 +156,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "ratio": base / med,
                 "decoder_gflops": achieved,
                 "fraction_of_sgemm": achieved / rate,
+                "minor_page_faults": faults[name],
             }
         )
         print(
             f"{name:<24} {med:>9.2f} {work / med:>14.0f} {base / med:>17.3f} {achieved:>16.1f}"
-            f" {achieved / rate:>9.2f}"
+            f" {achieved / rate:>9.2f}  {', '.join(map(str, faults[name]))}"
         )
     ours, hand = (values[n].mean().item() for n in ("pyro_vae.bounds.iwae", "hand-written logsumexp"))
     print(

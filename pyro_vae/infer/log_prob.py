@@ -12,6 +12,12 @@ from torch.distributions.utils import _sum_rightmost
 _HALF_LOG_TWO_PI = math.log(math.sqrt(2 * math.pi))
 
 
+def broadcast_shape(a: torch.Size, b: torch.Size) -> torch.Size:
+    """``torch.broadcast_shapes(a, b)``, without its cost (about 10 microseconds, a pass of
+    Python) when the shapes are equal, as they are for most sites."""
+    return a if a == b else torch.broadcast_shapes(a, b)
+
+
 def compact(t: torch.Tensor) -> torch.Tensor:
     """``t`` with every broadcast dimension (stride 0, size > 1) narrowed to size 1: the same
     values under broadcasting, without the repeated elements."""
@@ -32,7 +38,7 @@ def _normal_log_prob(fn: Normal, value: torch.Tensor) -> torch.Tensor:
         fn._validate_sample(value)
     loc, scale = compact(fn.loc), compact(fn.scale)
     out = -((value - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_TWO_PI
-    shape = torch.broadcast_shapes(value.shape, fn.batch_shape + fn.event_shape)
+    shape = broadcast_shape(value.shape, fn.batch_shape + fn.event_shape)
     return out if out.shape == shape else out.expand(shape)
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae._checks import check_binary
+from pyro_vae.infer.log_prob import broadcast_shape
 from pyro_vae.likelihoods.base import Likelihood
 
 
@@ -17,7 +18,7 @@ class _BernoulliVector(dist.Independent):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         logits = self.base_dist.logits
-        shape = torch.broadcast_shapes(logits.shape, value.shape)
+        shape = broadcast_shape(logits.shape, value.shape)
         bce = F.binary_cross_entropy_with_logits(logits.expand(shape), value.expand(shape), reduction="none")
         return -bce.sum(-1)
 

@@ -1,9 +1,10 @@
 """site_log_prob: bitwise Normal.log_prob on expanded parameters, in value and gradient."""
 
 import pyro.distributions as dist
+import pytest
 import torch
 
-from pyro_vae.infer.log_prob import compact, site_log_prob
+from pyro_vae.infer.log_prob import broadcast_shape, compact, site_log_prob
 
 
 def test_compact_keeps_values_under_broadcasting():
@@ -43,3 +44,10 @@ def test_other_distributions_are_left_alone():
     fn = dist.Bernoulli(logits=torch.zeros(3, 2)).to_event(1)
     value = torch.ones(3, 2)
     assert torch.equal(site_log_prob(fn, value), fn.log_prob(value))
+
+
+def test_broadcast_shape_is_torchs():
+    for a, b in [((3, 1, 4), (3, 1, 4)), ((1, 4), (5, 3, 4)), ((), (2,)), ((5, 1), (1, 6))]:
+        assert broadcast_shape(torch.Size(a), torch.Size(b)) == torch.broadcast_shapes(a, b)
+    with pytest.raises(RuntimeError):
+        broadcast_shape(torch.Size((3,)), torch.Size((4,)))
