@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.optim import optimizer as _optimizer
 
+from pyro_vae.errors import InputError
+
 _ADAM_STEP: Callable[..., Any] = torch.optim.Adam.step
 while getattr(_ADAM_STEP, "hooked", False):  # another Adam's patch: its hooks must not run twice
     _ADAM_STEP = _ADAM_STEP.__wrapped__  # type: ignore[attr-defined]
@@ -31,15 +33,18 @@ class FusedAdam(torch.optim.Adam):
     per-parameter state initialization checks, the dispatch between implementations and the
     regrouping of tensors by device and dtype, and the hook wrapper's profiler label when no
     profiler runs. On the parameters of the benchmark VAE of ``benchmarks/train_step.py``
-    (eight tensors, 0.69 million numbers), interleaved medians of 1,800 steps: 0.36-0.39 ms
-    for ``torch.optim.Adam(fused=True).step`` against 0.28-0.30 ms for this one, the kernel
+    (eight tensors, 0.69 million numbers), interleaved medians of 1,800 steps, four runs: 0.36-0.42 ms
+    for ``torch.optim.Adam(fused=True).step`` against 0.28-0.31 ms for this one, the kernel
     alone taking 0.20-0.21 ms.
 
     The general step (``torch.optim.Adam.step``) runs instead whenever the lean one does not
     apply: with a ``closure``, a gradient scaler's ``grad_scale``/``found_inf``, a tensor
     ``lr`` or betas, sparse gradients, a group whose parameters mix devices or dtypes, or
-    ``differentiable=True``. Step hooks, learning-rate schedulers and the profiler's
-    ``Optimizer.step#FusedAdam.step`` label work as for any optimizer.
+    ``differentiable=True``, or state that the general step would refuse (then with its error,
+    raised after it has stepped the groups before). Step hooks (which see the arguments
+    ``step`` was called with), learning-rate schedulers, the profiler's
+    ``Optimizer.step#FusedAdam.step`` label and subclasses that override ``step`` work as
+    for any optimizer.
 
     References:
         [1] Kingma & Ba (2015), "Adam: a method for stochastic optimization", ICLR.
@@ -48,27 +53,25 @@ class FusedAdam(torch.optim.Adam):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        *,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float = 0,
         amsgrad: bool = False,
-        maximize: bool = False,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            fused=True,
-        )
+        """``torch.optim.Adam``'s arguments (so ``type(opt)(params, **opt.defaults)`` rebuilds
+        one); ``fused`` can only be ``True``."""
+        if options.setdefault("fused", True) is not True:
+            raise InputError(f"FusedAdam is torch.optim.Adam with fused=True, got fused={options['fused']!r}")
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **options)
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One Adam step over the parameters that have gradients (see the class docs)."""
+    def step(self, *args: Any, **kwargs: Any) -> float | None:  # type: ignore[override]
+        """One Adam step over the parameters that have gradients; ``step(closure)`` as for
+        any optimizer (see the class docs)."""
+        if not getattr(type(self).step, "runs_hooks", False):
+            # a subclass's own step, which Optimizer wraps with the hooks, called this one
+            return self._step(*args, **kwargs)
         if (
             _optimizer._global_optimizer_pre_hooks
             or _optimizer._global_optimizer_post_hooks
@@ -76,10 +79,11 @@ class FusedAdam(torch.optim.Adam):
             or self._optimizer_step_post_hooks
             or torch.autograd._profiler_enabled()
         ):
-            return self._hooked_step(closure)
-        return self._step(closure)
+            return self.profile_hook_step(type(self)._step)(self, *args, **kwargs)
+        return self._step(*args, **kwargs)
 
-    step.hooked = True  # type: ignore[attr-defined]  # hooks and the profiler's label: _hooked_step
+    step.hooked = True  # type: ignore[attr-defined]  # Optimizer leaves it unwrapped ...
+    step.runs_hooks = True  # type: ignore[attr-defined]  # ... because it runs the hooks itself
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``Optimizer.zero_grad``; with ``set_to_none`` (the default) and no profiler running,
@@ -91,12 +95,7 @@ class FusedAdam(torch.optim.Adam):
             for p in group["params"]:
                 p.grad = None
 
-    def _hooked_step(self, closure: Callable[[], float] | None) -> float | None:
-        """:meth:`step` as ``torch.optim.Optimizer`` wraps every optimizer's: step hooks around
-        it, inside the profiler's ``Optimizer.step#FusedAdam.step`` label."""
-        return self.profile_hook_step(type(self)._step)(self, closure)
-
-    def _step(self, closure: Callable[[], float] | None) -> float | None:
+    def _step(self, closure: Callable[[], float] | None = None) -> float | None:
         if (
             closure is not None
             or getattr(self, "grad_scale", None) is not None
@@ -163,14 +162,20 @@ class FusedAdam(torch.optim.Adam):
             s = state.get(p)
             if not s or grad.is_sparse:
                 return None
+            exp_avg, exp_avg_sq, step = s.get("exp_avg"), s.get("exp_avg_sq"), s.get("step")
+            max_exp_avg_sq = s.get("max_exp_avg_sq") if amsgrad else None
+            if exp_avg is None or exp_avg_sq is None or not isinstance(step, torch.Tensor):
+                return None  # state torch's step rejects: its error, after its earlier groups' steps
+            if amsgrad:
+                if max_exp_avg_sq is None:
+                    return None
+                max_exp_avg_sqs.append(max_exp_avg_sq)
             kinds.add((p.device, p.dtype))
             params.append(p)
             grads.append(grad)
-            exp_avgs.append(s["exp_avg"])
-            exp_avg_sqs.append(s["exp_avg_sq"])
-            if amsgrad:
-                max_exp_avg_sqs.append(s["max_exp_avg_sq"])
-            steps.append(s["step"])
+            exp_avgs.append(exp_avg)
+            exp_avg_sqs.append(exp_avg_sq)
+            steps.append(step)
         if len(kinds) > 1:
             return None
         return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps

@@ -8,6 +8,7 @@ import torch
 from torch.optim.lr_scheduler import StepLR
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from pyro_vae.errors import InputError
 from pyro_vae.train import fused_adam
 from pyro_vae.train.fused_adam import FusedAdam
 
@@ -190,3 +191,79 @@ def test_zero_grad_keeps_or_drops_like_torch():
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in params)
     opt.zero_grad()
     assert all(p.grad is None for p in params)
+
+
+def _hook_record(opt, seen):
+    return opt.register_step_pre_hook(lambda o, a, k: seen.append((len(a), sorted(k))))
+
+
+def test_hooks_see_the_callers_arguments_and_may_change_them():
+    """As for torch's optimizers: a pre-hook sees ``(self, *args)`` and the keywords as
+    called, and what it returns is what the step gets (here, a closure it adds)."""
+    seen = {}
+    for cls in (FusedAdam, lambda p, **kw: torch.optim.Adam(p, fused=True, **kw)):
+        params = _params()
+        opt = cls(params, lr=0.05)
+        calls = seen.setdefault(cls, [])
+        handle = _hook_record(opt, calls)
+
+        def closure(params=params):
+            loss = sum((p**2).sum() for p in params)
+            loss.backward()
+            return loss
+
+        opt.zero_grad()
+        opt.step(closure)
+        opt.zero_grad()
+        opt.step(closure=closure)
+        handle.remove()
+        opt.register_step_pre_hook(lambda o, a, k: (a, {"closure": closure}))
+        opt.zero_grad()
+        assert opt.step() is not None  # the hook's closure ran
+    ours, torchs = seen.values()
+    assert ours == torchs == [(2, []), (1, ["closure"])]
+
+
+def test_a_subclass_overriding_step_runs_the_hooks_once():
+    class Sub(FusedAdam):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    params = _params()
+    opt = Sub(params, lr=0.05)
+    calls = []
+    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    opt.register_step_post_hook(lambda *a: calls.append("post"))
+    _run(opt, params, _grads(params, steps=3))
+    assert calls == ["pre", "post"] * 3
+    ref = _copy(_params())
+    _run(torch.optim.Adam(ref, lr=0.05, fused=True), ref, _grads(ref, steps=3))
+    assert all(torch.equal(p, q) for p, q in zip(params, ref, strict=True))
+
+
+def test_state_the_step_refuses_fails_as_in_torch():
+    """A group turned to amsgrad mid-run has no ``max_exp_avg_sq``: torch steps the groups
+    before it, then raises; so does FusedAdam."""
+    states = []
+    for cls in (FusedAdam, lambda g, **kw: torch.optim.Adam(g, fused=True, **kw)):
+        a, b = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+        opt = cls([{"params": [a]}, {"params": [b]}], lr=0.1)
+        a.grad, b.grad = torch.ones(3), torch.ones(3)
+        opt.step()
+        opt.param_groups[1]["amsgrad"] = True
+        with pytest.raises(KeyError, match="max_exp_avg_sq"):
+            opt.step()
+        states.append((a.detach().clone(), opt.state[a]["step"].clone()))
+    assert torch.equal(states[0][0], states[1][0]) and torch.equal(states[0][1], states[1][1])
+    assert states[0][1].item() == 2
+
+
+def test_constructor_takes_adams_arguments():
+    params = _params()
+    opt = FusedAdam(params, 0.05, (0.8, 0.99))
+    assert opt.defaults["lr"] == 0.05 and opt.defaults["betas"] == (0.8, 0.99)
+    rebuilt = type(opt)(_copy(params), **opt.defaults)
+    assert rebuilt.defaults == opt.defaults
+    assert opt.defaults == torch.optim.Adam(_copy(params), 0.05, (0.8, 0.99), fused=True).defaults
+    with pytest.raises(InputError, match="fused=True"):
+        FusedAdam(params, fused=False)
