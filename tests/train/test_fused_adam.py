@@ -267,3 +267,18 @@ def test_constructor_takes_adams_arguments():
     assert opt.defaults == torch.optim.Adam(_copy(params), 0.05, (0.8, 0.99), fused=True).defaults
     with pytest.raises(InputError, match="fused=True"):
         FusedAdam(params, fused=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("options", [{}, {"amsgrad": True, "weight_decay": 0.1}])
+def test_bitwise_torch_fused_adam_on_cuda(options):
+    ours = [p.detach().cuda().requires_grad_() for p in _params()]
+    ref = _copy(ours)
+    opt = FusedAdam(ours, lr=0.05, **options)
+    opt_ref = torch.optim.Adam(ref, lr=0.05, fused=True, **options)
+    grads = [[g.cuda() for g in step] for step in _grads(ours)]
+    _run(opt, ours, grads)
+    _run(opt_ref, ref, grads)
+    _assert_same(opt, ours, opt_ref, ref)
+    assert all(opt.state[p]["step"].is_cuda for p in ours)
