@@ -99,7 +99,7 @@ class FusedAdam(torch.optim.Adam):
         if (
             closure is not None
             or getattr(self, "grad_scale", None) is not None
-            or (getattr(self, "found_inf", None) is not None)
+            or getattr(self, "found_inf", None) is not None
         ):
             return _ADAM_STEP(self, closure)
         calls = []
@@ -163,10 +163,10 @@ class FusedAdam(torch.optim.Adam):
             if not s or grad.is_sparse:
                 return None
             exp_avg, exp_avg_sq, step = s.get("exp_avg"), s.get("exp_avg_sq"), s.get("step")
-            max_exp_avg_sq = s.get("max_exp_avg_sq") if amsgrad else None
             if exp_avg is None or exp_avg_sq is None or not isinstance(step, torch.Tensor):
                 return None  # state torch's step rejects: its error, after its earlier groups' steps
             if amsgrad:
+                max_exp_avg_sq = s.get("max_exp_avg_sq")
                 if max_exp_avg_sq is None:
                     return None
                 max_exp_avg_sqs.append(max_exp_avg_sq)
