@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pyro_vae.diagnostics._arviz import arviz
+from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.per_datapoint import chunked_log_terms
 
 #: k-hat thresholds of Yao et al. (2018) / Vehtari et al. (2024)
@@ -86,16 +87,17 @@ def importance_diagnostics(
     """PSIS :math:`\\hat k` and the effective sample size of the weights
     :math:`w = p(x, z) / q(z \\mid x)`, :math:`z \\sim q`, for every datapoint of any program."""
     ks, esss = [], []
-    for terms in chunked_log_terms(
-        model,
-        guide,
-        *args,
-        data_chunk=data_chunk,
-        num_particles=num_particles,
-        plate_name=plate_name,
-        **kwargs,
-    ):
-        lw = terms.log_weight
-        ks.append(pareto_k_hat(lw))
-        esss.append(effective_sample_size(lw))
+    with frozen_evaluation():  # once for all chunks
+        for terms in chunked_log_terms(
+            model,
+            guide,
+            *args,
+            data_chunk=data_chunk,
+            num_particles=num_particles,
+            plate_name=plate_name,
+            **kwargs,
+        ):
+            lw = terms.log_weight
+            ks.append(pareto_k_hat(lw))
+            esss.append(effective_sample_size(lw))
     return ImportanceDiagnostics(k_hat=torch.cat(ks), ess=torch.cat(esss), num_particles=num_particles)

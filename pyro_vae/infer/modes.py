@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,7 +23,15 @@ def evaluation_mode() -> Iterator[None]:
     switches each module to eval mode just before it runs, wherever the program keeps it
     (registered with ``pyro.module`` or not, in the model or the guide), and the modules it
     switched go back to train mode on exit, even on error.
+
+    Nested in the same thread, the inner block does nothing: the outer one already holds every
+    module that runs in eval mode, and restores them when it ends. An evaluation over many
+    chunks holds the mode once (its chunks then neither register a hook nor switch modules
+    each time).
     """
+    if getattr(_depth, "value", 0):
+        yield
+        return
     switched: list[nn.Module] = []
 
     def to_eval(module: nn.Module, _inputs: object) -> None:
@@ -31,12 +40,23 @@ def evaluation_mode() -> Iterator[None]:
             switched.append(module)
 
     handle = register_module_forward_pre_hook(to_eval)
+    _depth.value = 1
     try:
         yield
     finally:
+        _depth.value = 0
         handle.remove()
         for module in switched:
             module.training = True
+
+
+_depth = threading.local()
+"""Whether this thread is inside :func:`evaluation_mode` (``value``: 1 or 0)."""
+
+
+def evaluating() -> bool:
+    """Whether this thread is inside :func:`evaluation_mode` (an evaluator's run)."""
+    return bool(getattr(_depth, "value", 0))
 
 
 @contextmanager

@@ -279,23 +279,24 @@ def accumulate_log_weights(
     ``num_particles`` particles of those rows in particle chunks (see
     :func:`streamed_log_terms`); and how the particles were drawn (``Terms.mode``)."""
     out, mode = [], "single"
-    for chunk in streamed_log_terms(
-        model,
-        guide,
-        args,
-        kwargs,
-        num_particles=num_particles,
-        data_chunk=data_chunk,
-        particle_chunk=particle_chunk,
-        max_rows=max_rows,
-        plate_name=plate_name,
-        analytic_kl=analytic_kl,
-    ):
-        acc = make()
-        for terms in chunk:
-            acc.add(terms.log_weight)
-            mode = terms.mode
-        out.append(acc)
+    with frozen_evaluation():  # once for all chunks (each chunk's own is then a no-op)
+        for chunk in streamed_log_terms(
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=num_particles,
+            data_chunk=data_chunk,
+            particle_chunk=particle_chunk,
+            max_rows=max_rows,
+            plate_name=plate_name,
+            analytic_kl=analytic_kl,
+        ):
+            acc = make()
+            for terms in chunk:
+                acc.add(terms.log_weight)
+                mode = terms.mode
+            out.append(acc)
     return out, mode
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.particles import ProgramPlan
 from pyro_vae.infer.per_datapoint import chunked_log_terms
 
@@ -43,17 +44,18 @@ def rate_distortion(
     (``plan``: the program's probe from an earlier call, see
     :func:`~pyro_vae.infer.per_datapoint.probe`)."""
     rates, dists = [], []
-    for terms in chunked_log_terms(
-        model,
-        guide,
-        *data,
-        data_chunk=batch_size,
-        num_particles=num_particles,
-        plate_name=plate_name,
-        plan=plan,
-        **kwargs,
-    ):
-        rates.append(terms.rate.mean(0))
-        dists.append(terms.distortion.mean(0))
+    with frozen_evaluation():  # once for all chunks
+        for terms in chunked_log_terms(
+            model,
+            guide,
+            *data,
+            data_chunk=batch_size,
+            num_particles=num_particles,
+            plate_name=plate_name,
+            plan=plan,
+            **kwargs,
+        ):
+            rates.append(terms.rate.mean(0))
+            dists.append(terms.distortion.mean(0))
     rate, distortion = torch.cat(rates), torch.cat(dists)
     return RateDistortion(elbo=-(rate + distortion), rate=rate, distortion=distortion)

@@ -1,9 +1,12 @@
-"""BufferSnapshot: modules' buffers put back as they were, unchanged ones left alone."""
+"""BufferSnapshot: modules' buffers put back as they were, unchanged ones left alone; evaluation_mode:
+every module that runs in eval mode, nested blocks held by the outermost, per thread."""
+
+import threading
 
 import torch
 from torch import nn
 
-from pyro_vae.infer.modes import BufferSnapshot
+from pyro_vae.infer.modes import BufferSnapshot, evaluating, evaluation_mode
 
 
 class _Scaled(nn.Module):
@@ -33,3 +36,35 @@ def test_a_snapshot_restores_changed_buffers_and_leaves_unchanged_ones_alone():
         scaled.scale.mul_(3.0)
     held.restore()
     assert torch.equal(scaled.scale, torch.full((3,), 2.0))
+
+
+def test_nested_evaluation_is_held_by_the_outermost_block():
+    """Modules switched inside a nested block stay in eval mode until the outermost block ends,
+    then all of them are back in train mode, even after an error."""
+    a, b = nn.Linear(2, 2), nn.BatchNorm1d(2)
+    x = torch.randn(4, 2)
+    assert not evaluating()
+    try:
+        with evaluation_mode():
+            a(x)
+            assert evaluating() and not a.training
+            with evaluation_mode():
+                b(x)
+                assert not b.training
+            assert evaluating()
+            assert not a.training and not b.training  # the inner block restored nothing
+            raise KeyError("out")
+    except KeyError:
+        pass
+    assert not evaluating()
+    assert a.training and b.training
+    assert torch.equal(b.running_mean, torch.zeros(2))  # no running statistic changed
+
+
+def test_evaluation_is_per_thread():
+    seen = []
+    with evaluation_mode():
+        worker = threading.Thread(target=lambda: seen.append(evaluating()))
+        worker.start()
+        worker.join()
+    assert seen == [False]
