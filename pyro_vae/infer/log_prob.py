@@ -17,9 +17,22 @@ _HALF_LOG_TWO_PI = math.log(math.sqrt(2 * math.pi))
 
 
 def broadcast_shape(a: torch.Size, b: torch.Size) -> torch.Size:
-    """``torch.broadcast_shapes(a, b)``, without its cost (about 10 microseconds, a pass of
-    Python) when the shapes are equal, as they are for most sites."""
-    return a if a == b else torch.broadcast_shapes(a, b)
+    """``torch.broadcast_shapes(a, b)`` without its cost (about 10 microseconds, a pass of
+    Python through ``torch._refs``): the shapes themselves when equal, as for most sites,
+    else a plain loop over the dimensions. Raises ``RuntimeError`` for shapes that do not
+    broadcast, as torch does."""
+    if a == b:
+        return a
+    n = max(len(a), len(b))
+    out = []
+    for x, y in zip((1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b), strict=True):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise RuntimeError(f"shapes {tuple(a)} and {tuple(b)} do not broadcast")
+    return torch.Size(out)
 
 
 def compact(t: torch.Tensor) -> torch.Tensor:

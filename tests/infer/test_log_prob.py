@@ -50,10 +50,15 @@ def test_other_distributions_are_left_alone():
 
 
 def test_broadcast_shape_is_torchs():
-    for a, b in [((3, 1, 4), (3, 1, 4)), ((1, 4), (5, 3, 4)), ((), (2,)), ((5, 1), (1, 6))]:
-        assert broadcast_shape(torch.Size(a), torch.Size(b)) == torch.broadcast_shapes(a, b)
-    with pytest.raises(RuntimeError):
-        broadcast_shape(torch.Size((3,)), torch.Size((4,)))
+    cases = [((3, 1, 4), (3, 1, 4)), ((1, 4), (5, 3, 4)), ((), (2,)), ((5, 1), (1, 6)), ((2, 0), (1,))]
+    for a, b in cases + [(b, a) for a, b in cases]:
+        ours = broadcast_shape(torch.Size(a), torch.Size(b))
+        assert isinstance(ours, torch.Size) and ours == torch.broadcast_shapes(a, b)
+    for a, b in [((3,), (4,)), ((2, 3), (3, 2)), ((0,), (2,))]:
+        with pytest.raises(RuntimeError):
+            torch.broadcast_shapes(a, b)
+        with pytest.raises(RuntimeError):
+            broadcast_shape(torch.Size(a), torch.Size(b))
 
 
 def _exact_bernoulli(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
