@@ -67,7 +67,8 @@ def _normal_log_prob_in_place(value: torch.Tensor, loc: torch.Tensor, scale: tor
     one tensor of the broadcast shape, written in place, instead of six, and the negation
     moved onto the divisor (:math:`(-a)/b = a/(-b)` exactly in floating point)."""
     out = value - loc
-    if out.shape != broadcast_shape(out.shape, scale.shape):
+    if out.dtype != scale.dtype or out.shape != broadcast_shape(out.shape, scale.shape):
+        # the scale would promote the result, or broaden it: out of place, as Normal.log_prob
         return -(out**2) / (2 * scale**2) - scale.log() - _HALF_LOG_TWO_PI
     out.square_()
     out.div_(-2 * scale**2)
@@ -111,7 +112,7 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor, event_dims: in
     gradients (training), PyTorch's formula is used, whose backward pass is one fused kernel.
     """
     shape = broadcast_shape(logits.shape, value.shape)
-    if not lean(logits, value):
+    if logits.dtype != value.dtype or not lean(logits, value):  # mixed dtypes: torch's promotion
         lp = -F.binary_cross_entropy_with_logits(logits.expand(shape), value.expand(shape), reduction="none")
         return _sum_rightmost(lp, event_dims) if event_dims else lp
     small, x = compact(logits), compact(value)

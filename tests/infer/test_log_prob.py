@@ -151,3 +151,22 @@ def test_evaluation_normal_in_place_is_bitwise_normal_log_prob():
             ref = fn.log_prob(value)
             assert ours.shape == ref.shape
             assert torch.equal(ours, ref)
+
+
+def test_evaluation_paths_with_mixed_dtypes_are_torchs():
+    """A float64 observation of a float32 model (or the reverse) is promoted as torch promotes
+    it: the Normal bitwise, the Bernoulli by torch's own formula."""
+    g = torch.Generator().manual_seed(4)
+    loc, scale = torch.randn(3, 4, generator=g), torch.rand(3, 4, generator=g) + 0.5
+    logits = torch.randn(3, 4, generator=g)
+    for fn, value in [
+        (dist.Normal(loc, scale).to_event(1), torch.randn(3, 4, generator=g, dtype=torch.float64)),
+        (dist.Normal(loc, scale.double()).to_event(1), torch.randn(3, 4, generator=g)),
+        (dist.Bernoulli(logits=logits).to_event(1), torch.ones(3, 4, dtype=torch.float64)),
+        (dist.Bernoulli(logits=logits.double()).to_event(1), torch.ones(3, 4)),
+    ]:
+        with frozen_evaluation():
+            ours = site_log_prob(fn, value)
+        ref = fn.log_prob(value)
+        assert ours.dtype == ref.dtype
+        assert torch.equal(ours, ref)
