@@ -90,40 +90,54 @@ def lean(*tensors: torch.Tensor) -> bool:
 
 
 def _softplus_threshold(dtype: torch.dtype) -> float:
-    """Where :math:`\\log(1 + e^l) = l` to the dtype's precision: ``F.softplus`` returns
-    :math:`l` above its threshold, dropping :math:`\\log(1 + e^{-l}) < e^{-l}`, which is below
-    half an ulp of :math:`l` past 20 in single or lower precision and past 40 in double."""
+    """Where :math:`\\log \\sigma(l) = l` to the dtype's precision: ``F.softplus(l, beta=-1)``
+    returns :math:`l` below minus its threshold, dropping :math:`\\log(1 + e^{l}) < e^{l}`,
+    which is below half an ulp of :math:`l` past 20 in single or lower precision and past 40
+    in double."""
     return 40.0 if torch.finfo(dtype).eps < 1e-10 else 20.0
 
 
 def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
-    """:math:`\\log p(x \\mid l) = x\\,l - \\log(1 + e^{l})`, Bernoulli with logits :math:`l`,
-    summed over the ``event_dims`` rightmost dimensions: ``Bernoulli(logits=l)
+    """:math:`\\log p(x \\mid l) = \\log \\sigma(l) - (1 - x)\\,l`, Bernoulli with logits
+    :math:`l`, summed over the ``event_dims`` rightmost dimensions: ``Bernoulli(logits=l)
     .to_event(event_dims).log_prob(x)``.
 
-    In evaluation (:func:`lean`), it is computed as
-    :math:`-\\sum_d (\\operatorname{softplus}(l_d) - x_d l_d)`: one softplus, one
-    multiply-subtract in place and one sum, on compacted parameters. PyTorch's
-    ``binary_cross_entropy_with_logits``, which ``Bernoulli.log_prob`` calls, makes four
-    passes and three tensors of the broadcast shape (its log-sigmoid writes a second buffer
-    for the backward pass), a third of evaluating :math:`\\log p(x \\mid z)` for many
-    particles. The two agree to the dtype's rounding, not bitwise: each term is rounded at
-    about :math:`\\epsilon (|l_d| + 1)` either way, tested against double precision. With
-    gradients (training), PyTorch's formula is used, whose backward pass is one fused kernel.
+    In evaluation (:func:`lean`) it is PyTorch's formula with fewer passes over memory: the
+    log-sigmoid as ``F.softplus(l, beta=-1)`` (PyTorch's ``logsigmoid`` also writes a buffer
+    for the backward pass), :math:`1 - x` on the compacted data (once per datapoint, not
+    once per particle), one multiply-subtract in place and the sum: one tensor of the
+    broadcast shape where ``binary_cross_entropy_with_logits`` makes three, a third of
+    evaluating :math:`\\log p(x \\mid z)` for many particles. Equal to PyTorch's to the
+    dtype's rounding, not bitwise (each term within :math:`4\\epsilon (|l_d| + 1)` of double
+    precision, as PyTorch's is; zeros may differ in sign), and at infinite logits the same
+    :math:`-\\infty` and NaN. With gradients (training), PyTorch's own call is used, whose
+    backward pass is one fused kernel.
     """
     shape = broadcast_shape(logits.shape, value.shape)
     if logits.dtype != value.dtype or not lean(logits, value):  # mixed dtypes: torch's promotion
         lp = -F.binary_cross_entropy_with_logits(logits.expand(shape), value.expand(shape), reduction="none")
         return _sum_rightmost(lp, event_dims) if event_dims else lp
     small, x = compact(logits), compact(value)
-    terms = F.softplus(small, threshold=_softplus_threshold(small.dtype))
-    if terms.shape == broadcast_shape(terms.shape, x.shape):
-        terms.addcmul_(x, small, value=-1)  # in place: the softplus is this function's own tensor
+    out = F.softplus(small, beta=-1, threshold=_softplus_threshold(small.dtype))  # log sigmoid(l)
+    if out.shape == broadcast_shape(out.shape, x.shape):
+        out.addcmul_(1 - x, small, value=-1)  # in place: the softplus is this function's own tensor
     else:
-        terms = torch.addcmul(terms, x, small, value=-1)
-    out = -_sum_rightmost(terms, event_dims) if event_dims else terms.neg_()
+        out = torch.addcmul(out, 1 - x, small, value=-1)
+    if event_dims:
+        out = _sum_rightmost(_full_events(out, shape, event_dims), event_dims)
     full = shape[: len(shape) - event_dims]
     return out if out.shape == full else out.expand(full)
+
+
+def _full_events(t: torch.Tensor, shape: torch.Size, event_dims: int) -> torch.Tensor:
+    """``t`` broadcast to the ``event_dims`` rightmost sizes of ``shape``: compaction narrows
+    any dimension that no operand holds in full, an event dimension too (a logit shared by
+    every feature, data expanded from one column), and a sum over events must count every
+    element."""
+    n = len(shape)
+    lead = (1,) * (n - t.dim()) + tuple(t.shape)
+    target = lead[: n - event_dims] + tuple(shape[n - event_dims :])
+    return t if tuple(t.shape) == target else t.expand(target)
 
 
 def site_log_prob(fn: Distribution, value: torch.Tensor) -> torch.Tensor:

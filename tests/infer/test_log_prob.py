@@ -1,12 +1,15 @@
 """site_log_prob: bitwise Normal.log_prob on expanded parameters, in value and gradient; the
 evaluation paths of the Normal (bitwise) and the Bernoulli (exact to rounding)."""
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 
+from pyro_vae.bounds import elbo, iwae
 from pyro_vae.infer.log_prob import bernoulli_log_prob, broadcast_shape, compact, site_log_prob
 from pyro_vae.infer.modes import frozen_evaluation
+from pyro_vae.likelihoods import Bernoulli
 
 
 def test_compact_keeps_values_under_broadcasting():
@@ -170,3 +173,55 @@ def test_evaluation_paths_with_mixed_dtypes_are_torchs():
         ref = fn.log_prob(value)
         assert ours.dtype == ref.dtype
         assert torch.equal(ours, ref)
+
+
+def test_evaluation_bernoulli_counts_every_event_element_of_compacted_operands():
+    """A logit shared by every feature and data expanded from one column: compaction narrows
+    an event dimension, and the sum must still count all of its elements."""
+    logits = torch.tensor(0.3).expand(3, 4)
+    x = torch.ones(3, 1).expand(3, 4)
+    for fn, value in [
+        (dist.Bernoulli(logits=logits).to_event(1), x),
+        (dist.Bernoulli(logits=torch.tensor(0.3)).expand([3, 4]).to_event(1), x),
+        (dist.Bernoulli(logits=torch.randn(3, 4), validate_args=False).to_event(1), torch.ones(3, 1)),
+        (Bernoulli(4)(logits), x),  # pyro_vae's likelihood
+    ]:
+        with frozen_evaluation():
+            ours = site_log_prob(fn, value)
+        ref = fn.log_prob(value.expand(fn.batch_shape + fn.event_shape))
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref)
+
+
+def test_evaluation_bounds_of_a_program_with_a_shared_logit_and_expanded_data():
+    """The same program evaluated on data made by ``expand`` and on a contiguous copy: the
+    exact log-likelihood :math:`D \\log\\sigma(b)`, the latent having no effect."""
+
+    def model(x):
+        b = pyro.param("b", torch.tensor(0.5))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Bernoulli(logits=b).expand([x.shape[0], 4]).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    pyro.clear_param_store()
+    exact = 4 * torch.nn.functional.logsigmoid(torch.tensor(0.5))
+    expanded = torch.ones(3, 1).expand(3, 4)
+    for x in (expanded, expanded.contiguous()):
+        torch.testing.assert_close(iwae(model, guide, x, num_particles=5), exact.expand(3))
+        torch.testing.assert_close(elbo(model, guide, x, num_particles=2), exact.expand(3))
+    pyro.clear_param_store()
+
+
+def test_evaluation_bernoulli_at_infinite_logits_is_torchs():
+    """:math:`-\\infty` where the data has probability zero, NaN where torch gives NaN."""
+    inf = float("inf")
+    logits = torch.tensor([inf, -inf, inf, -inf, 0.0])
+    x = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    fn = dist.Bernoulli(logits=logits, validate_args=False)
+    with frozen_evaluation():
+        ours = site_log_prob(fn, x)
+    torch.testing.assert_close(ours, fn.log_prob(x), equal_nan=True)
