@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 
 @contextmanager
@@ -24,39 +25,49 @@ def evaluation_mode() -> Iterator[None]:
     (registered with ``pyro.module`` or not, in the model or the guide), and the modules it
     switched go back to train mode on exit, even on error.
 
-    Nested in the same thread, the inner block does nothing: the outer one already holds every
-    module that runs in eval mode, and restores them when it ends. An evaluation over many
-    chunks holds the mode once (its chunks then neither register a hook nor switch modules
-    each time).
+    Blocks in the same thread share one hook: the first to open registers it, the last to
+    close removes it and restores every module switched while any was open. An evaluation
+    over many chunks holds the mode once, and its chunks' own blocks then neither register
+    a hook nor switch modules. Blocks may close in any order (a generator suspended inside
+    its block while the caller's block closes): the hook stays while one is open.
     """
-    if getattr(_depth, "value", 0):
-        yield
-        return
-    switched: list[nn.Module] = []
+    state = _STATE
+    if state.open == 0:
+        switched = state.switched = []
 
-    def to_eval(module: nn.Module, _inputs: object) -> None:
-        if module.training:
-            module.training = False
-            switched.append(module)
+        def to_eval(module: nn.Module, _inputs: object) -> None:
+            if module.training:
+                module.training = False
+                switched.append(module)
 
-    handle = register_module_forward_pre_hook(to_eval)
-    _depth.value = 1
+        state.handle = register_module_forward_pre_hook(to_eval)
+    state.open += 1
     try:
         yield
     finally:
-        _depth.value = 0
-        handle.remove()
-        for module in switched:
-            module.training = True
+        state.open -= 1
+        if state.open == 0:
+            state.handle.remove()  # type: ignore[union-attr]
+            for module in state.switched:
+                module.training = True
+            state.handle, state.switched = None, []
 
 
-_depth = threading.local()
-"""Whether this thread is inside :func:`evaluation_mode` (``value``: 1 or 0)."""
+class _EvaluationState(threading.local):
+    """This thread's open :func:`evaluation_mode` blocks, their hook and the modules it switched."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.handle: RemovableHandle | None = None
+        self.switched: list[nn.Module] = []
+
+
+_STATE = _EvaluationState()
 
 
 def evaluating() -> bool:
     """Whether this thread is inside :func:`evaluation_mode` (an evaluator's run)."""
-    return bool(getattr(_depth, "value", 0))
+    return _STATE.open > 0
 
 
 @contextmanager

@@ -3,6 +3,7 @@ every module that runs in eval mode, nested blocks held by the outermost, per th
 
 import threading
 
+import pytest
 import torch
 from torch import nn
 
@@ -68,3 +69,25 @@ def test_evaluation_is_per_thread():
         worker.start()
         worker.join()
     assert seen == [False]
+
+
+def test_blocks_closing_out_of_order_keep_the_mode_until_the_last():
+    """A generator suspended inside its block while the caller's block closes: the modules it
+    runs afterwards are still in eval mode, and no running statistic changes."""
+    bn = nn.BatchNorm1d(2)
+    x = torch.randn(8, 2)
+
+    def chunks():
+        with evaluation_mode():
+            for _ in range(2):
+                yield bn(x)
+
+    g = chunks()
+    with evaluation_mode():
+        next(g)
+    next(g)  # the caller's block is closed, the generator's is still open
+    assert evaluating() and not bn.training
+    assert torch.equal(bn.running_mean, torch.zeros(2))
+    with pytest.raises(StopIteration):
+        next(g)
+    assert not evaluating() and bn.training
