@@ -54,12 +54,19 @@ def _normal_log_prob(fn: Normal, value: torch.Tensor) -> torch.Tensor:
     if fn._validate_args:
         fn._validate_sample(value)
     loc, scale = compact(fn.loc), compact(fn.scale)
-    if not lean(value, loc, scale):
-        out = -((value - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_TWO_PI
-    else:
+    if lean(value, loc, scale) and _fits_in_place(value, loc, scale):
         out = _normal_log_prob_in_place(value, loc, scale)
+    else:
+        out = -((value - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_TWO_PI
     shape = broadcast_shape(value.shape, fn.batch_shape + fn.event_shape)
     return out if out.shape == shape else out.expand(shape)
+
+
+def _fits_in_place(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether ``value - loc`` can hold the whole result: the scale neither promotes its dtype
+    nor broadens its shape."""
+    shape = broadcast_shape(value.shape, loc.shape)
+    return torch.result_type(value, loc) == scale.dtype and shape == broadcast_shape(shape, scale.shape)
 
 
 def _normal_log_prob_in_place(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -67,9 +74,6 @@ def _normal_log_prob_in_place(value: torch.Tensor, loc: torch.Tensor, scale: tor
     one tensor of the broadcast shape, written in place, instead of six, and the negation
     moved onto the divisor (:math:`(-a)/b = a/(-b)` exactly in floating point)."""
     out = value - loc
-    if out.dtype != scale.dtype or out.shape != broadcast_shape(out.shape, scale.shape):
-        # the scale would promote the result, or broaden it: out of place, as Normal.log_prob
-        return -(out**2) / (2 * scale**2) - scale.log() - _HALF_LOG_TWO_PI
     out.square_()
     out.div_(-2 * scale**2)
     out.sub_(scale.log())
@@ -115,8 +119,8 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor, event_dims: in
     """
     shape = broadcast_shape(logits.shape, value.shape)
     if logits.dtype != value.dtype or not lean(logits, value):  # mixed dtypes: torch's promotion
-        lp = -F.binary_cross_entropy_with_logits(logits.expand(shape), value.expand(shape), reduction="none")
-        return _sum_rightmost(lp, event_dims) if event_dims else lp
+        bce = F.binary_cross_entropy_with_logits(logits.expand(shape), value.expand(shape), reduction="none")
+        return -_sum_rightmost(bce, event_dims) if event_dims else -bce  # summed first: a pass fewer
     small, x = compact(logits), compact(value)
     out = F.softplus(small, beta=-1, threshold=_softplus_threshold(small.dtype))  # log sigmoid(l)
     if out.shape == broadcast_shape(out.shape, x.shape):

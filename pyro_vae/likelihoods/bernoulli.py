@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 
 from pyro_vae._checks import check_binary
-from pyro_vae.infer.log_prob import bernoulli_log_prob, broadcast_shape, lean
+from pyro_vae.infer.log_prob import bernoulli_log_prob
 from pyro_vae.likelihoods.base import Likelihood
 
 
 class _BernoulliVector(dist.Independent):
-    """``Bernoulli(logits).to_event(1)`` whose ``log_prob`` sums the per-feature terms before
-    negating them: one pass fewer over a ``(particles, batch, features)`` tensor, which is a
-    sixth of the cost of evaluating :math:`\\log p(x \\mid z)` for many particles; in
-    evaluation, :func:`~pyro_vae.infer.log_prob.bernoulli_log_prob`'s fewer passes."""
+    """``Bernoulli(logits).to_event(1)`` whose ``log_prob`` is
+    :func:`~pyro_vae.infer.log_prob.bernoulli_log_prob`, also where Pyro's own losses call it:
+    the per-feature terms summed before they are negated (one pass fewer over a
+    ``(particles, batch, features)`` tensor, a sixth of the cost of evaluating
+    :math:`\\log p(x \\mid z)` for many particles), and in evaluation its fewer passes."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        logits = self.base_dist.logits
-        if lean(logits, value):
-            return bernoulli_log_prob(logits, value, 1)
-        shape = broadcast_shape(logits.shape, value.shape)
-        bce = F.binary_cross_entropy_with_logits(logits.expand(shape), value.expand(shape), reduction="none")
-        return -bce.sum(-1)
+        return bernoulli_log_prob(self.base_dist.logits, value, 1)
 
 
 class Bernoulli(Likelihood):
