@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import operator
-import warnings
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import torch
 from pyro.poutine.runtime import _PYRO_STACK
-from torch import fx, nn
+from torch import nn
 
-from pyro_vae._checks import check_positive_int
-from pyro_vae.errors import CaptureFallbackWarning, InputError
-from pyro_vae.infer.graph_replay import replay_function
-from pyro_vae.infer.graph_simplify import SimplifiedGraph, attribute, simplify_graph
+from pyro_vae.errors import InputError
+from pyro_vae.infer.graph_capture import (
+    TRAINING,
+    CapturedGraph,
+    GraphCache,
+    capture_graph,
+    checked_replay,
+    describe_arguments,
+    tensors_of,
+    with_tensors,
+)
 from pyro_vae.infer.loss import ParticleLoss, program_key
-from pyro_vae.infer.modes import BufferSnapshot
-
-_MAX_STRUCTURES_COUNTED = 1024
-_TRAINING = operator.attrgetter("training")
 
 
 def capturable(loss: Any) -> str:
@@ -44,51 +42,6 @@ def capturable(loss: Any) -> str:
             "captured graph would freeze; train it without CapturedLoss"
         )
     return ""
-
-
-def _describe(value: Any) -> Any:
-    """What of an argument a captured graph depends on: a tensor's shape, dtype, device and
-    gradient flag (its values are graph inputs); any other value itself (``None`` when unhashable)."""
-    if isinstance(value, torch.Tensor):
-        return ("tensor", value.shape, value.dtype, value.device, value.requires_grad)
-    try:
-        hash(value)
-    except TypeError:
-        return None
-    return (type(value), value)
-
-
-@dataclass
-class _Captured:
-    """One structure's graph, the modules whose buffers it updates, and its replays so far."""
-
-    run: Callable
-    modules: list[nn.Module]
-    param_names: tuple[str, ...]
-    param_tensors: tuple[torch.Tensor, ...]
-    simplified: SimplifiedGraph
-    replays: int = 0
-    check: bool = False
-    minus_one: torch.Tensor | None = None
-
-    def current(self) -> bool:
-        """Whether the parameter store still holds the tensors the graph reads (a parameter
-        replaced by another tensor, or deleted, needs a new graph) and the constants whose
-        values the graph's simplification relied on are unchanged."""
-        store = pyro.get_param_store().named_parameters().mapping
-        same = all(map(operator.is_, map(store.get, self.param_names), self.param_tensors))
-        return same and self.simplified.current()
-
-    def backward(self, surrogate: torch.Tensor) -> None:
-        """``(-surrogate).backward()`` without the negation's two operations: the same
-        gradients (the negation's backward hands on exactly -1)."""
-        if self.minus_one is None:
-            self.minus_one = torch.full((), -1.0, dtype=surrogate.dtype, device=surrogate.device)
-        surrogate.backward(self.minus_one)
-
-    def due(self) -> bool:
-        """Whether this replay is checked: the 1st, 2nd, 4th, 8th, ... and any asked for."""
-        return self.check or (self.replays & (self.replays - 1)) == 0
 
 
 class CapturedLoss:
@@ -148,48 +101,73 @@ class CapturedLoss:
         reason = capturable(loss)
         if reason:
             raise InputError(reason)
-        check_positive_int(capture_after, "capture_after")
         self.inner = loss
         self.compile = compile
-        self.capture_after = capture_after
-        self.max_graphs = max_graphs
-        self._graphs: dict[tuple, _Captured | None] = {}
-        self._seen: Counter[tuple] = Counter()
+        self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
         self._module_lists: dict[int, tuple[Any, list[nn.Module]]] = {}
-        self.fallback_reason = ""
+        self._minus_one: dict[tuple, torch.Tensor] = {}
         self.captured_steps = 0
+
+    @property
+    def capture_after(self) -> int:
+        return self._cache.capture_after
+
+    @property
+    def max_graphs(self) -> int:
+        return self._cache.max_graphs
+
+    @property
+    def fallback_reason(self) -> str:
+        """Why the last structure that could not be captured, or was dropped, runs eagerly."""
+        return self._cache.fallback_reason
+
+    @property
+    def _graphs(self) -> dict[tuple, CapturedGraph | None]:
+        return self._cache.graphs
 
     # ------------------------------------------------------------------ Pyro's ELBO interface
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """As ``loss.loss_and_grads``, from the structure's captured graph when there is one."""
         key = self.structure(model, guide, args, kwargs)
-        captured = self._graph(key, model, guide, args, kwargs)
+        captured = self._cache.get(key, lambda: self._capture(model, guide, args, kwargs))
         if captured is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
+        assert key is not None
         captured.replays += 1
-        tensors = _tensors(args, kwargs)
+        tensors = tensors_of(args, kwargs)
         if captured.due():
-            result = self._checked_replay(key, captured, model, guide, args, kwargs, tensors)
+
+            def eager() -> torch.Tensor:
+                return self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]
+
+            result, why = checked_replay(captured, eager, tensors, value=_objective, compiled=self.compile)
+            if why:
+                self._cache.drop(key, why)
         else:
             try:
                 result = captured.run(*tensors)
             except Exception as e:  # a shape that depends on data values: eager from now on
                 result = None
-                self._drop(key, f"a replay failed: {type(e).__name__}: {e}")
+                self._cache.drop(key, f"a replay failed: {type(e).__name__}: {e}")
         if result is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         objective, surrogate = result
         if surrogate.requires_grad:
-            captured.backward(surrogate)
+            # (-surrogate).backward() without the negation's two operations: the same
+            # gradients (the negation's backward hands on exactly -1)
+            minus_one = self._minus_one.get(key)
+            if minus_one is None:
+                minus_one = self._minus_one[key] = torch.full(
+                    (), -1.0, dtype=surrogate.dtype, device=surrogate.device
+                )
+            surrogate.backward(minus_one)
         self.inner.after_step()
         self.captured_steps += 1
         return -float(objective.detach())
 
     def check_next(self) -> None:
         """Check the next replay of every graph against an eager run (see the class docs)."""
-        for captured in self._graphs.values():
-            if captured is not None:
-                captured.check = True
+        self._cache.check_next()
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         return self.inner.loss(model, guide, *args, **kwargs)
@@ -213,22 +191,18 @@ class CapturedLoss:
         """The key of a captured graph (``None``: this call cannot be captured)."""
         if _PYRO_STACK:
             return None
-        names = tuple(sorted(kwargs))
-        parts: list[Any] = [
+        arguments = describe_arguments(args, kwargs)
+        if arguments is None:
+            return None
+        return (
             program_key(model),
             program_key(guide),
             torch.is_grad_enabled(),
-            names,
             self.inner.capture_key(),
-        ]
-        for value in (*args, *(kwargs[k] for k in names)):
-            described = _describe(value)
-            if described is None:
-                return None
-            parts.append(described)
-        parts.append(tuple(map(_TRAINING, self._modules(model))))
-        parts.append(tuple(map(_TRAINING, self._modules(guide))))
-        return tuple(parts)
+            arguments,
+            tuple(map(TRAINING, self._modules(model))),
+            tuple(map(TRAINING, self._modules(guide))),
+        )
 
     def _modules(self, fn: Callable) -> list[nn.Module]:
         """The modules of ``fn``'s owner, listed once per owner (walking them every step costs
@@ -241,135 +215,27 @@ class CapturedLoss:
             found = self._module_lists[id(owner)] = (owner, list(owner.modules()))
         return found[1]
 
-    def _graph(
-        self, key: tuple | None, model: Callable, guide: Callable, args: tuple, kwargs: dict
-    ) -> _Captured | None:
-        if key is None:
-            return None
-        if key in self._graphs:
-            captured = self._graphs[key]
-            if captured is None or captured.current():
-                return captured
-            del self._graphs[key]  # its parameters were replaced: eager, then captured anew
-            self._seen[key] = 0
-        if key in self._seen or len(self._seen) < _MAX_STRUCTURES_COUNTED:
-            self._seen[key] += 1
-        if self._seen[key] <= self.capture_after:  # eager: the first run plans and checks the program
-            return None
-        if len(self._graphs) >= self.max_graphs:
-            return None
-        self._graphs[key] = captured = self._capture(model, guide, args, kwargs)
-        return captured
-
-    def _drop(self, key: tuple, reason: str) -> None:
-        self.fallback_reason = reason
-        self._graphs[key] = None
-        warnings.warn(
-            f"{reason}; this structure's steps run eagerly from now on", CaptureFallbackWarning, stacklevel=3
-        )
-
-    def _checked_replay(
-        self,
-        key: tuple,
-        captured: _Captured,
-        model: Callable,
-        guide: Callable,
-        args: tuple,
-        kwargs: dict,
-        tensors: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """A replay checked against an eager run at the same random state; ``None`` (the replay
-        undone) when they differ."""
-        captured.check = False
-        devices = _cuda_devices(tensors)
-        state = _rng_state(devices)
-        with torch.no_grad(), BufferSnapshot(), pyro.validation_enabled(False):
-            expected = self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]
-        _set_rng_state(state, devices)
-        buffers = BufferSnapshot.of(captured.modules)
-        try:
-            result = captured.run(*tensors)
-            got = result[0].detach()
-        except Exception as e:
-            result, got, why = None, None, f"a replay failed: {type(e).__name__}: {e}"
-        else:
-            why = (
-                ""
-                if _agree(got, expected, self.compile)
-                else f"a replay's objective ({float(got)}) differs from the eager one ({float(expected)}): "
-                "the program's Python depends on state outside its arguments and parameters"
-            )
-        if why:
-            buffers.restore()
-            _set_rng_state(state, devices)
-            self._drop(key, why)
-            return None
-        return result
-
-    def _capture(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> _Captured | None:
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        tensors = _tensors(args, kwargs)
-
+    def _capture(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> CapturedGraph | str:
         def run(*values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            a, k = _with_tensors(args, kwargs, values)
+            a, k = with_tensors(args, kwargs, values)
             return self.inner.objective_and_surrogate(model, guide, a, k)
 
-        devices = _cuda_devices(tensors)
-        # Tracing and the check run the program twice more: neither may change a later draw or
-        # a running statistic of the program's modules.
-        with (
-            torch.random.fork_rng(devices=devices),
-            BufferSnapshot() as snapshot,
-            pyro.validation_enabled(False),
-        ):
-            try:
-                simplified = simplify_graph(make_fx(run)(*tensors))
-                state = _rng_state(devices)
-                eager = run(*tensors)  # at the random state the replay gets
-                leaves = _leaves_of(eager[1])
-                expected = _with_gradients(eager, leaves)
-                for fold in (True, False):
-                    if not fold:  # folding reordered a gradient's sum: the graph as traced
-                        if not simplified.folds:
-                            break
-                        simplified = simplify_graph(make_fx(run)(*tensors), fold=False)
-                    # the graph's forward, not the module: a module's call would run global
-                    # module hooks, which would take the graph's constants (others' buffers)
-                    graph: Callable
-                    if self.compile:
-                        read = _constants(simplified.module)
-                        graph = torch.compile(
-                            simplified.module.forward, dynamic=False, options={"fallback_random": True}
-                        )
-                    else:
-                        replay = replay_function(simplified.module)
-                        graph, read = replay.run, list(replay.constants)
-                    _set_rng_state(state, devices)
-                    got = _with_gradients(graph(*tensors), leaves)
-                    differs = [
-                        i
-                        for i, (g, e) in enumerate(zip(got, expected, strict=True))
-                        if not _agree(g, e, self.compile)
-                    ]
-                    if not differs:
-                        break
-            except Exception as e:
-                self.fallback_reason = f"capture failed: {type(e).__name__}: {e}"
-                return None
-            modules = snapshot.modules
-        if differs:
-            what = (
-                "objective differs from the eager one"
-                if differs[0] == 0
-                else "gradients differ from the eager ones"
-            )
-            self.fallback_reason = (
-                f"the captured graph's {what}: the program's Python depends on tensor values or on "
-                "state outside its arguments and parameters"
-            )
-            return None
-        return _Captured(graph, modules, *_params_read(read), simplified)
+        return capture_graph(
+            run, tensors_of(args, kwargs), compile=self.compile, comparable=_objective_and_gradients
+        )
+
+
+def _objective(result: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return result[0]
+
+
+def _objective_and_gradients(
+    eager: tuple[torch.Tensor, torch.Tensor],
+) -> Callable[[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
+    """What a captured step must reproduce: the objective, and the gradients of the leaves
+    the eager step's surrogate reaches."""
+    leaves = _leaves_of(eager[1])
+    return lambda result: _with_gradients(result, leaves)
 
 
 def _with_gradients(
@@ -402,47 +268,3 @@ def _leaves_of(surrogate: torch.Tensor) -> list[torch.Tensor]:
             continue
         stack.extend(f for f, _ in reversed(fn.next_functions))
     return leaves
-
-
-def _constants(graph: fx.GraphModule) -> list[Any]:
-    """The tensors ``graph`` reads as attributes."""
-    return [attribute(graph, str(n.target)) for n in graph.graph.nodes if n.op == "get_attr"]
-
-
-def _params_read(constants: list[Any]) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
-    """The names and tensors of the parameter store's entries among a graph's constants."""
-    read = {id(t) for t in constants}
-    found = [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) in read]
-    return tuple(name for name, _ in found), tuple(p for _, p in found)
-
-
-def _agree(got: torch.Tensor, expected: torch.Tensor, compiled: bool) -> bool:
-    """Bitwise equal (a replay runs the eager operations); to float rounding when compiled."""
-    if compiled:
-        return bool(torch.allclose(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True))
-    return bool(torch.equal(got, expected)) or bool(got.isnan().all() and expected.isnan().all())
-
-
-def _cuda_devices(tensors: list[torch.Tensor]) -> list[torch.device]:
-    return [t.device for t in tensors if t.device.type == "cuda"][:1]
-
-
-def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    return [a for a in (*args, *(kwargs[k] for k in sorted(kwargs))) if isinstance(a, torch.Tensor)]
-
-
-def _with_tensors(args: tuple, kwargs: dict, values: tuple[torch.Tensor, ...]) -> tuple[tuple, dict]:
-    it = iter(values)
-    new_args = tuple(next(it) if isinstance(a, torch.Tensor) else a for a in args)
-    new_kwargs = {k: next(it) if isinstance(kwargs[k], torch.Tensor) else kwargs[k] for k in sorted(kwargs)}
-    return new_args, new_kwargs
-
-
-def _rng_state(devices: list[torch.device]) -> tuple:
-    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
-
-
-def _set_rng_state(state: tuple, devices: list[torch.device]) -> None:
-    torch.set_rng_state(state[0])
-    for d, s in zip(devices, state[1], strict=True):
-        torch.cuda.set_rng_state(s, d)

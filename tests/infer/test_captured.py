@@ -218,7 +218,7 @@ def test_discrete_estimators_steps_are_captured_bitwise(estimator):
 def test_a_fold_that_changes_a_gradient_falls_back_to_the_graph_as_traced(monkeypatch):
     """Dropping an identity can reorder a gradient's sum; then the capture check rejects the
     folded graph and the graph as traced (fold=False) is replayed, bitwise the eager step."""
-    import pyro_vae.infer.captured as captured_module
+    import pyro_vae.infer.graph_capture as capture_module
     from pyro_vae.infer.graph_simplify import simplify_graph
 
     calls = []
@@ -237,7 +237,7 @@ def test_a_fold_that_changes_a_gradient_falls_back_to_the_graph_as_traced(monkey
             simplified.module.recompile()
         return simplified
 
-    monkeypatch.setattr(captured_module, "simplify_graph", perturbed)
+    monkeypatch.setattr(capture_module, "simplify_graph", perturbed)
     batches = [_x(seed=s) for s in range(4)]
     eager = _train(MeanFieldELBO(), batches)
     captured_loss = CapturedLoss(MeanFieldELBO())

@@ -1,0 +1,302 @@
+"""Capturing a Pyro program's tensor computation as a graph once its structure is known, and
+replaying it checked: the one mechanism under :class:`~pyro_vae.infer.captured.CapturedLoss`
+(a training step) and :class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights` (an
+evaluation's chunks)."""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import torch
+from torch import fx, nn
+
+from pyro_vae._checks import check_positive_int
+from pyro_vae.errors import CaptureFallbackWarning
+from pyro_vae.infer.graph_replay import replay_function
+from pyro_vae.infer.graph_simplify import SimplifiedGraph, attribute, simplify_graph
+from pyro_vae.infer.modes import BufferSnapshot
+
+_MAX_STRUCTURES_COUNTED = 1024
+TRAINING = operator.attrgetter("training")
+
+Comparable = Callable[[Any], Callable[[Any], list[torch.Tensor]]]
+"""Given an eager run's result, the function mapping a result to the tensors that must agree
+(a loss: the objective and the gradients of the leaves the eager run reached)."""
+
+
+def describe(value: Any) -> Any:
+    """What of an argument a captured graph depends on: a tensor's shape, dtype, device and
+    gradient flag (its values are graph inputs); any other value itself (``None`` when unhashable)."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value.shape, value.dtype, value.device, value.requires_grad)
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return (type(value), value)
+
+
+def describe_arguments(args: tuple, kwargs: dict) -> tuple | None:
+    """:func:`describe` of every argument, keyword arguments by name (``None``: one is unhashable)."""
+    names = tuple(sorted(kwargs))
+    parts: list[Any] = [names]
+    for value in (*args, *(kwargs[k] for k in names)):
+        described = describe(value)
+        if described is None:
+            return None
+        parts.append(described)
+    return tuple(parts)
+
+
+@dataclass
+class CapturedGraph:
+    """One structure's graph, the modules whose buffers it updates, and its replays so far."""
+
+    run: Callable
+    modules: list[nn.Module]
+    param_names: tuple[str, ...]
+    param_tensors: tuple[torch.Tensor, ...]
+    simplified: SimplifiedGraph
+    slots: tuple[tuple[dict, ...], tuple[str, ...], tuple[torch.Tensor, ...]] = ((), (), ())
+    """The modules' own entries (``_parameters``, ``_buffers``) holding the tensors the graph reads."""
+    replays: int = 0
+    check: bool = False
+    info: Any = None
+    """What the caller keeps with the graph (an evaluation: how its particles were drawn)."""
+
+    def current(self) -> bool:
+        """Whether the parameter store and the modules that ran still hold the tensors the
+        graph reads (a parameter replaced by another tensor, or deleted, needs a new graph:
+        ``pyro.module`` keeps the store's tensor when a module's parameter is replaced, so the
+        store alone would not tell) and the constants whose values the graph's
+        simplification relied on are unchanged."""
+        store = pyro.get_param_store().named_parameters().mapping
+        same = all(map(operator.is_, map(store.get, self.param_names), self.param_tensors))
+        dicts, names, tensors = self.slots
+        held = all(map(operator.is_, map(dict.get, dicts, names), tensors))
+        return same and held and self.simplified.current()
+
+    def due(self) -> bool:
+        """Whether this replay is checked: the 1st, 2nd, 4th, 8th, ... and any asked for."""
+        return self.check or (self.replays & (self.replays - 1)) == 0
+
+
+class GraphCache:
+    """Captured graphs by structure key: a structure runs eagerly its first ``capture_after``
+    times, is then captured (``capture()``: a :class:`CapturedGraph`, or why not), and stays
+    eager once dropped; at most ``max_graphs`` structures are captured."""
+
+    def __init__(self, *, capture_after: int, max_graphs: int) -> None:
+        check_positive_int(capture_after, "capture_after")
+        self.capture_after = capture_after
+        self.max_graphs = max_graphs
+        self.graphs: dict[tuple, CapturedGraph | None] = {}
+        self.seen: Counter[tuple] = Counter()
+        self.fallback_reason = ""
+
+    def get(self, key: tuple | None, capture: Callable[[], CapturedGraph | str]) -> CapturedGraph | None:
+        """The graph of structure ``key`` (``None``: run eagerly), captured now if it is due."""
+        if key is None:
+            return None
+        if key in self.graphs:
+            captured = self.graphs[key]
+            if captured is None or captured.current():
+                return captured
+            del self.graphs[key]  # its parameters were replaced: eager, then captured anew
+            self.seen[key] = 0
+        if key in self.seen or len(self.seen) < _MAX_STRUCTURES_COUNTED:
+            self.seen[key] += 1
+        if self.seen[key] <= self.capture_after:  # eager: the first run plans and checks the program
+            return None
+        if len(self.graphs) >= self.max_graphs:
+            return None
+        made = capture()
+        if isinstance(made, str):
+            self.fallback_reason = made
+            self.graphs[key] = None
+            return None
+        self.graphs[key] = made
+        return made
+
+    def drop(self, key: tuple, reason: str, *, what: str = "steps") -> None:
+        """Run structure ``key`` eagerly from now on, and warn why."""
+        self.fallback_reason = reason
+        self.graphs[key] = None
+        warnings.warn(
+            f"{reason}; this structure's {what} run eagerly from now on", CaptureFallbackWarning, stacklevel=3
+        )
+
+    def check_next(self) -> None:
+        """Check the next replay of every graph against an eager run."""
+        for captured in self.graphs.values():
+            if captured is not None:
+                captured.check = True
+
+
+def capture_graph(
+    run: Callable[..., Any],
+    tensors: list[torch.Tensor],
+    *,
+    compile: bool,
+    comparable: Comparable,
+    info: Any = None,
+) -> CapturedGraph | str:
+    """``run(*tensors)``'s ATen operations, traced by
+    :func:`torch.fx.experimental.proxy_tensor.make_fx` and simplified
+    (:func:`~pyro_vae.infer.graph_simplify.simplify_graph`), as a :class:`CapturedGraph`
+    whose replay was checked against an eager run at the same random state (bitwise; to
+    float rounding when compiled); or why it cannot be captured.
+
+    Tracing and the check run the program twice more: neither changes a later draw or a
+    running statistic of the program's modules, and Pyro's validation is off in both."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    devices = cuda_devices(tensors)
+    with torch.random.fork_rng(devices=devices), BufferSnapshot() as snapshot, pyro.validation_enabled(False):
+        try:
+            simplified = simplify_graph(make_fx(run)(*tensors))
+            state = rng_state(devices)
+            eager = run(*tensors)  # at the random state the replay gets
+            values = comparable(eager)
+            expected = values(eager)
+            for fold in (True, False):
+                if not fold:  # folding reordered a sum: the graph as traced
+                    if not simplified.folds:
+                        break
+                    simplified = simplify_graph(make_fx(run)(*tensors), fold=False)
+                # the graph's forward, not the module: a module's call would run global
+                # module hooks, which would take the graph's constants (others' buffers)
+                graph: Callable
+                if compile:
+                    read = _constants(simplified.module)
+                    graph = torch.compile(
+                        simplified.module.forward, dynamic=False, options={"fallback_random": True}
+                    )
+                else:
+                    replay = replay_function(simplified.module)
+                    graph, read = replay.run, list(replay.constants)
+                set_rng_state(state, devices)
+                got = values(graph(*tensors))
+                differs = [
+                    i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if not agree(g, e, compile)
+                ]
+                if not differs:
+                    break
+        except Exception as e:
+            return f"capture failed: {type(e).__name__}: {e}"
+        modules = snapshot.modules
+    if differs:
+        what = (
+            "value differs from the eager one" if differs[0] == 0 else "gradients differ from the eager ones"
+        )
+        return (
+            f"the captured graph's {what}: the program's Python depends on tensor values or on "
+            "state outside its arguments and parameters"
+        )
+    return CapturedGraph(graph, modules, *_params_read(read), simplified, _slots(modules, read), info=info)
+
+
+def checked_replay(
+    captured: CapturedGraph,
+    eager: Callable[[], torch.Tensor],
+    tensors: list[torch.Tensor],
+    *,
+    value: Callable[[Any], torch.Tensor],
+    compiled: bool,
+) -> tuple[Any, str]:
+    """A replay of ``captured`` checked against ``eager()`` (the value to agree with, run
+    without gradients) at the same random state: ``(result, "")``, or ``(None, why)`` with
+    the replay undone (random state and the modules' buffers) when they differ or the replay
+    raises."""
+    captured.check = False
+    devices = cuda_devices(tensors)
+    state = rng_state(devices)
+    with torch.no_grad(), BufferSnapshot(), pyro.validation_enabled(False):
+        expected = eager()
+    set_rng_state(state, devices)
+    buffers = BufferSnapshot.of(captured.modules)
+    try:
+        result = captured.run(*tensors)
+        got = value(result).detach()
+    except Exception as e:
+        result, why = None, f"a replay failed: {type(e).__name__}: {e}"
+    else:
+        why = "" if agree(got, expected, compiled) else _disagreement(got, expected)
+    if why:
+        buffers.restore()
+        set_rng_state(state, devices)
+        return None, why
+    return result, ""
+
+
+def _disagreement(got: torch.Tensor, expected: torch.Tensor) -> str:
+    values = f" ({float(got)} against {float(expected)})" if got.numel() == 1 else ""
+    return (
+        f"a replay's value differs from the eager one{values}: the program's Python depends on "
+        "state outside its arguments and parameters"
+    )
+
+
+def _constants(graph: fx.GraphModule) -> list[Any]:
+    """The tensors ``graph`` reads as attributes."""
+    return [attribute(graph, str(n.target)) for n in graph.graph.nodes if n.op == "get_attr"]
+
+
+def _slots(modules: list[nn.Module], constants: list[Any]) -> tuple[tuple[dict, ...], tuple[str, ...], tuple]:
+    """Where in ``modules`` (their ``_parameters`` and ``_buffers``) the graph's constants live."""
+    read = {id(t) for t in constants}
+    found = [
+        (entries, name, t)
+        for module in modules
+        for entries in (module._parameters, module._buffers)
+        for name, t in entries.items()
+        if t is not None and id(t) in read
+    ]
+    return tuple(d for d, _, _ in found), tuple(n for _, n, _ in found), tuple(t for _, _, t in found)
+
+
+def _params_read(constants: list[Any]) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
+    """The names and tensors of the parameter store's entries among a graph's constants."""
+    read = {id(t) for t in constants}
+    found = [(name, p) for name, p in pyro.get_param_store().named_parameters() if id(p) in read]
+    return tuple(name for name, _ in found), tuple(p for _, p in found)
+
+
+def agree(got: torch.Tensor, expected: torch.Tensor, compiled: bool) -> bool:
+    """Bitwise equal (a replay runs the eager operations); to float rounding when compiled."""
+    if compiled:
+        return bool(torch.allclose(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True))
+    return bool(torch.equal(got, expected)) or bool(got.isnan().all() and expected.isnan().all())
+
+
+def cuda_devices(tensors: list[torch.Tensor]) -> list[torch.device]:
+    return [t.device for t in tensors if t.device.type == "cuda"][:1]
+
+
+def tensors_of(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensor arguments, positional first, then keyword by name: a graph's inputs."""
+    return [a for a in (*args, *(kwargs[k] for k in sorted(kwargs))) if isinstance(a, torch.Tensor)]
+
+
+def with_tensors(args: tuple, kwargs: dict, values: tuple[torch.Tensor, ...]) -> tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with their tensors replaced by ``values`` (in :func:`tensors_of`'s order)."""
+    it = iter(values)
+    new_args = tuple(next(it) if isinstance(a, torch.Tensor) else a for a in args)
+    new_kwargs = {k: next(it) if isinstance(kwargs[k], torch.Tensor) else kwargs[k] for k in sorted(kwargs)}
+    return new_args, new_kwargs
+
+
+def rng_state(devices: list[torch.device]) -> tuple:
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def set_rng_state(state: tuple, devices: list[torch.device]) -> None:
+    torch.set_rng_state(state[0])
+    for d, s in zip(devices, state[1], strict=True):
+        torch.cuda.set_rng_state(s, d)
