@@ -4,7 +4,7 @@ bound, diagnostic and metric reads, chunked over data and over particles."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
@@ -13,6 +13,9 @@ from pyro_vae.errors import InputError
 from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
 from pyro_vae.infer.terms import Terms, collect_terms
+
+if TYPE_CHECKING:
+    from pyro_vae.infer.captured_log_weights import CapturedLogWeights
 
 LogTerms = Terms
 """Per-datapoint log densities (the name evaluation code has always used)."""
@@ -130,28 +133,6 @@ def data_chunks(args: tuple, kwargs: dict, data_chunk: int) -> Iterator[tuple[tu
         yield chunk[: len(args)], dict(zip(names, chunk[len(args) :], strict=True))
 
 
-def particle_chunks(
-    model: Callable,
-    guide: Callable,
-    args: tuple,
-    kwargs: dict,
-    *,
-    num_particles: int,
-    particle_chunk: int,
-    plan: ProgramPlan,
-    analytic_kl: bool = False,
-) -> Iterator[Terms]:
-    """:func:`log_terms` of the same rows for ``num_particles`` particles in chunks of at most
-    ``particle_chunk``: peak memory does not grow with the number of particles."""
-    check_positive_int(num_particles, "num_particles")
-    check_positive_int(particle_chunk, "particle_chunk")
-    done = 0
-    while done < num_particles:
-        k = min(particle_chunk, num_particles - done)
-        yield log_terms(model, guide, *args, num_particles=k, plan=plan, analytic_kl=analytic_kl, **kwargs)
-        done += k
-
-
 MAX_ROWS = 50_000
 """The most particle-rows a chunk holds by default, however few features the data have."""
 
@@ -200,6 +181,45 @@ def _probe_first_chunk(
     return probe(model, guide, args, kwargs, plate_name)
 
 
+def streamed_chunks(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    data_chunk: int | None = None,
+    particle_chunk: int | None = None,
+    max_rows: int | None = None,
+    plate_name: str | None = None,
+    plan: ProgramPlan | None = None,
+) -> Iterator[tuple[tuple, dict, list[int], ProgramPlan]]:
+    """The chunks of :func:`streamed_log_terms`: for each chunk of rows, its arguments, the
+    sizes of its particle chunks and the program's plan."""
+    check_rows(args)
+    check_positive_int(num_particles, "num_particles")
+    n = num_rows(args)
+    max_rows = default_max_rows(args) if max_rows is None else max_rows
+    default_data, default_particles = chunk_sizes(n, num_particles, max_rows)
+    if plan is None:
+        plan = _probe_first_chunk(model, guide, args, kwargs, plate_name, data_chunk or default_data)
+    if plan.local_params:  # parameters per row (AutoNormal): the rows are never split
+        if data_chunk is not None and data_chunk < n:
+            name = next(iter(plan.local_params))
+            raise InputError(
+                f"the program has parameters per datapoint ('{name}'), so its {n} rows cannot be split "
+                f"into chunks of {data_chunk}; leave data_chunk unset"
+            )
+        data_chunk = n
+    if data_chunk is not None:
+        default_particles = max(1, min(num_particles, max_rows // data_chunk))
+    per = particle_chunk or default_particles
+    check_positive_int(per, "particle_chunk")
+    sizes = [min(per, num_particles - done) for done in range(0, num_particles, per)]
+    for chunk, chunk_kwargs in data_chunks(args, kwargs, data_chunk or default_data):
+        yield chunk, chunk_kwargs, sizes, plan
+
+
 def streamed_log_terms(
     model: Callable,
     guide: Callable,
@@ -222,34 +242,34 @@ def streamed_log_terms(
     ``num_particles``. The program is probed once, on the first chunk (or ``plan``, a probe
     of the same program kept from an earlier call, is used); a program with
     parameters per datapoint (Pyro's ``AutoNormal``) is never split into chunks of rows."""
-    check_rows(args)
-    check_positive_int(num_particles, "num_particles")
-    n = num_rows(args)
-    max_rows = default_max_rows(args) if max_rows is None else max_rows
-    default_data, default_particles = chunk_sizes(n, num_particles, max_rows)
-    if plan is None:
-        plan = _probe_first_chunk(model, guide, args, kwargs, plate_name, data_chunk or default_data)
-    if plan.local_params:  # parameters per row (AutoNormal): the rows are never split
-        if data_chunk is not None and data_chunk < n:
-            name = next(iter(plan.local_params))
-            raise InputError(
-                f"the program has parameters per datapoint ('{name}'), so its {n} rows cannot be split "
-                f"into chunks of {data_chunk}; leave data_chunk unset"
-            )
-        data_chunk = n
-    if data_chunk is not None:
-        default_particles = max(1, min(num_particles, max_rows // data_chunk))
-    for chunk, chunk_kwargs in data_chunks(args, kwargs, data_chunk or default_data):
-        yield particle_chunks(
-            model,
-            guide,
-            chunk,
-            chunk_kwargs,
-            num_particles=num_particles,
-            particle_chunk=particle_chunk or default_particles,
-            plan=plan,
-            analytic_kl=analytic_kl,
-        )
+    for chunk, chunk_kwargs, sizes, chunk_plan in streamed_chunks(
+        model,
+        guide,
+        args,
+        kwargs,
+        num_particles=num_particles,
+        data_chunk=data_chunk,
+        particle_chunk=particle_chunk,
+        max_rows=max_rows,
+        plate_name=plate_name,
+        plan=plan,
+    ):
+        yield _particle_terms(model, guide, chunk, chunk_kwargs, sizes, chunk_plan, analytic_kl)
+
+
+def _particle_terms(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    sizes: list[int],
+    plan: ProgramPlan,
+    analytic_kl: bool,
+) -> Iterator[Terms]:
+    """:func:`log_terms` of the same rows for particle chunks of ``sizes``: peak memory does
+    not grow with the number of particles."""
+    for k in sizes:
+        yield log_terms(model, guide, *args, num_particles=k, plan=plan, analytic_kl=analytic_kl, **kwargs)
 
 
 class LogWeightAccumulator(Protocol):
@@ -274,13 +294,21 @@ def accumulate_log_weights(
     max_rows: int | None = None,
     plate_name: str | None = None,
     analytic_kl: bool = False,
+    capture: CapturedLogWeights | None = None,
 ) -> tuple[list[A], str]:
     """One accumulator (``make()``) per chunk of rows, fed the log-weights of all
     ``num_particles`` particles of those rows in particle chunks (see
-    :func:`streamed_log_terms`); and how the particles were drawn (``Terms.mode``)."""
+    :func:`streamed_log_terms`); and how the particles were drawn (``Terms.mode``). With
+    ``capture``, the chunks' log-weights are replayed from its captured graphs once a chunk's
+    structure is known (:class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`; the
+    first replay of each of its graphs is checked against an eager run in every call)."""
+    weights = eager_log_weight
+    if capture is not None:
+        capture.check_next()  # each call's first replay of every graph is checked
+        weights = capture.log_weight
     out, mode = [], "single"
     with frozen_evaluation():  # once for all chunks (each chunk's own is then a no-op)
-        for chunk in streamed_log_terms(
+        for chunk, chunk_kwargs, sizes, plan in streamed_chunks(
             model,
             guide,
             args,
@@ -290,14 +318,32 @@ def accumulate_log_weights(
             particle_chunk=particle_chunk,
             max_rows=max_rows,
             plate_name=plate_name,
-            analytic_kl=analytic_kl,
         ):
             acc = make()
-            for terms in chunk:
-                acc.add(terms.log_weight)
-                mode = terms.mode
+            for k in sizes:
+                log_weight, mode = weights(
+                    model, guide, chunk, chunk_kwargs, num_particles=k, plan=plan, analytic_kl=analytic_kl
+                )
+                acc.add(log_weight)
             out.append(acc)
     return out, mode
+
+
+def eager_log_weight(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    plan: ProgramPlan,
+    analytic_kl: bool = False,
+) -> tuple[torch.Tensor, str]:
+    """The ``(K, B)`` log-weights of :func:`log_terms` and how the particles were drawn."""
+    terms = log_terms(
+        model, guide, *args, num_particles=num_particles, plan=plan, analytic_kl=analytic_kl, **kwargs
+    )
+    return terms.log_weight, terms.mode
 
 
 def chunked_log_terms(

@@ -1,0 +1,207 @@
+"""An evaluation's per-chunk log-weights replayed from graphs captured once per chunk structure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from pyro.poutine.runtime import _PYRO_STACK
+
+from pyro_vae.errors import InputError
+from pyro_vae.infer.graph_capture import (
+    CapturedGraph,
+    GraphCache,
+    capture_graph,
+    checked_replay,
+    describe_arguments,
+    tensors_of,
+    with_tensors,
+)
+from pyro_vae.infer.loss import program_key
+from pyro_vae.infer.modes import evaluating
+from pyro_vae.infer.particles import ProgramPlan
+from pyro_vae.infer.per_datapoint import eager_log_weight
+
+
+class CapturedLogWeights:
+    """The log-weights :math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k \\mid x)` of an
+    evaluation's chunks (:func:`~pyro_vae.bounds.iwae`, :func:`~pyro_vae.bounds.elbo`, ...,
+    given as ``capture=``), replayed from a graph captured once per chunk structure: the
+    mechanism of :class:`~pyro_vae.infer.captured.CapturedLoss`
+    (:mod:`pyro_vae.infer.graph_capture`), for evaluation.
+
+    An evaluation runs the same program on many chunks of the same shape (2 points x 1000
+    particles, 500 times, for :math:`\\mathcal L_{1000}` of 1000 MNIST digits); Pyro's
+    effect handlers, the site recorder and the per-site bookkeeping are Python that runs
+    for every chunk and produces no tensor operation. Captured, a chunk replays only the
+    ATen operations the program performs (the random draws included, in the same order):
+    the same log-weights as the eager chunk for the same random state, bitwise, with Pyro's
+    validation off (it ran in the eager chunks; with validation on, Pyro evaluates some
+    densities in another order, equal to float rounding).
+
+    A structure is the programs (their identity), the particles per chunk, the program's
+    plan, ``analytic_kl`` and the shapes, dtypes and devices of the tensor arguments (and
+    the values of the others). It runs eagerly its first ``capture_after`` times; then it is
+    captured and checked at once against an eager run. Replays are re-checked against eager
+    runs (the 1st, 2nd, 4th, 8th, ... of every graph, and the first of every graph in each
+    call of a bound): a check that fails or a replay that
+    raises undoes the replay, runs the chunk eagerly, keeps the structure eager from then
+    on and warns (:class:`~pyro_vae.errors.CaptureFallbackWarning`); ``fallback_reason``
+    says why. A graph is used while the parameter store holds the parameters it reads.
+
+    Keep one object to reuse its graphs across calls (a held-out bound every epoch): each
+    capture traces the program once more (about 60 ms for the 784-400-50 VAE; the first
+    capture in a process also imports parts of PyTorch, about 0.9 s). For one evaluation it
+    pays when there are many chunks (hundreds); ``capture=True`` in the bounds makes one for
+    that call. Runs inside enclosing Pyro handlers are always eager.
+
+    :param capture_after: eager runs of a structure before it is captured (at least 1).
+    :param max_graphs: structures captured at most.
+    :param compile: also compile each graph with ``torch.compile`` (see
+        :class:`~pyro_vae.infer.captured.CapturedLoss`; log-weights equal to float rounding).
+    """
+
+    def __init__(self, *, capture_after: int = 1, max_graphs: int = 4, compile: bool = False) -> None:
+        self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
+        self.compile = compile
+        self.captured_chunks = 0
+
+    @property
+    def fallback_reason(self) -> str:
+        """Why the last structure that could not be captured, or was dropped, runs eagerly."""
+        return self._cache.fallback_reason
+
+    @property
+    def graphs(self) -> int:
+        """Structures captured so far (dropped ones not counted)."""
+        return sum(g is not None for g in self._cache.graphs.values())
+
+    def check_next(self) -> None:
+        """Check the next replay of every graph against an eager run (the bounds call it at
+        the start of every call, so Python state changed between calls is caught)."""
+        self._cache.check_next()
+
+    def log_weight(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        *,
+        num_particles: int,
+        plan: ProgramPlan,
+        analytic_kl: bool = False,
+    ) -> tuple[torch.Tensor, str]:
+        """As :func:`~pyro_vae.infer.per_datapoint.eager_log_weight`, from the structure's graph
+        when there is one. Runs in evaluation mode (inside the bounds' own)."""
+        key = self.structure(model, guide, args, kwargs, num_particles, plan, analytic_kl)
+
+        def eager() -> tuple[torch.Tensor, str]:
+            return eager_log_weight(
+                model, guide, args, kwargs, num_particles=num_particles, plan=plan, analytic_kl=analytic_kl
+            )
+
+        captured = self._cache.get(
+            key,
+            lambda: self._capture(
+                model, guide, args, kwargs, num_particles=num_particles, plan=plan, analytic_kl=analytic_kl
+            ),
+        )
+        if captured is None:
+            return eager()
+        assert key is not None
+        captured.replays += 1
+        tensors = tensors_of(args, kwargs)
+        if captured.due():
+            result, why = checked_replay(
+                captured, lambda: eager()[0], tensors, value=_itself, compiled=self.compile
+            )
+            if why:
+                self._cache.drop(key, why, what="chunks")
+        else:
+            try:
+                result = captured.run(*tensors)
+            except Exception as e:  # a shape that depends on data values: eager from now on
+                result = None
+                self._cache.drop(key, f"a replay failed: {type(e).__name__}: {e}", what="chunks")
+        if result is None:
+            return eager()
+        self.captured_chunks += 1
+        mode, (plan.vectorize, plan.found_plate, plan.fallback_reason) = captured.info  # as the eager run
+        return result, mode
+
+    def structure(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        num_particles: int,
+        plan: ProgramPlan,
+        analytic_kl: bool,
+    ) -> tuple | None:
+        """The key of a chunk's graph (``None``: this chunk cannot be captured)."""
+        if _PYRO_STACK or not evaluating() or torch.is_grad_enabled():
+            return None
+        arguments = describe_arguments(args, kwargs)
+        if arguments is None:
+            return None
+        return (
+            program_key(model),
+            program_key(guide),
+            num_particles,
+            analytic_kl,
+            (plan.nesting, plan.plate_name, plan.found_plate, plan.vectorize),
+            arguments,
+        )
+
+    def _capture(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        *,
+        plan: ProgramPlan,
+        **options: Any,
+    ) -> CapturedGraph | str:
+        """The chunk's graph, traced and checked on copies of ``plan`` (a run may settle it:
+        whether the program broadcasts, where its data plate is), so that only the chunks
+        that count settle the caller's; the graph keeps how its run settled the plan."""
+        runs: list[tuple[str, ProgramPlan]] = []
+
+        def run(*values: torch.Tensor) -> torch.Tensor:
+            a, k = with_tensors(args, kwargs, values)
+            copy = replace(plan)
+            log_weight, mode = eager_log_weight(model, guide, a, k, plan=copy, **options)
+            runs.append((mode, copy))
+            return log_weight
+
+        captured = capture_graph(run, tensors_of(args, kwargs), compile=self.compile, comparable=_alone)
+        if isinstance(captured, CapturedGraph):
+            mode, settled = runs[-1]
+            captured.info = (mode, (settled.vectorize, settled.found_plate, settled.fallback_reason))
+        return captured
+
+
+def as_capture(capture: CapturedLogWeights | bool | None) -> CapturedLogWeights | None:
+    """The bounds' ``capture=`` argument as an object: ``True``, a new one for this call;
+    ``False`` or ``None``, none (every chunk eager)."""
+    if capture is True:
+        return CapturedLogWeights()
+    if capture is False or capture is None:
+        return None
+    if not isinstance(capture, CapturedLogWeights):
+        raise InputError(f"capture must be a bool or a CapturedLogWeights, got {type(capture).__name__}")
+    return capture
+
+
+def _itself(result: Any) -> torch.Tensor:
+    return result
+
+
+def _alone(eager: torch.Tensor) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """What a captured chunk must reproduce: its log-weights."""
+    return lambda result: [result]

@@ -1,0 +1,151 @@
+"""CapturedLogWeights: an evaluation's chunks replayed from captured graphs give the eager
+chunks' log-weights, bitwise, or run eagerly and say why."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.bounds import elbo, iwae, log_marginal
+from pyro_vae.errors import CaptureFallbackWarning, InputError
+from pyro_vae.infer.captured_log_weights import CapturedLogWeights
+from pyro_vae.likelihoods import Bernoulli
+from pyro_vae.models import VAE
+
+
+def _x(n=12, d=6, seed=0):
+    return (torch.rand(n, d, generator=torch.Generator().manual_seed(seed)) < 0.4).float()
+
+
+def _vae(seed=0):
+    torch.manual_seed(seed)
+    return VAE(Bernoulli(6), latent_dim=2, hidden=(5,))
+
+
+def _pair(bound, model, guide, x, capture, *, seed=1, **options):
+    """``bound`` eager and with ``capture``, from the same random state, validation off."""
+    with pyro.validation_enabled(False):
+        torch.manual_seed(seed)
+        eager = bound(model, guide, x, **options)
+        torch.manual_seed(seed)
+        captured = bound(model, guide, x, capture=capture, **options)
+    return eager, captured
+
+
+@pytest.mark.parametrize("bound", [iwae, elbo], ids=["iwae", "elbo"])
+def test_captured_chunks_are_bitwise_the_eager_chunks(bound):
+    vae, x = _vae(), _x()
+    capture = CapturedLogWeights()
+    options = {"num_particles": 8, "max_rows": 8, "return_error": True}  # 12 chunks of 1 point x 8
+    eager, captured = _pair(bound, vae.model, vae.guide, x, capture, **options)
+    assert capture.captured_chunks > 0, capture.fallback_reason
+    assert torch.equal(eager.value, captured.value)
+    assert torch.equal(eager.standard_error, captured.standard_error)
+    assert eager.mode == captured.mode == "vectorized"
+
+
+def test_graphs_are_kept_across_calls_and_shared_by_bounds_of_the_same_chunks():
+    """A kept capture replays every chunk once its structures are known (a call's first
+    chunk, which settles the program's plan, is a structure of its own, captured in the
+    second call); iwae and elbo with the same particles run the same chunks (the same
+    log-weights), so they share graphs."""
+    vae, x = _vae(), _x()
+    capture = CapturedLogWeights()
+    for _ in range(2):
+        _pair(iwae, vae.model, vae.guide, x, capture, num_particles=8, max_rows=8)
+    graphs, replayed = capture.graphs, capture.captured_chunks
+    eager, captured = _pair(elbo, vae.model, vae.guide, x, capture, num_particles=8, max_rows=8)
+    assert capture.graphs == graphs
+    assert capture.captured_chunks == replayed + 12  # every chunk
+    assert torch.equal(eager, captured)
+
+
+def test_particle_chunks_and_a_last_shorter_chunk_are_structures_of_their_own():
+    """10 points in chunks of 4 (4, 4, 2) and 7 particles in chunks of 3 (3, 3, 1): each shape
+    is a structure, eager first, and every value is the eager one."""
+    vae, x = _vae(), _x(10)
+    capture = CapturedLogWeights(max_graphs=8)
+    for _ in range(2):
+        eager, captured = _pair(
+            log_marginal, vae.model, vae.guide, x, capture, num_particles=7, data_chunk=4, particle_chunk=3
+        )
+        assert torch.equal(eager.value, captured.value)
+    assert capture.captured_chunks > 0 and capture.graphs >= 3, capture.fallback_reason
+
+
+def _program(shift):
+    """A small VAE written as Pyro's examples write one, whose likelihood reads ``shift``."""
+    torch.manual_seed(0)
+    encoder, decoder = torch.nn.Linear(6, 4), torch.nn.Linear(2, 6)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            logits = decoder(z) + shift["value"]  # Python state the graph cannot see
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            h = encoder(x)
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+    return model, guide
+
+
+def test_python_state_changed_between_calls_is_caught_by_the_checked_first_replay():
+    """A kept capture checks each graph's first replay in every call against an eager run: a
+    program whose Python reads a global changed between calls disagrees, the replay is
+    undone and the structure runs eagerly from then on, with a warning; every value is the
+    eager program's."""
+    shift = {"value": 0.0}
+    model, guide = _program(shift)
+    x = _x(16)
+    capture = CapturedLogWeights()
+    for _ in range(2):
+        eager, captured = _pair(iwae, model, guide, x, capture, num_particles=4, max_rows=4)
+        assert torch.equal(eager, captured)
+    assert capture.graphs == 2, capture.fallback_reason
+    shift["value"] = 1.0
+    with pytest.warns(CaptureFallbackWarning, match="differs from the eager one"):
+        eager, captured = _pair(iwae, model, guide, x, capture, num_particles=4, max_rows=4)
+    assert torch.equal(eager, captured)
+    assert capture.graphs == 0 and "state outside" in capture.fallback_reason
+
+
+def test_value_dependent_programs_replaced_parameters_and_enclosing_handlers_run_eagerly():
+    vae, x = _vae(), _x()
+
+    def model(x):
+        if float(x.sum()) >= 0:  # reads a value: cannot be traced
+            vae.model(x)
+
+    capture = CapturedLogWeights()
+    eager, captured = _pair(iwae, model, vae.guide, x, capture, num_particles=4, max_rows=4)
+    assert torch.equal(eager, captured)
+    assert capture.captured_chunks == 0 and "capture failed" in capture.fallback_reason
+
+    # a parameter replaced by another tensor: its graph is stale, captured anew
+    capture = CapturedLogWeights()
+    _pair(iwae, vae.model, vae.guide, x, capture, num_particles=4, max_rows=4)
+    name = next(n for n in pyro.get_param_store().keys() if "decoder" in n)
+    with torch.no_grad():
+        vae.decoder[-1].weight = torch.nn.Parameter(vae.decoder[-1].weight + 1.0)
+    assert pyro.get_param_store()[name] is not None
+    eager, captured = _pair(iwae, vae.model, vae.guide, x, capture, num_particles=4, max_rows=4)
+    assert torch.equal(eager, captured)
+
+    # inside an enclosing Pyro handler every chunk is eager, so the handler sees the sites
+    capture = CapturedLogWeights()
+    with pyro.poutine.scale(scale=1.0):
+        eager, captured = _pair(iwae, vae.model, vae.guide, x, capture, num_particles=4, max_rows=4)
+    assert capture.captured_chunks == 0 and torch.equal(eager, captured)
+
+
+def test_capture_true_makes_one_for_the_call_and_other_values_are_refused():
+    vae, x = _vae(), _x()
+    eager, captured = _pair(iwae, vae.model, vae.guide, x, True, num_particles=4, max_rows=4)
+    assert torch.equal(eager, captured)
+    with pytest.raises(InputError, match="capture must be a bool or a CapturedLogWeights"):
+        iwae(vae.model, vae.guide, x, num_particles=4, capture="yes")
