@@ -24,6 +24,7 @@ from pyro_vae.commands.refinement import format_refined, refined_evaluation
 from pyro_vae.commands.train import CHECKPOINT, prepare, read_config
 from pyro_vae.diagnostics import active_units_per_site, importance_diagnostics, kl_per_site
 from pyro_vae.errors import InputError
+from pyro_vae.infer.captured_log_weights import CapturedLogWeights
 from pyro_vae.train import load_parameters
 
 __all__ = [
@@ -60,8 +61,17 @@ def evaluate_run(
         results["elbo"], results["elbo_se"] = mean_and_se(el)
         rows = []
         bounds: dict[int, torch.Tensor] = {}
+        capture = CapturedLogWeights()  # kept across the Ks: a chunk shape that recurs is captured once
         for k in tqdm(config.ks, disable=not progress, desc="L_K", unit="K"):
-            est = iwae(model, guide, *data, num_particles=k, max_rows=config.max_rows, return_error=True)
+            est = iwae(
+                model,
+                guide,
+                *data,
+                num_particles=k,
+                max_rows=config.max_rows,
+                return_error=True,
+                capture=capture,
+            )
             bounds[k] = est.value
             mean, se = mean_and_se(est.value)
             rows.append({"K": k, "bound": mean, "se": se, "mc_se_median": est.standard_error.median().item()})

@@ -6,7 +6,9 @@
   broadcasts and one at a time where it does not;
 - :class:`~pyro_vae.infer.terms.Terms`, the per-datapoint log densities;
 - :class:`~pyro_vae.infer.loss.ParticleLoss`, the one public loss base (and
-  :class:`~pyro_vae.infer.captured.CapturedLoss`, its training step replayed from a captured graph);
+  :class:`~pyro_vae.infer.captured.CapturedLoss`, its training step replayed from a captured graph,
+  and :class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`, an evaluation's
+  chunks replayed the same way);
 - :func:`~pyro_vae.infer.modes.evaluation_mode`, modules in eval mode during evaluation;
 - :func:`~pyro_vae.infer.guide_density.guide_log_density`, the guide's density at given latents;
 - :func:`~pyro_vae.infer.potential.latent_terms`, the log densities at given latents
@@ -14,6 +16,7 @@
 """
 
 from pyro_vae.infer.captured import CapturedLoss
+from pyro_vae.infer.captured_log_weights import CapturedLogWeights
 from pyro_vae.infer.guide_density import guide_log_density, per_datapoint_values
 from pyro_vae.infer.hmc import HMCOptions, HMCState, hmc_transition
 from pyro_vae.infer.layout import PlateLayout
@@ -29,6 +32,7 @@ from pyro_vae.infer.terms import Terms, collect_terms
 
 __all__ = [
     "BufferSnapshot",
+    "CapturedLogWeights",
     "CapturedLoss",
     "HMCOptions",
     "HMCState",

@@ -51,7 +51,9 @@ class CapturedLogWeights:
     on and warns (:class:`~pyro_vae.errors.CaptureFallbackWarning`); ``fallback_reason``
     says why. A graph is used while the parameter store holds the parameters it reads.
 
-    Keep one object to reuse its graphs across calls (a held-out bound every epoch): each
+    Keep one object to reuse its graphs across calls (a held-out bound every epoch; the
+    program's plan, which a call otherwise finds by probing the program on its first chunk,
+    is kept too, per program and structure of the arguments): each
     capture traces the program once more (about 60 ms for the 784-400-50 VAE; the first
     capture in a process also imports parts of PyTorch, about 0.9 s). For one evaluation it
     pays when there are many chunks (hundreds); ``capture=True`` in the bounds makes one for
@@ -65,8 +67,44 @@ class CapturedLogWeights:
 
     def __init__(self, *, capture_after: int = 1, max_graphs: int = 4, compile: bool = False) -> None:
         self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
+        self._plans: dict[tuple, ProgramPlan] = {}
         self.compile = compile
         self.captured_chunks = 0
+
+    def known_plan(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, plate_name: str | None
+    ) -> ProgramPlan | None:
+        """The plan kept from an earlier call on arguments of the same structure (``None``:
+        none yet), so that a later call neither probes the program again nor runs a first
+        chunk that settles a new plan."""
+        key = self._plan_key(model, guide, args, kwargs, plate_name)
+        plan = None if key is None else self._plans.get(key)
+        # A program that does not broadcast gets a new plan every call: a new plan's first
+        # chunk tries a vectorized run, and its draws, before falling back; a kept one would not.
+        return None if plan is None or plan.vectorize is False else plan
+
+    def keep_plan(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        plate_name: str | None,
+        plan: ProgramPlan,
+    ) -> None:
+        """Keep ``plan`` (a probe of the program on these arguments) for later calls."""
+        key = self._plan_key(model, guide, args, kwargs, plate_name)
+        if key is not None and len(self._plans) < 64:
+            self._plans[key] = plan
+
+    @staticmethod
+    def _plan_key(
+        model: Callable, guide: Callable, args: tuple, kwargs: dict, plate_name: str | None
+    ) -> tuple | None:
+        arguments = describe_arguments(args, kwargs)
+        if arguments is None or _PYRO_STACK:
+            return None
+        return program_key(model), program_key(guide), plate_name, arguments
 
     @property
     def fallback_reason(self) -> str:

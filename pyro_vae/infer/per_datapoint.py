@@ -302,10 +302,11 @@ def accumulate_log_weights(
     ``capture``, the chunks' log-weights are replayed from its captured graphs once a chunk's
     structure is known (:class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`; the
     first replay of each of its graphs is checked against an eager run in every call)."""
-    weights = eager_log_weight
+    weights, known = eager_log_weight, None
     if capture is not None:
         capture.check_next()  # each call's first replay of every graph is checked
         weights = capture.log_weight
+        known = capture.known_plan(model, guide, args, kwargs, plate_name)
     out, mode = [], "single"
     with frozen_evaluation():  # once for all chunks (each chunk's own is then a no-op)
         for chunk, chunk_kwargs, sizes, plan in streamed_chunks(
@@ -318,7 +319,11 @@ def accumulate_log_weights(
             particle_chunk=particle_chunk,
             max_rows=max_rows,
             plate_name=plate_name,
+            plan=known,
         ):
+            if capture is not None and known is None:
+                capture.keep_plan(model, guide, args, kwargs, plate_name, plan)
+                known = plan
             acc = make()
             for k in sizes:
                 log_weight, mode = weights(

@@ -80,3 +80,23 @@ def test_tracking_needs_validation_and_a_positive_k():
         fit(model, guide, x, validation=v, epochs=1, track_log_marginal=0, progress=False)
     with pytest.raises(InputError, match="track_every"):
         fit(model, guide, x, validation=v, epochs=1, track_log_marginal=5, track_every=0, progress=False)
+
+
+def test_tracking_with_kept_graphs_gives_the_eager_values():
+    """The tracker's kept CapturedLogWeights replays its chunks across epochs (the parameters
+    change in place between them): every tracked value is the eager tracker's, bitwise."""
+    from pyro_vae.infer.captured_log_weights import CapturedLogWeights
+    from pyro_vae.train.tracking import LogMarginalTracker
+
+    x, v = _data()
+    kept = LogMarginalTracker(50, max_points=20, capture=CapturedLogWeights())
+    eager = LogMarginalTracker(50, max_points=20, capture=None)
+    with pyro.validation_enabled(False):  # as in fit's loop
+        guide(x)
+        for epoch in range(1, 5):
+            with torch.no_grad():
+                pyro.param("loc").add_(0.1)  # training moves the parameters in place
+            assert kept(epoch, model, guide, (v,), plate_name=None) == eager(
+                epoch, model, guide, (v,), plate_name=None
+            )
+    assert kept.capture.captured_chunks > 0, kept.capture.fallback_reason
