@@ -148,3 +148,13 @@ def test_capture_true_makes_one_for_the_call_and_other_values_are_refused():
     assert torch.equal(eager, captured)
     with pytest.raises(InputError, match="capture must be a bool or a CapturedLogWeights"):
         iwae(vae.model, vae.guide, x, num_particles=4, capture="yes")
+
+
+@pytest.mark.slow
+def test_compiled_chunks_equal_the_eager_chunks_to_float_rounding():
+    vae, x = _vae(), _x()
+    capture = CapturedLogWeights(compile=True)
+    for _ in range(2):
+        eager, captured = _pair(iwae, vae.model, vae.guide, x, capture, num_particles=8, max_rows=8)
+        torch.testing.assert_close(captured, eager, rtol=1e-5, atol=1e-5)
+    assert capture.captured_chunks > 0, capture.fallback_reason
