@@ -4,7 +4,7 @@ bound, diagnostic and metric reads, chunked over data and over particles."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -13,9 +13,6 @@ from pyro_vae.errors import InputError
 from pyro_vae.infer.modes import frozen_evaluation
 from pyro_vae.infer.particles import ParticleRun, ProgramPlan, plan_program, run_particles
 from pyro_vae.infer.terms import Terms, collect_terms
-
-if TYPE_CHECKING:
-    from pyro_vae.infer.captured_log_weights import CapturedLogWeights
 
 LogTerms = Terms
 """Per-datapoint log densities (the name evaluation code has always used)."""
@@ -281,6 +278,40 @@ class LogWeightAccumulator(Protocol):
 A = TypeVar("A", bound=LogWeightAccumulator)
 
 
+class ChunkCapture(Protocol):
+    """What :func:`accumulate_log_weights` asks of ``capture``
+    (:class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`): a chunk's log-weights
+    and mode as :func:`eager_log_weight` gives them, and the program's plan kept across calls."""
+
+    def check_next(self) -> None: ...
+
+    def log_weight(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        *,
+        num_particles: int,
+        plan: ProgramPlan,
+        analytic_kl: bool = False,
+    ) -> tuple[torch.Tensor, str]: ...
+
+    def known_plan(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, plate_name: str | None
+    ) -> ProgramPlan | None: ...
+
+    def keep_plan(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        plate_name: str | None,
+        plan: ProgramPlan,
+    ) -> None: ...
+
+
 def accumulate_log_weights(
     model: Callable,
     guide: Callable,
@@ -294,7 +325,7 @@ def accumulate_log_weights(
     max_rows: int | None = None,
     plate_name: str | None = None,
     analytic_kl: bool = False,
-    capture: CapturedLogWeights | None = None,
+    capture: ChunkCapture | None = None,
 ) -> tuple[list[A], str]:
     """One accumulator (``make()``) per chunk of rows, fed the log-weights of all
     ``num_particles`` particles of those rows in particle chunks (see
