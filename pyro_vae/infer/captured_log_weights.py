@@ -60,12 +60,14 @@ class CapturedLogWeights:
     that call. Runs inside enclosing Pyro handlers are always eager.
 
     :param capture_after: eager runs of a structure before it is captured (at least 1).
-    :param max_graphs: structures captured at most.
+    :param max_graphs: structures captured at most (an evaluation over several K, or over data
+        whose last chunk is shorter, meets several; a graph refers to the tensors it reads and
+        copies none).
     :param compile: also compile each graph with ``torch.compile`` (see
         :class:`~pyro_vae.infer.captured.CapturedLoss`; log-weights equal to float rounding).
     """
 
-    def __init__(self, *, capture_after: int = 1, max_graphs: int = 4, compile: bool = False) -> None:
+    def __init__(self, *, capture_after: int = 1, max_graphs: int = 16, compile: bool = False) -> None:
         self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
         self._plans: dict[tuple, ProgramPlan] = {}
         self.compile = compile
