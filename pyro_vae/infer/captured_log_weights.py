@@ -49,7 +49,14 @@ class CapturedLogWeights:
     call of a bound): a check that fails or a replay that
     raises undoes the replay, runs the chunk eagerly, keeps the structure eager from then
     on and warns (:class:`~pyro_vae.errors.CaptureFallbackWarning`); ``fallback_reason``
-    says why. A graph is used while the parameter store holds the parameters it reads.
+    says why. A graph is used while the parameter store and the modules hold the parameters
+    it reads. Python's ``random`` and NumPy's global generator are restored after tracing
+    and checking, as PyTorch's are, so a program that draws from them (it is refused: the
+    traced graph bakes one draw in) keeps its eager draws. A program that draws from a
+    ``torch.Generator`` of its own is refused as well, but tracing it advances that
+    generator: its later draws are not the eager run's. What no check between two checked
+    replays can see is Python state that changes from chunk to chunk within a call (a
+    counter the program keeps); such a program needs ``capture=False``.
 
     Keep one object to reuse its graphs across calls (a held-out bound every epoch; the
     program's plan, which a call otherwise finds by probing the program on its first chunk,

@@ -6,12 +6,14 @@ evaluation's chunks)."""
 from __future__ import annotations
 
 import operator
+import random
 import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from torch import fx, nn
@@ -158,6 +160,7 @@ def capture_graph(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     devices = cuda_devices(tensors)
+    before = rng_state(devices)  # Python's and NumPy's too: tracing must not move a later draw
     with torch.random.fork_rng(devices=devices), BufferSnapshot() as snapshot, pyro.validation_enabled(False):
         try:
             simplified = simplify_graph(make_fx(run)(*tensors))
@@ -169,6 +172,7 @@ def capture_graph(
                 if not fold:  # folding reordered a sum: the graph as traced
                     if not simplified.folds:
                         break
+                    set_rng_state(before, devices)  # traced again as the first time
                     simplified = simplify_graph(make_fx(run)(*tensors), fold=False)
                 # the graph's forward, not the module: a module's call would run global
                 # module hooks, which would take the graph's constants (others' buffers)
@@ -190,6 +194,8 @@ def capture_graph(
                     break
         except Exception as e:
             return f"capture failed: {type(e).__name__}: {e}"
+        finally:
+            set_rng_state(before, devices)
         modules = snapshot.modules
     if differs:
         what = (
@@ -293,10 +299,20 @@ def with_tensors(args: tuple, kwargs: dict, values: tuple[torch.Tensor, ...]) ->
 
 
 def rng_state(devices: list[torch.device]) -> tuple:
-    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+    """The random states a program may draw from: PyTorch's default generators (the CPU's and
+    ``devices``'), Python's ``random`` and NumPy's global generator. (Generators a program
+    makes itself, ``torch.Generator`` objects, are not known here.)"""
+    return (
+        torch.get_rng_state(),
+        [torch.cuda.get_rng_state(d) for d in devices],
+        random.getstate(),
+        np.random.get_state(),
+    )
 
 
 def set_rng_state(state: tuple, devices: list[torch.device]) -> None:
     torch.set_rng_state(state[0])
     for d, s in zip(devices, state[1], strict=True):
         torch.cuda.set_rng_state(s, d)
+    random.setstate(state[2])
+    np.random.set_state(state[3])

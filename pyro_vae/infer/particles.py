@@ -3,11 +3,13 @@ an extra leading dimension, one particle at a time when it does not."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from pyro.poutine.runtime import Message
@@ -27,11 +29,19 @@ HookFactory = Callable[[int | None], ValueHook | None]
 ``factory(k)``: the hook of particle ``k`` alone."""
 
 
-def forked_rng(args: Iterable[Any]) -> AbstractContextManager:
-    """Fork the CPU random number generator, and that of the GPU the data ``args`` are on:
-    for passes that discover a program's structure without changing any later draw."""
+@contextmanager
+def forked_rng(args: Iterable[Any]) -> Iterator[None]:
+    """Fork the CPU random number generator, that of the GPU the data ``args`` are on, and
+    Python's ``random`` and NumPy's global generator (a program may draw from them too): for
+    passes that discover a program's structure without changing any later draw."""
     devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
-    return torch.random.fork_rng(devices=devices)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 @contextmanager

@@ -158,3 +158,39 @@ def test_compiled_chunks_equal_the_eager_chunks_to_float_rounding():
         eager, captured = _pair(iwae, vae.model, vae.guide, x, capture, num_particles=8, max_rows=8)
         torch.testing.assert_close(captured, eager, rtol=1e-5, atol=1e-5)
     assert capture.captured_chunks > 0, capture.fallback_reason
+
+
+def test_a_program_drawing_from_pythons_random_is_not_captured_and_keeps_its_draws():
+    """A likelihood shifted by ``random.random()`` bakes one draw into a traced graph, so the
+    capture check refuses it; neither the attempt nor the kept plan (no probe in later calls)
+    moves Python's random stream: the values and Python's and PyTorch's random states after
+    each call are the eager ones."""
+    import random
+
+    torch.manual_seed(0)
+    encoder, decoder = torch.nn.Linear(6, 4), torch.nn.Linear(2, 6)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z) + random.random()).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            h = encoder(x)
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+    x, capture = _x(16), CapturedLogWeights()
+    for call in range(2):
+        results = []
+        for c in (None, capture):
+            random.seed(call)
+            torch.manual_seed(call)
+            with pyro.validation_enabled(False):
+                value = iwae(model, guide, x, num_particles=4, max_rows=8, capture=c)
+            results.append((value, random.random(), torch.get_rng_state()))
+        (a, ra, ta), (b, rb, tb) = results
+        assert torch.equal(a, b) and ra == rb and torch.equal(ta, tb)
+    assert capture.captured_chunks == 0 and "differs from the eager one" in capture.fallback_reason
