@@ -17,6 +17,7 @@ from pyro_vae.infer.graph_capture import (
     capture_graph,
     checked_replay,
     describe_arguments,
+    replay,
     tensors_of,
     with_tensors,
 )
@@ -144,11 +145,9 @@ class CapturedLoss:
             if why:
                 self._cache.drop(key, why)
         else:
-            try:
-                result = captured.run(*tensors)
-            except Exception as e:  # a shape that depends on data values: eager from now on
-                result = None
-                self._cache.drop(key, f"a replay failed: {type(e).__name__}: {e}")
+            result, why = replay(captured, tensors)
+            if why:  # a shape that depends on data values: eager from now on
+                self._cache.drop(key, why)
         if result is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         objective, surrogate = result

@@ -16,6 +16,7 @@ from pyro_vae.infer.graph_capture import (
     capture_graph,
     checked_replay,
     describe_arguments,
+    replay,
     tensors_of,
     with_tensors,
 )
@@ -54,13 +55,19 @@ class CapturedLogWeights:
     and checking, as PyTorch's are, so a program that draws from them (it is refused: the
     traced graph bakes one draw in) keeps its eager draws. A program that draws from a
     ``torch.Generator`` of its own is refused as well, but tracing it advances that
-    generator: its later draws are not the eager run's. What no check between two checked
-    replays can see is Python state that changes from chunk to chunk within a call (a
-    counter the program keeps); such a program needs ``capture=False``.
+    generator: its later draws are not the eager run's. A program with an operation whose
+    output's shape depends on tensor values (``nonzero``, boolean indexing) is refused. A
+    check compares the random draws as well as the values, and an unchecked replay that
+    raises half-way puts PyTorch's random state and the modules' buffers back first. What
+    no check between two checked replays can see is Python state that changes from chunk
+    to chunk within a call (a counter the program keeps), or a tensor outside the parameter
+    store and the modules replaced between calls where the call's first chunk does not
+    show it; such programs need ``capture=False``.
 
-    Keep one object to reuse its graphs across calls (a held-out bound every epoch; the
-    program's plan, which a call otherwise finds by probing the program on its first chunk,
-    is kept too, per program and structure of the arguments): each
+    Keep one object to reuse its graphs across calls (a held-out bound every epoch; each call
+    still probes the program for its plan, so a program whose structure changed between
+    calls is planned afresh, and the call's first chunk, which settles the plan, is a
+    structure of its own): each
     capture traces the program once more (about 60 ms for the 784-400-50 VAE; the first
     capture in a process also imports parts of PyTorch, about 0.9 s). For one evaluation it
     pays when there are many chunks (hundreds); ``capture=True`` in the bounds makes one for
@@ -76,44 +83,8 @@ class CapturedLogWeights:
 
     def __init__(self, *, capture_after: int = 1, max_graphs: int = 16, compile: bool = False) -> None:
         self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
-        self._plans: dict[tuple, ProgramPlan] = {}
         self.compile = compile
         self.captured_chunks = 0
-
-    def known_plan(
-        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, plate_name: str | None
-    ) -> ProgramPlan | None:
-        """The plan kept from an earlier call on arguments of the same structure (``None``:
-        none yet), so that a later call neither probes the program again nor runs a first
-        chunk that settles a new plan."""
-        key = self._plan_key(model, guide, args, kwargs, plate_name)
-        plan = None if key is None else self._plans.get(key)
-        # A program that does not broadcast gets a new plan every call: a new plan's first
-        # chunk tries a vectorized run, and its draws, before falling back; a kept one would not.
-        return None if plan is None or plan.vectorize is False else plan
-
-    def keep_plan(
-        self,
-        model: Callable,
-        guide: Callable,
-        args: tuple,
-        kwargs: dict,
-        plate_name: str | None,
-        plan: ProgramPlan,
-    ) -> None:
-        """Keep ``plan`` (a probe of the program on these arguments) for later calls."""
-        key = self._plan_key(model, guide, args, kwargs, plate_name)
-        if key is not None and len(self._plans) < 64:
-            self._plans[key] = plan
-
-    @staticmethod
-    def _plan_key(
-        model: Callable, guide: Callable, args: tuple, kwargs: dict, plate_name: str | None
-    ) -> tuple | None:
-        arguments = describe_arguments(args, kwargs)
-        if arguments is None or _PYRO_STACK:
-            return None
-        return program_key(model), program_key(guide), plate_name, arguments
 
     @property
     def fallback_reason(self) -> str:
@@ -168,11 +139,9 @@ class CapturedLogWeights:
             if why:
                 self._cache.drop(key, why, what="chunks")
         else:
-            try:
-                result = captured.run(*tensors)
-            except Exception as e:  # a shape that depends on data values: eager from now on
-                result = None
-                self._cache.drop(key, f"a replay failed: {type(e).__name__}: {e}", what="chunks")
+            result, why = replay(captured, tensors)
+            if why:  # a shape that depends on data values: eager from now on
+                self._cache.drop(key, why, what="chunks")
         if result is None:
             return eager()
         self.captured_chunks += 1

@@ -10,7 +10,7 @@ import random
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,9 @@ class CapturedGraph:
     simplified: SimplifiedGraph
     slots: tuple[tuple[dict, ...], tuple[str, ...], tuple[torch.Tensor, ...]] = ((), (), ())
     """The modules' own entries (``_parameters``, ``_buffers``) holding the tensors the graph reads."""
+    devices: list[torch.device] = field(default_factory=list)
+    buffered: list[nn.Module] = field(default_factory=list)
+    """The modules with buffers (restored when a replay fails half-way)."""
     replays: int = 0
     check: bool = False
     info: Any = None
@@ -163,7 +166,11 @@ def capture_graph(
     before = rng_state(devices)  # Python's and NumPy's too: tracing must not move a later draw
     with torch.random.fork_rng(devices=devices), BufferSnapshot() as snapshot, pyro.validation_enabled(False):
         try:
-            simplified = simplify_graph(make_fx(run)(*tensors))
+            traced = make_fx(run)(*tensors)
+            refused = _uncapturable(traced, before)  # before dead code goes: a shape read is unused
+            if refused:
+                return refused
+            simplified = simplify_graph(traced)
             state = rng_state(devices)
             eager = run(*tensors)  # at the random state the replay gets
             values = comparable(eager)
@@ -205,7 +212,10 @@ def capture_graph(
             f"the captured graph's {what}: the program's Python depends on tensor values or on "
             "state outside its arguments and parameters"
         )
-    return CapturedGraph(graph, modules, *_params_read(read), simplified, _slots(modules, read), info=info)
+    buffered = [m for m in modules if any(b is not None for b in m._buffers.values())]
+    return CapturedGraph(
+        graph, modules, *_params_read(read), simplified, _slots(modules, read), devices, buffered, info=info
+    )
 
 
 def checked_replay(
@@ -225,6 +235,7 @@ def checked_replay(
     state = rng_state(devices)
     with torch.no_grad(), BufferSnapshot(), pyro.validation_enabled(False):
         expected = eager()
+    drawn = rng_state(devices)
     set_rng_state(state, devices)
     buffers = BufferSnapshot.of(captured.modules)
     try:
@@ -234,11 +245,68 @@ def checked_replay(
         result, why = None, f"a replay failed: {type(e).__name__}: {e}"
     else:
         why = "" if agree(got, expected, compiled) else _disagreement(got, expected)
+        if not why and not _same_torch_state(rng_state(devices), drawn):
+            why = (
+                "a replay drew other random numbers than the eager run: the program's Python "
+                "depends on state outside its arguments and parameters"
+            )
     if why:
         buffers.restore()
         set_rng_state(state, devices)
         return None, why
     return result, ""
+
+
+def replay(captured: CapturedGraph, tensors: list[torch.Tensor]) -> tuple[Any, str]:
+    """An unchecked replay: ``(result, "")``, or ``(None, why)`` with PyTorch's random state
+    and the modules' buffers put back when it raises half-way (a shape that depends on data
+    values), so that the eager run that follows starts where the replay did."""
+    devices = captured.devices
+    state = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+    buffers = BufferSnapshot.of(captured.buffered) if captured.buffered else None
+    try:
+        return captured.run(*tensors), ""
+    except Exception as e:
+        if buffers is not None:
+            buffers.restore()
+        torch.set_rng_state(state[0])
+        for d, s in zip(devices, state[1], strict=True):
+            torch.cuda.set_rng_state(s, d)
+        return None, f"a replay failed: {type(e).__name__}: {e}"
+
+
+def _uncapturable(graph: fx.GraphModule, before: tuple) -> str:
+    """Why a traced graph cannot stand for the program (``""``: it can): an operation whose
+    output's shape depends on tensor values (``nonzero``, boolean indexing: the shapes after
+    it were traced for one chunk's values), or draws from Python's or NumPy's generators
+    during the trace (a graph bakes them in)."""
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        dynamic = torch.Tag.dynamic_output_shape in node.target.tags
+        boolean_index = node.target is torch.ops.aten.index.Tensor and any(
+            isinstance(i, fx.Node) and getattr(i.meta.get("val"), "dtype", None) in (torch.bool, torch.uint8)
+            for i in (node.args[1] if len(node.args) > 1 else ())
+        )
+        if dynamic or boolean_index:
+            return (
+                f"capture refused: {node.target} gives an output whose shape depends on tensor values, "
+                "which a graph traced on one chunk cannot follow"
+            )
+    if random.getstate() != before[2] or not _same_numpy_state(np.random.get_state(), before[3]):
+        return (
+            "capture refused: the program draws from Python's random or NumPy's generator, "
+            "whose draws a graph would bake in"
+        )
+    return ""
+
+
+def _same_numpy_state(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and np.array_equal(a[1], b[1]) and tuple(a[2:]) == tuple(b[2:])
+
+
+def _same_torch_state(a: tuple, b: tuple) -> bool:
+    return torch.equal(a[0], b[0]) and all(map(torch.equal, a[1], b[1]))
 
 
 def _disagreement(got: torch.Tensor, expected: torch.Tensor) -> str:
@@ -278,7 +346,10 @@ def agree(got: torch.Tensor, expected: torch.Tensor, compiled: bool) -> bool:
     """Bitwise equal (a replay runs the eager operations); to float rounding when compiled."""
     if compiled:
         return bool(torch.allclose(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True))
-    return bool(torch.equal(got, expected)) or bool(got.isnan().all() and expected.isnan().all())
+    nan = got.isnan()
+    return bool(torch.equal(nan, expected.isnan())) and bool(
+        torch.equal(got.masked_fill(nan, 0), expected.masked_fill(nan, 0))
+    )
 
 
 def cuda_devices(tensors: list[torch.Tensor]) -> list[torch.device]:

@@ -281,7 +281,7 @@ A = TypeVar("A", bound=LogWeightAccumulator)
 class ChunkCapture(Protocol):
     """What :func:`accumulate_log_weights` asks of ``capture``
     (:class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`): a chunk's log-weights
-    and mode as :func:`eager_log_weight` gives them, and the program's plan kept across calls."""
+    and mode as :func:`eager_log_weight` gives them."""
 
     def check_next(self) -> None: ...
 
@@ -296,20 +296,6 @@ class ChunkCapture(Protocol):
         plan: ProgramPlan,
         analytic_kl: bool = False,
     ) -> tuple[torch.Tensor, str]: ...
-
-    def known_plan(
-        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, plate_name: str | None
-    ) -> ProgramPlan | None: ...
-
-    def keep_plan(
-        self,
-        model: Callable,
-        guide: Callable,
-        args: tuple,
-        kwargs: dict,
-        plate_name: str | None,
-        plan: ProgramPlan,
-    ) -> None: ...
 
 
 def accumulate_log_weights(
@@ -333,11 +319,10 @@ def accumulate_log_weights(
     ``capture``, the chunks' log-weights are replayed from its captured graphs once a chunk's
     structure is known (:class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`; the
     first replay of each of its graphs is checked against an eager run in every call)."""
-    weights, known = eager_log_weight, None
+    weights = eager_log_weight
     if capture is not None:
         capture.check_next()  # each call's first replay of every graph is checked
         weights = capture.log_weight
-        known = capture.known_plan(model, guide, args, kwargs, plate_name)
     out, mode = [], "single"
     with frozen_evaluation():  # once for all chunks (each chunk's own is then a no-op)
         for chunk, chunk_kwargs, sizes, plan in streamed_chunks(
@@ -350,11 +335,7 @@ def accumulate_log_weights(
             particle_chunk=particle_chunk,
             max_rows=max_rows,
             plate_name=plate_name,
-            plan=known,
         ):
-            if capture is not None and known is None:
-                capture.keep_plan(model, guide, args, kwargs, plate_name, plan)
-                known = plan
             acc = make()
             for k in sizes:
                 log_weight, mode = weights(

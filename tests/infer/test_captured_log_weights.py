@@ -45,16 +45,16 @@ def test_captured_chunks_are_bitwise_the_eager_chunks(bound):
 
 
 def test_graphs_are_kept_across_calls_and_shared_by_bounds_of_the_same_chunks():
-    """A kept capture keeps the program's plan and replays every chunk of a later call (the
-    first call's first chunk, which settles the plan, is a structure of its own and stays
-    eager); iwae and elbo with the same particles run the same chunks (the same
-    log-weights), so they share the graph."""
+    """A kept capture replays every chunk once its structures are known (each call's first
+    chunk, which settles the plan of that call's probe, is a structure of its own, captured
+    in the second call); iwae and elbo with the same particles run the same chunks (the
+    same log-weights), so they share graphs."""
     vae, x = _vae(), _x()
     capture = CapturedLogWeights()
     _pair(iwae, vae.model, vae.guide, x, capture, num_particles=8, max_rows=8)
     assert capture.graphs == 1 and capture.captured_chunks == 10  # chunks 0 (plan) and 1 eager
     eager, captured = _pair(elbo, vae.model, vae.guide, x, capture, num_particles=8, max_rows=8)
-    assert capture.graphs == 1
+    assert capture.graphs == 2
     assert capture.captured_chunks == 10 + 12  # every chunk
     assert torch.equal(eager, captured)
 
@@ -105,7 +105,7 @@ def test_python_state_changed_between_calls_is_caught_by_the_checked_first_repla
     for _ in range(2):
         eager, captured = _pair(iwae, model, guide, x, capture, num_particles=4, max_rows=4)
         assert torch.equal(eager, captured)
-    assert capture.graphs == 1, capture.fallback_reason
+    assert capture.graphs == 2, capture.fallback_reason
     shift["value"] = 1.0
     with pytest.warns(CaptureFallbackWarning, match="differs from the eager one"):
         eager, captured = _pair(iwae, model, guide, x, capture, num_particles=4, max_rows=4)
@@ -193,4 +193,83 @@ def test_a_program_drawing_from_pythons_random_is_not_captured_and_keeps_its_dra
             results.append((value, random.random(), torch.get_rng_state()))
         (a, ra, ta), (b, rb, tb) = results
         assert torch.equal(a, b) and ra == rb and torch.equal(ta, tb)
-    assert capture.captured_chunks == 0 and "differs from the eager one" in capture.fallback_reason
+    assert capture.captured_chunks == 0 and "Python's random" in capture.fallback_reason
+
+
+def _masked_program():
+    """A likelihood over the rows whose first feature is set: a boolean index, whose output's
+    shape depends on the chunk's values."""
+    torch.manual_seed(0)
+    encoder, decoder = torch.nn.Linear(6, 4), torch.nn.Linear(2, 6)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            logits = decoder(z)
+            share = x[x[:, 0] > 0.5].shape[0] / x.shape[0]  # a value read through a shape
+            pyro.sample("x", dist.Bernoulli(logits=logits * share).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            h = encoder(x)
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+    return model, guide
+
+
+def test_value_dependent_shapes_are_refused_and_a_failed_replay_is_undone():
+    """Boolean indexing (``nonzero``) bakes one chunk's count into the shapes after it: such
+    graphs are refused (every chunk eager, the eager values). An unchecked replay that
+    raises half-way puts PyTorch's random state back before the eager run, so the values and
+    the final random state are the eager ones."""
+    model, guide = _masked_program()
+    x = _x(16)
+
+    capture = CapturedLogWeights()
+    eager, captured = _pair(iwae, model, guide, x, capture, num_particles=4, max_rows=4)
+    assert torch.equal(eager, captured)
+    assert capture.captured_chunks == 0 and "depends on tensor values" in capture.fallback_reason
+
+    vae = _vae()
+    capture = CapturedLogWeights()
+    _pair(iwae, vae.model, vae.guide, x, capture, num_particles=4, max_rows=4)
+    graph = next(g for g in capture._cache.graphs.values() if g is not None)
+    run = graph.run
+
+    def half_way(*tensors):  # draws, then fails as a shape mismatch would
+        torch.randn(100)
+        raise RuntimeError("shape mismatch")
+
+    graph.run, graph.replays = half_way, 2  # the next replay (the 3rd) is not checked
+    capture._cache.graphs = {k: g for k, g in capture._cache.graphs.items() if g is graph}
+    with pyro.validation_enabled(False):
+        torch.manual_seed(5)
+        expected = iwae(vae.model, vae.guide, x[:4], num_particles=4, max_rows=4)
+        after = torch.get_rng_state()
+        torch.manual_seed(5)
+        graph.check = False
+        with pytest.warns(CaptureFallbackWarning, match="a replay failed"):
+            capture.check_next = lambda: None  # this call's first replay unchecked
+            got = iwae(vae.model, vae.guide, x[:4], num_particles=4, max_rows=4, capture=capture)
+    assert run is not None and torch.equal(expected, got) and torch.equal(after, torch.get_rng_state())
+
+
+def test_a_check_compares_the_random_draws_too():
+    """A program that draws one more random number (one its log-weights do not use) after a
+    global changes: the values agree, the draws do not, and the check says so."""
+    vae, x = _vae(), _x()
+    extra = {"on": False}
+
+    def model(x):
+        if extra["on"]:
+            torch.rand(())
+        vae.model(x)
+
+    capture = CapturedLogWeights()
+    _pair(iwae, model, vae.guide, x, capture, num_particles=4, max_rows=4)
+    extra["on"] = True
+    with pytest.warns(CaptureFallbackWarning, match="drew other random numbers"):
+        eager, captured = _pair(iwae, model, vae.guide, x, capture, num_particles=4, max_rows=4)
+    assert torch.equal(eager, captured)
