@@ -15,9 +15,7 @@ from pyro_vae.infer.graph_capture import (
     CapturedGraph,
     GraphCache,
     capture_graph,
-    checked_replay,
     describe_arguments,
-    replay,
     tensors_of,
     with_tensors,
 )
@@ -106,7 +104,6 @@ class CapturedLoss:
         self.compile = compile
         self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
         self._module_lists: dict[int, tuple[Any, list[nn.Module]]] = {}
-        self._minus_one: dict[tuple, torch.Tensor] = {}
         self.captured_steps = 0
 
     @property
@@ -134,32 +131,22 @@ class CapturedLoss:
         if captured is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         assert key is not None
-        captured.replays += 1
-        tensors = tensors_of(args, kwargs)
-        if captured.due():
 
-            def eager() -> torch.Tensor:
-                return self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]
+        def eager() -> torch.Tensor:
+            return self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]
 
-            result, why = checked_replay(captured, eager, tensors, value=_objective, compiled=self.compile)
-            if why:
-                self._cache.drop(key, why)
-        else:
-            result, why = replay(captured, tensors)
-            if why:  # a shape that depends on data values: eager from now on
-                self._cache.drop(key, why)
+        result = self._cache.replay(
+            key, captured, tensors_of(args, kwargs), eager, value=_objective, compiled=self.compile
+        )
         if result is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         objective, surrogate = result
         if surrogate.requires_grad:
             # (-surrogate).backward() without the negation's two operations: the same
-            # gradients (the negation's backward hands on exactly -1)
-            minus_one = self._minus_one.get(key)
-            if minus_one is None:
-                minus_one = self._minus_one[key] = torch.full(
-                    (), -1.0, dtype=surrogate.dtype, device=surrogate.device
-                )
-            surrogate.backward(minus_one)
+            # gradients (the negation's backward hands on exactly -1), kept with the graph
+            if captured.info is None:
+                captured.info = torch.full((), -1.0, dtype=surrogate.dtype, device=surrogate.device)
+            surrogate.backward(captured.info)
         self.inner.after_step()
         self.captured_steps += 1
         return -float(objective.detach())

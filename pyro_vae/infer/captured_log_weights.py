@@ -14,9 +14,7 @@ from pyro_vae.infer.graph_capture import (
     CapturedGraph,
     GraphCache,
     capture_graph,
-    checked_replay,
     describe_arguments,
-    replay,
     tensors_of,
     with_tensors,
 )
@@ -130,18 +128,15 @@ class CapturedLogWeights:
         if captured is None:
             return eager()
         assert key is not None
-        captured.replays += 1
-        tensors = tensors_of(args, kwargs)
-        if captured.due():
-            result, why = checked_replay(
-                captured, lambda: eager()[0], tensors, value=_itself, compiled=self.compile
-            )
-            if why:
-                self._cache.drop(key, why, what="chunks")
-        else:
-            result, why = replay(captured, tensors)
-            if why:  # a shape that depends on data values: eager from now on
-                self._cache.drop(key, why, what="chunks")
+        result = self._cache.replay(
+            key,
+            captured,
+            tensors_of(args, kwargs),
+            lambda: eager()[0],
+            value=_itself,
+            compiled=self.compile,
+            what="chunks",
+        )
         if result is None:
             return eager()
         self.captured_chunks += 1

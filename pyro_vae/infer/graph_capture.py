@@ -23,6 +23,14 @@ from pyro_vae.errors import CaptureFallbackWarning
 from pyro_vae.infer.graph_replay import replay_function
 from pyro_vae.infer.graph_simplify import SimplifiedGraph, attribute, simplify_graph
 from pyro_vae.infer.modes import BufferSnapshot
+from pyro_vae.infer.particles import (
+    cuda_devices,
+    forked_rng,
+    rng_state,
+    set_rng_state,
+    set_torch_rng_state,
+    torch_rng_state,
+)
 
 _MAX_STRUCTURES_COUNTED = 1024
 TRAINING = operator.attrgetter("training")
@@ -129,12 +137,35 @@ class GraphCache:
         self.graphs[key] = made
         return made
 
+    def replay(
+        self,
+        key: tuple,
+        captured: CapturedGraph,
+        tensors: list[torch.Tensor],
+        eager: Callable[[], torch.Tensor],
+        *,
+        value: Callable[[Any], torch.Tensor],
+        compiled: bool,
+        what: str = "steps",
+    ) -> Any:
+        """The next replay of ``captured``, checked against ``eager()`` when it is due
+        (:func:`checked_replay`, else :func:`unchecked_replay`); ``None``, the structure
+        dropped, when it cannot be trusted (the caller then runs eagerly)."""
+        captured.replays += 1
+        if captured.due():
+            result, why = checked_replay(captured, eager, tensors, value=value, compiled=compiled)
+        else:
+            result, why = unchecked_replay(captured, tensors)
+        if why:
+            self.drop(key, why, what=what)
+        return result
+
     def drop(self, key: tuple, reason: str, *, what: str = "steps") -> None:
         """Run structure ``key`` eagerly from now on, and warn why."""
         self.fallback_reason = reason
         self.graphs[key] = None
         warnings.warn(
-            f"{reason}; this structure's {what} run eagerly from now on", CaptureFallbackWarning, stacklevel=3
+            f"{reason}; this structure's {what} run eagerly from now on", CaptureFallbackWarning, stacklevel=4
         )
 
     def check_next(self) -> None:
@@ -163,8 +194,9 @@ def capture_graph(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     devices = cuda_devices(tensors)
-    before = rng_state(devices)  # Python's and NumPy's too: tracing must not move a later draw
-    with torch.random.fork_rng(devices=devices), BufferSnapshot() as snapshot, pyro.validation_enabled(False):
+    before = rng_state(devices)
+    # Python's and NumPy's generators forked too: tracing must not move a later draw
+    with forked_rng(tensors), BufferSnapshot() as snapshot, pyro.validation_enabled(False):
         try:
             traced = make_fx(run)(*tensors)
             refused = _uncapturable(traced, before)  # before dead code goes: a shape read is unused
@@ -201,8 +233,6 @@ def capture_graph(
                     break
         except Exception as e:
             return f"capture failed: {type(e).__name__}: {e}"
-        finally:
-            set_rng_state(before, devices)
         modules = snapshot.modules
     if differs:
         what = (
@@ -231,7 +261,7 @@ def checked_replay(
     the replay undone (random state and the modules' buffers) when they differ or the replay
     raises."""
     captured.check = False
-    devices = cuda_devices(tensors)
+    devices = captured.devices
     state = rng_state(devices)
     with torch.no_grad(), BufferSnapshot(), pyro.validation_enabled(False):
         expected = eager()
@@ -257,21 +287,18 @@ def checked_replay(
     return result, ""
 
 
-def replay(captured: CapturedGraph, tensors: list[torch.Tensor]) -> tuple[Any, str]:
+def unchecked_replay(captured: CapturedGraph, tensors: list[torch.Tensor]) -> tuple[Any, str]:
     """An unchecked replay: ``(result, "")``, or ``(None, why)`` with PyTorch's random state
     and the modules' buffers put back when it raises half-way (a shape that depends on data
     values), so that the eager run that follows starts where the replay did."""
-    devices = captured.devices
-    state = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+    state = torch_rng_state(captured.devices)
     buffers = BufferSnapshot.of(captured.buffered) if captured.buffered else None
     try:
         return captured.run(*tensors), ""
     except Exception as e:
         if buffers is not None:
             buffers.restore()
-        torch.set_rng_state(state[0])
-        for d, s in zip(devices, state[1], strict=True):
-            torch.cuda.set_rng_state(s, d)
+        set_torch_rng_state(state, captured.devices)
         return None, f"a replay failed: {type(e).__name__}: {e}"
 
 
@@ -352,10 +379,6 @@ def agree(got: torch.Tensor, expected: torch.Tensor, compiled: bool) -> bool:
     )
 
 
-def cuda_devices(tensors: list[torch.Tensor]) -> list[torch.device]:
-    return [t.device for t in tensors if t.device.type == "cuda"][:1]
-
-
 def tensors_of(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     """The tensor arguments, positional first, then keyword by name: a graph's inputs."""
     return [a for a in (*args, *(kwargs[k] for k in sorted(kwargs))) if isinstance(a, torch.Tensor)]
@@ -367,23 +390,3 @@ def with_tensors(args: tuple, kwargs: dict, values: tuple[torch.Tensor, ...]) ->
     new_args = tuple(next(it) if isinstance(a, torch.Tensor) else a for a in args)
     new_kwargs = {k: next(it) if isinstance(kwargs[k], torch.Tensor) else kwargs[k] for k in sorted(kwargs)}
     return new_args, new_kwargs
-
-
-def rng_state(devices: list[torch.device]) -> tuple:
-    """The random states a program may draw from: PyTorch's default generators (the CPU's and
-    ``devices``'), Python's ``random`` and NumPy's global generator. (Generators a program
-    makes itself, ``torch.Generator`` objects, are not known here.)"""
-    return (
-        torch.get_rng_state(),
-        [torch.cuda.get_rng_state(d) for d in devices],
-        random.getstate(),
-        np.random.get_state(),
-    )
-
-
-def set_rng_state(state: tuple, devices: list[torch.device]) -> None:
-    torch.set_rng_state(state[0])
-    for d, s in zip(devices, state[1], strict=True):
-        torch.cuda.set_rng_state(s, d)
-    random.setstate(state[2])
-    np.random.set_state(state[3])

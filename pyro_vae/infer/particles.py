@@ -29,19 +29,47 @@ HookFactory = Callable[[int | None], ValueHook | None]
 ``factory(k)``: the hook of particle ``k`` alone."""
 
 
+def cuda_devices(args: Iterable[Any]) -> list[torch.device]:
+    """The GPU the tensors among ``args`` are on (at most one), whose generator a run draws from."""
+    return [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
+
+
+def torch_rng_state(devices: list[torch.device]) -> tuple:
+    """PyTorch's default generators: the CPU's and ``devices``'."""
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def set_torch_rng_state(state: tuple, devices: list[torch.device]) -> None:
+    torch.set_rng_state(state[0])
+    for d, s in zip(devices, state[1], strict=True):
+        torch.cuda.set_rng_state(s, d)
+
+
+def rng_state(devices: list[torch.device]) -> tuple:
+    """The random states a program may draw from: PyTorch's default generators (see
+    :func:`torch_rng_state`), Python's ``random`` and NumPy's global generator. (Generators a
+    program makes itself, ``torch.Generator`` objects, are not known here.)"""
+    return (*torch_rng_state(devices), random.getstate(), np.random.get_state())
+
+
+def set_rng_state(state: tuple, devices: list[torch.device]) -> None:
+    set_torch_rng_state(state[:2], devices)
+    random.setstate(state[2])
+    np.random.set_state(state[3])
+
+
 @contextmanager
 def forked_rng(args: Iterable[Any]) -> Iterator[None]:
-    """Fork the CPU random number generator, that of the GPU the data ``args`` are on, and
-    Python's ``random`` and NumPy's global generator (a program may draw from them too): for
-    passes that discover a program's structure without changing any later draw."""
-    devices = [a.device for a in args if isinstance(a, torch.Tensor) and a.device.type == "cuda"][:1]
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+    """Fork the random states of :func:`rng_state` (PyTorch's CPU generator and that of the
+    GPU the data ``args`` are on, Python's ``random``, NumPy's global generator: a program
+    may draw from any): for passes that discover a program's structure without changing any
+    later draw."""
+    devices = cuda_devices(args)
+    state = rng_state(devices)
+    try:
+        yield
+    finally:
+        set_rng_state(state, devices)
 
 
 @contextmanager
