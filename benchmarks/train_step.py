@@ -2,7 +2,9 @@
 
 Both are the same network (784-400-(50+50) encoder, 50-400-784 decoder, ReLU, softplus
 scale, Bernoulli likelihood), batch 128, the same Adam. Steps are interleaved in one
-process so that machine noise hits both alike; we report medians and their ratio.
+process so that machine noise hits both alike; we report medians and their ratio. A last
+row times the step's matrix multiplies and one fused Adam kernel alone (``floor_step``): how
+close to the machine's limit any step can come.
 
     python benchmarks/train_step.py [--steps 300] [--quick] [--threads N] [--compile] [--json out.json]
 """
@@ -83,6 +85,54 @@ def pyro_vae_step(
     return lambda: train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
 
 
+def floor_step(x: torch.Tensor) -> Callable[[], None]:
+    """The work no implementation of the step avoids, on tensors of the step's shapes: the
+    forward's four matrix multiplies (with their biases), the backward's seven (each layer's
+    weight gradient, and the input gradient of every layer but the first, whose input is the
+    data) and one fused Adam kernel over the eight parameters. The elementwise work, the
+    autograd engine and all Python are left out, so a step can approach this but not reach it."""
+    gen = torch.Generator().manual_seed(1)
+    dims = [(D, H), (H, 2 * K), (K, H), (H, D)]  # (in, out) of encoder and decoder layers
+    weights = [torch.randn(o, i, generator=gen) * 0.01 for i, o in dims]
+    biases = [torch.zeros(o) for _, o in dims]
+    hidden, latent = torch.rand(B, H, generator=gen), torch.randn(B, K, generator=gen)
+    inputs = [x, hidden, latent, hidden.clone()]
+    grads_out = [torch.randn(B, o, generator=gen) for _, o in dims]
+    params = weights + biases
+    grads = [torch.randn_like(p) * 1e-3 for p in params]
+    exp_avgs = [torch.zeros_like(p) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p) for p in params]
+    steps = [torch.zeros(()) for _ in params]
+
+    def step() -> None:
+        for a, w, bias in zip(inputs, weights, biases, strict=True):
+            torch.addmm(bias, a, w.t())
+        for layer, (a, w, g) in enumerate(zip(inputs, weights, grads_out, strict=True)):
+            torch.mm(g.t(), a)  # the weight's gradient
+            if layer:
+                torch.mm(g, w)  # the input's gradient
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            amsgrad=False,
+            lr=LR,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.0,
+            eps=1e-8,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
+
+    return step
+
+
 def pyro_svi_step(x: torch.Tensor) -> Callable[[], None]:
     """Plain Pyro for context: SVI with Trace_ELBO and pyro.optim.Adam."""
     vae = VAE(Bernoulli(D), latent_dim=K, hidden=(H,), name="svi")
@@ -126,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
             "pyro_vae (fit's step)": pyro_vae_step(x),
             "pyro_vae eager (capture_after=None)": pyro_vae_step(x, name="eager", capture=False),
             "Pyro SVI Trace_ELBO": pyro_svi_step(x),
+            "floor: matmuls + one Adam kernel": floor_step(x),
         }
         if args.compile:
             steps["pyro_vae captured + compiled"] = pyro_vae_step(
