@@ -20,6 +20,7 @@ from pyro_vae.infer.graph_capture import (
 )
 from pyro_vae.infer.loss import program_key
 from pyro_vae.infer.modes import evaluating
+from pyro_vae.infer.onednn_matmul import resolve_matmul
 from pyro_vae.infer.particles import ProgramPlan
 from pyro_vae.infer.per_datapoint import eager_log_weight
 
@@ -77,11 +78,17 @@ class CapturedLogWeights:
         copies none).
     :param compile: also compile each graph with ``torch.compile`` (see
         :class:`~pyro_vae.infer.captured.CapturedLoss`; log-weights equal to float rounding).
+    :param matmul: ``"aten"`` (bitwise the eager chunks) or ``"onednn"``: the graphs' float32
+        CPU matrix products on oneDNN's kernels (:mod:`~pyro_vae.infer.onednn_matmul`;
+        log-weights equal to float rounding, checked so).
     """
 
-    def __init__(self, *, capture_after: int = 1, max_graphs: int = 16, compile: bool = False) -> None:
+    def __init__(
+        self, *, capture_after: int = 1, max_graphs: int = 16, compile: bool = False, matmul: str = "aten"
+    ) -> None:
         self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
         self.compile = compile
+        self.matmul = resolve_matmul(matmul, compile=compile)
         self.captured_chunks = 0
 
     @property
@@ -190,7 +197,9 @@ class CapturedLogWeights:
             runs.append((mode, copy))
             return log_weight
 
-        captured = capture_graph(run, tensors_of(args, kwargs), compile=self.compile, comparable=_alone)
+        captured = capture_graph(
+            run, tensors_of(args, kwargs), compile=self.compile, comparable=_alone, matmul=self.matmul
+        )
         if isinstance(captured, CapturedGraph):
             mode, settled = runs[-1]
             captured.info = (mode, (settled.vectorize, settled.found_plate, settled.fallback_reason))

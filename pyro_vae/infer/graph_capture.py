@@ -23,6 +23,7 @@ from pyro_vae.errors import CaptureFallbackWarning
 from pyro_vae.infer.graph_replay import replay_function
 from pyro_vae.infer.graph_simplify import SimplifiedGraph, attribute, simplify_graph
 from pyro_vae.infer.modes import BufferSnapshot
+from pyro_vae.infer.onednn_matmul import use_onednn_matmul
 from pyro_vae.infer.particles import (
     cuda_devices,
     forked_rng,
@@ -82,6 +83,9 @@ class CapturedGraph:
     check: bool = False
     info: Any = None
     """What the caller keeps with the graph (an evaluation: how its particles were drawn)."""
+    exact: bool = True
+    """Whether replays are checked bitwise (``False``: compiled, or on oneDNN's kernels, and
+    checked to float rounding, :func:`within_rounding`)."""
 
     def current(self) -> bool:
         """Whether the parameter store and the modules that ran still hold the tensors the
@@ -153,7 +157,9 @@ class GraphCache:
         dropped, when it cannot be trusted (the caller then runs eagerly)."""
         captured.replays += 1
         if captured.due():
-            result, why = checked_replay(captured, eager, tensors, value=value, compiled=compiled)
+            result, why = checked_replay(
+                captured, eager, tensors, value=value, compiled=compiled or not captured.exact
+            )
         else:
             result, why = unchecked_replay(captured, tensors)
         if why:
@@ -182,12 +188,15 @@ def capture_graph(
     compile: bool,
     comparable: Comparable,
     info: Any = None,
+    matmul: str = "aten",
 ) -> CapturedGraph | str:
     """``run(*tensors)``'s ATen operations, traced by
     :func:`torch.fx.experimental.proxy_tensor.make_fx` and simplified
     (:func:`~pyro_vae.infer.graph_simplify.simplify_graph`), as a :class:`CapturedGraph`
     whose replay was checked against an eager run at the same random state (bitwise; to
-    float rounding when compiled); or why it cannot be captured.
+    float rounding when compiled, or with ``matmul="onednn"`` when the graph's float32 CPU
+    matrix products were moved onto oneDNN's kernels,
+    :func:`~pyro_vae.infer.onednn_matmul.use_onednn_matmul`); or why it cannot be captured.
 
     Tracing and the check run the program twice more: neither changes a later draw or a
     running statistic of the program's modules, and Pyro's validation is off in both."""
@@ -203,6 +212,8 @@ def capture_graph(
             if refused:
                 return refused
             simplified = simplify_graph(traced)
+            rewritten = use_onednn_matmul(simplified.module) if matmul == "onednn" else 0
+            exact = not (compile or rewritten)
             state = rng_state(devices)
             eager = run(*tensors)  # at the random state the replay gets
             values = comparable(eager)
@@ -213,6 +224,8 @@ def capture_graph(
                         break
                     set_rng_state(before, devices)  # traced again as the first time
                     simplified = simplify_graph(make_fx(run)(*tensors), fold=False)
+                    if matmul == "onednn":
+                        use_onednn_matmul(simplified.module)
                 # the graph's forward, not the module: a module's call would run global
                 # module hooks, which would take the graph's constants (others' buffers)
                 graph: Callable
@@ -226,9 +239,8 @@ def capture_graph(
                     graph, read = replay.run, list(replay.constants)
                 set_rng_state(state, devices)
                 got = values(graph(*tensors))
-                differs = [
-                    i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if not agree(g, e, compile)
-                ]
+                pairs = enumerate(zip(got, expected, strict=True))
+                differs = [i for i, (g, e) in pairs if not agree(g, e, not exact)]
                 if not differs:
                     break
         except Exception as e:
@@ -244,7 +256,15 @@ def capture_graph(
         )
     buffered = [m for m in modules if any(b is not None for b in m._buffers.values())]
     return CapturedGraph(
-        graph, modules, *_params_read(read), simplified, _slots(modules, read), devices, buffered, info=info
+        graph,
+        modules,
+        *_params_read(read),
+        simplified,
+        _slots(modules, read),
+        devices,
+        buffered,
+        info=info,
+        exact=exact,
     )
 
 

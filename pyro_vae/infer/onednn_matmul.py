@@ -1,0 +1,162 @@
+"""A captured graph's float32 matrix multiplies on oneDNN's kernels instead of the BLAS's.
+
+PyTorch's CPU build sends float32 ``mm`` and ``addmm`` to its BLAS (MKL in the x86 wheels),
+whichever CPU it runs on, and keeps oneDNN for convolutions and lower precisions. Where the
+BLAS is slow the difference is large: on an AMD EPYC host with AVX-512, MKL's ``sgemm`` ran
+the training benchmark's layer (128 x 400 x 784) at 159-173 GFLOP/s and oneDNN's
+``mkldnn::_linear_pointwise`` at 300-390 (see docs/benchmarks.md). The two libraries round
+differently (they block and sum in other orders), so a graph rewritten here gives values and
+gradients equal to the eager step's to float rounding, not bitwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+from torch.autograd.function import once_differentiable
+
+from pyro_vae.errors import InputError
+
+aten = torch.ops.aten
+MATMULS = ("auto", "aten", "onednn")
+"""The kernels a captured graph's matrix multiplies may run on: the graph's own (``aten``:
+PyTorch's choice, bitwise the eager step), oneDNN's (``onednn``), or ``auto``
+(:func:`resolve_matmul`)."""
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN's dense linear kernel."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...) from ``/proc/cpuinfo``;
+    ``""`` where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def resolve_matmul(matmul: str, *, compile: bool = False) -> str:
+    """``matmul`` with ``"auto"`` resolved: ``"onednn"`` where oneDNN is available, nothing is
+    compiled and the CPU is not Intel's (MKL's float32 GEMM ran at half oneDNN's rate on an
+    AMD EPYC host, docs/benchmarks.md), else ``"aten"``. The choice depends only on the
+    machine and the build, so it is the same in every run on one machine."""
+    check_matmul(matmul, compile=compile)
+    if matmul != "auto":
+        return matmul
+    if compile or not onednn_available() or cpu_vendor() in ("", "GenuineIntel"):
+        return "aten"
+    return "onednn"
+
+
+def check_matmul(matmul: str, *, compile: bool) -> None:
+    """Raise :class:`~pyro_vae.errors.InputError` for a ``matmul`` option that cannot be used."""
+    if matmul not in MATMULS:
+        raise InputError(f"matmul={matmul!r}: expected one of {', '.join(map(repr, MATMULS))}")
+    if matmul == "onednn":
+        if compile:
+            raise InputError(
+                "matmul='onednn' with compile=True: Inductor chooses its own kernels; pass one of them"
+            )
+        if not onednn_available():
+            raise InputError("matmul='onednn': this PyTorch build has no oneDNN (torch.backends.mkldnn)")
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:math:`x W^\\top + b` by oneDNN (``weight`` of shape ``(out, in)``; any strides)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """:math:`y = x W^\\top + b` with oneDNN's kernels forward and backward:
+    :math:`\\partial x = g W`, :math:`\\partial W = g^\\top x`, :math:`\\partial b = \\sum_i g_i`
+    (each product computed only when its input needs a gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _linear(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_x = _linear(grad, weight.t(), None) if needs_x else None
+        grad_weight = _linear(grad.t(), x.t(), None) if needs_weight else None
+        grad_bias = grad.sum(0) if needs_bias and ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:class:`OneDNNLinear` (a graph's call target: the generated replay calls it directly)."""
+    return OneDNNLinear.apply(x, weight, bias)
+
+
+def _float32_cpu_matrix(node: Any) -> bool:
+    """A node holding a dense float32 CPU matrix with no broadcast (stride-0) dimension."""
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 2
+        and value.dtype == torch.float32
+        and value.device.type == "cpu"
+        and value.layout == torch.strided
+        and all(stride > 0 or size == 1 for stride, size in zip(value.stride(), value.shape, strict=True))
+    )
+
+
+def use_onednn_matmul(graph: fx.GraphModule) -> int:
+    """Rewrite ``graph``'s float32 CPU matrix products (``mm(a, b)`` and ``addmm(bias, a, b)``
+    with a bias of one value per column and the default scale factors) into
+    :func:`onednn_linear` calls, in place; the number rewritten. The weight of
+    :math:`a b` is :math:`b^\\top`, a view (``t(W)`` as ``nn.Linear`` traces becomes ``W``
+    itself). Other products (batched, mixed dtypes, other devices) are left as they are."""
+    replaced = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
+            continue
+        if node.target is aten.addmm.default:
+            if node.kwargs or len(node.args) != 3:  # beta or alpha given
+                continue
+            bias, a, b = node.args
+            bias_value = bias.meta.get("val") if isinstance(bias, fx.Node) else None
+            if not (
+                isinstance(bias_value, torch.Tensor)
+                and bias_value.dim() == 1
+                and bias_value.dtype == torch.float32
+                and bias_value.device.type == "cpu"
+            ):
+                continue
+        else:
+            if node.kwargs or len(node.args) != 2:
+                continue
+            (a, b), bias = node.args, None
+        if not (_float32_cpu_matrix(a) and _float32_cpu_matrix(b) and _float32_cpu_matrix(node)):
+            continue
+        if bias is not None and bias.meta["val"].shape[0] != node.meta["val"].shape[1]:
+            continue
+        with graph.graph.inserting_before(node):
+            if isinstance(b, fx.Node) and b.target is aten.t.default:
+                weight = b.args[0]
+            else:
+                weight = graph.graph.call_function(aten.t.default, (b,))
+            new = graph.graph.call_function(onednn_linear, (a, weight, bias))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph.graph.erase_node(node)
+        if isinstance(b, fx.Node) and b.target is aten.t.default and not b.users:
+            graph.graph.erase_node(b)  # the transpose that fed the product (a view, pure)
+        replaced += 1
+    if replaced:
+        graph.recompile()
+    return replaced
