@@ -21,6 +21,7 @@ from pyro_vae.commands.configs import (
     GUIDE_NAMES,
     LIBRARIES,
     LIKELIHOOD_NAMES,
+    MATMUL_NAMES,
     MODELS,
     PRIOR_NAMES,
     TRAIN_MODELS,
@@ -178,8 +179,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         dest="capture",
         action="store_false",
         help="run every training step eagerly (default: captured and replayed once its structure "
-        "is known, bitwise the same steps)",
+        "is known, bitwise the same steps with --matmul aten)",
     )
+    _add_matmul(p, _DEFAULT.matmul)
     p.add_argument(
         "--out", type=Path, default=None, help="run directory (default %(default)s: runs/<data>-<time>)"
     )
@@ -227,6 +229,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         track_log_marginal=args.track_log_marginal,
         track_every=args.track_every,
         capture=args.capture,
+        matmul=args.matmul,
     )
 
 
@@ -334,9 +337,22 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="add annealed importance sampling with STEPS HMC steps (0: none)",
     )
     p.add_argument("--ais-chains", type=int, default=default.ais_chains, help="AIS chains per datapoint")
+    _add_matmul(p, default.matmul)
     p.add_argument("--quiet", action="store_true")
     _add_device(p)
     p.set_defaults(func=_evaluate)
+
+
+def _add_matmul(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--matmul",
+        choices=MATMUL_NAMES,
+        default=default,
+        help="kernels of the captured graphs' float32 CPU matrix products: aten (PyTorch's BLAS, "
+        "bitwise the eager computation), onednn (oneDNN's, equal to float rounding; a resumed "
+        "training run then equals an uninterrupted one to float rounding only), auto (onednn on "
+        "CPUs other than Intel's, where MKL's float32 GEMM is slow)",
+    )
 
 
 def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
@@ -352,6 +368,7 @@ def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
         surgery_particles=args.surgery_particles,
         ais_steps=args.ais,
         ais_chains=args.ais_chains,
+        matmul=args.matmul,
     )
 
 

@@ -10,6 +10,7 @@ from pyro_vae.cli import build_parser, compare_config, evaluate_config, main, tr
 from pyro_vae.commands.configs import (
     ESTIMATOR_NAMES,
     LIKELIHOOD_NAMES,
+    MATMUL_NAMES,
     MODELS,
     CompareConfig,
     EvaluateConfig,
@@ -191,11 +192,13 @@ def test_library_imports_matplotlib_sklearn_and_arviz_only_when_used():
 def test_light_names_equal_the_registries():
     from pyro_vae.commands.compare import LATENT_CODES
     from pyro_vae.estimators import ESTIMATORS
+    from pyro_vae.infer.onednn_matmul import MATMULS
     from pyro_vae.likelihoods import LIKELIHOODS
 
     assert tuple(LIKELIHOODS) == LIKELIHOOD_NAMES
     assert ESTIMATORS == ESTIMATOR_NAMES
     assert tuple(LATENT_CODES) == MODELS
+    assert MATMULS == MATMUL_NAMES
     assert TrainConfig().likelihood in LIKELIHOODS
     assert set(CompareConfig().estimators) <= set(ESTIMATORS)
     assert CompareConfig().model in LATENT_CODES

@@ -5,8 +5,9 @@ parsers (defaults and choices come from here) and print help without loading the
 checks in ``validate`` import what they need when called. The name tuples mirror the
 registries of the heavy modules, and ``tests/test_cli.py`` checks that they agree:
 :data:`LIKELIHOOD_NAMES` is ``tuple(pyro_vae.likelihoods.LIKELIHOODS)``,
-:data:`ESTIMATOR_NAMES` is ``pyro_vae.estimators.ESTIMATORS`` and :data:`MODELS` is
-``tuple(pyro_vae.commands.compare.LATENT_CODES)``.
+:data:`ESTIMATOR_NAMES` is ``pyro_vae.estimators.ESTIMATORS``, :data:`MODELS` is
+``tuple(pyro_vae.commands.compare.LATENT_CODES)`` and :data:`MATMUL_NAMES` is
+``pyro_vae.infer.onednn_matmul.MATMULS``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "poisson", "nb", "zinb")
 
 ESTIMATOR_NAMES = ("score", "score-avg", "nvil", "vimco", "arm", "gumbel", "st-gumbel", "enum")
 """The names of :data:`pyro_vae.estimators.ESTIMATORS`, accepted by ``--estimators``."""
+
+MATMUL_NAMES = ("auto", "aten", "onednn")
+"""The kernels of the captured graphs' matrix products (``--matmul``; see ``fit``'s ``matmul``)."""
 
 MODELS = ("categorical", "bernoulli")
 """The discrete codes of ``pyro-vae compare`` (``--model``)."""
@@ -137,7 +141,9 @@ class TrainConfig:
     """Epochs between two records of the held-out :math:`\\mathcal L_K`."""
     capture: bool = True
     """The training step captured and replayed once its structure is known (``fit``'s
-    ``capture_after``; bitwise the eager step); ``False``: every step eager."""
+    ``capture_after``; bitwise the eager step with ``matmul="aten"``); ``False``: every step eager."""
+    matmul: str = "aten"
+    """The kernels of the captured step's matrix products (``fit``'s ``matmul``)."""
 
     @property
     def latent_widths(self) -> tuple[int, ...]:
@@ -161,7 +167,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int, check_widths
+        from pyro_vae.infer.onednn_matmul import check_matmul
 
+        check_matmul(self.matmul, compile=False)
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise InputError(
                 f"unknown likelihood {self.likelihood!r}; choose from {sorted(LIKELIHOOD_NAMES)}"
@@ -281,9 +289,14 @@ class EvaluateConfig:
     ais_steps: int = 0
     """Annealing steps of the AIS row (``--ais STEPS``; 0: no AIS)."""
     ais_chains: int = 16
+    matmul: str = "aten"
+    """The kernels of the captured bounds' matrix products (``fit``'s ``matmul``)."""
 
     def validate(self) -> None:
         from pyro_vae._checks import check_positive_int
+        from pyro_vae.infer.onednn_matmul import check_matmul
+
+        check_matmul(self.matmul, compile=False)
 
         check_positive_int(self.surgery_particles, "surgery particles")
         check_positive_int(self.ais_steps, "AIS steps", minimum=0)

@@ -61,7 +61,8 @@ def evaluate_run(
         results["elbo"], results["elbo_se"] = mean_and_se(el)
         rows = []
         bounds: dict[int, torch.Tensor] = {}
-        capture = CapturedLogWeights()  # kept across the Ks: a chunk shape that recurs is captured once
+        # kept across the Ks: a chunk shape that recurs is captured once
+        capture = CapturedLogWeights(matmul=config.matmul)
         for k in tqdm(config.ks, disable=not progress, desc="L_K", unit="K"):
             est = iwae(
                 model,

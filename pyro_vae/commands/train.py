@@ -264,6 +264,7 @@ def _train_locked(
         track_log_marginal=config.track_log_marginal or None,
         track_every=config.track_every,
         capture_after=FIT_CAPTURE_AFTER if config.capture else None,
+        matmul=config.matmul,
     )
     seconds = time.perf_counter() - tic
     if not main:

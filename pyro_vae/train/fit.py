@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 from pyro_vae._checks import as_tensors, check_positive, check_positive_int
 from pyro_vae.errors import InputError, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.infer.captured import CapturedLoss, capturable
+from pyro_vae.infer.captured_log_weights import CapturedLogWeights
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import evaluation_mode
+from pyro_vae.infer.onednn_matmul import resolve_matmul
 from pyro_vae.infer.particles import forked_rng, record
 from pyro_vae.infer.scaling import scaled_to_data
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
@@ -62,6 +64,8 @@ class FitResult:
     :ivar captured_steps: steps replayed from a captured graph (see ``capture_after``).
     :ivar eager_reason: why the steps ran eagerly (``"capture_after=None"``, a loss that
         cannot be captured, a program that cannot be traced), or ``""``.
+    :ivar matmul: the kernels the replayed steps' matrix products ran on (``"aten"`` or
+        ``"onednn"``; ``"aten"`` when no step was replayed).
     """
 
     history: list[dict[str, float]]
@@ -71,6 +75,7 @@ class FitResult:
     metrics: str = ""
     captured_steps: int = 0
     eager_reason: str = ""
+    matmul: str = "aten"
 
     def last(self, key: str) -> float:
         return self.history[-1][key] if self.history else math.nan
@@ -461,6 +466,7 @@ def fit(
     track_log_marginal: int | None = None,
     track_every: int = 1,
     capture_after: int | None = FIT_CAPTURE_AFTER,
+    matmul: str = "aten",
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference [1].
 
@@ -528,7 +534,15 @@ def fit(
         run this many times eagerly; the same draws, values and gradients as the eager step
         (tested bitwise), every replay that is a power of two and the first of every epoch
         checked against an eager run. ``None``: every step eager. Losses with state of their
-        own (baselines) and Pyro's ELBOs are always eager.
+        own (baselines) and Pyro's ELBOs are always eager. Bitwise with ``matmul="aten"``.
+    :param matmul: the kernels of the captured graphs' float32 CPU matrix products (the step's
+        and the tracked bound's): ``"aten"`` (PyTorch's BLAS, bitwise the eager step),
+        ``"onednn"`` (oneDNN's: values and gradients equal to the eager step's to float
+        rounding, every check so) or ``"auto"``: oneDNN on CPUs other than Intel's, where
+        MKL's float32 GEMM ran at half oneDNN's rate (:mod:`pyro_vae.infer.onednn_matmul`;
+        ``result.matmul`` says which ran). Eager steps run PyTorch's kernels either way, so
+        with oneDNN a resumed run, whose first ``capture_after`` steps are eager, equals the
+        uninterrupted run to float rounding, not bitwise: the default stays ``"aten"``.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.
@@ -541,9 +555,16 @@ def fit(
     _check_options(streams, val, auxiliary, epochs=epochs, lr=lr, eval_particles=eval_particles)
     if resume and checkpoint is None:
         raise InputError("resume=True needs a checkpoint path")
+    matmul = resolve_matmul(matmul)
     tracker = None
     if track_log_marginal is not None:
-        tracker = LogMarginalTracker(track_log_marginal, track_every, eval_max_points, seed or 0)
+        tracker = LogMarginalTracker(
+            track_log_marginal,
+            track_every,
+            eval_max_points,
+            seed or 0,
+            capture=CapturedLogWeights(matmul=matmul),
+        )
         if val is None:
             raise InputError("track_log_marginal needs held-out data: pass validation=...")
     loss = loss if loss is not None else MeanFieldELBO()
@@ -571,7 +592,7 @@ def fit(
                 streams.batch_sizes, [streams.minibatch(s) for s in range(len(streams.sizes))], streams.names
             )
         bound, scaling = _bind(objectives, auxiliary, streams, plate_name=plate_name, kl_warmup=kl_warmup)
-        step = step_loss(loss, capture_after=capture_after)
+        step = step_loss(loss, capture_after=capture_after, matmul=matmul)
         bound = [[replace(b, loss=step) if i == 0 else b for i, b in enumerate(on)] for on in bound]
         _register(bound, streams, kl_warmup)
         metrics = plan_metrics(
@@ -629,6 +650,7 @@ def fit(
         metrics=metrics.unavailable,
         captured_steps=step.captured_steps if isinstance(step, CapturedLoss) else 0,
         eager_reason=_eager_reason(step, loss, capture_after),
+        matmul=matmul if isinstance(step, CapturedLoss) and step.captured_steps else "aten",
     )
 
 

@@ -16,15 +16,17 @@ smoke runs) never pay for a capture (about 0.1 s a structure, plus about 1 s the
 a process, for the benchmark VAE)."""
 
 
-def step_loss(loss: Any, *, capture_after: int | None = FIT_CAPTURE_AFTER) -> Any:
+def step_loss(loss: Any, *, capture_after: int | None = FIT_CAPTURE_AFTER, matmul: str = "aten") -> Any:
     """The loss whose ``loss_and_grads`` :func:`~pyro_vae.train.fit`'s steps call: ``loss`` with
     its step captured and replayed (:class:`~pyro_vae.infer.captured.CapturedLoss`) once a
     structure has run ``capture_after`` times, when ``loss`` allows it
     (:func:`~pyro_vae.infer.captured.capturable`); ``loss`` itself otherwise, or with
-    ``capture_after=None``. The same draws, values and gradients either way (tested bitwise)."""
+    ``capture_after=None``. The same draws, values and gradients either way (tested bitwise;
+    to float rounding with ``matmul="onednn"``, the captured graph's matrix products on
+    oneDNN's kernels)."""
     if capture_after is None or capturable(loss):
         return loss
-    return CapturedLoss(loss, capture_after=capture_after)
+    return CapturedLoss(loss, capture_after=capture_after, matmul=matmul)
 
 
 def train_step(
