@@ -4,7 +4,9 @@ Both evaluate L_K on the same 784-400-50 Bernoulli VAE (pyro_vae's VAE; the base
 encoder and decoder directly), same K, same points, same particle-chunk size, interleaved in
 one process. Reports (datapoints x particles) per second, medians over repeats, the ratio,
 and the peak resident memory of a separate process evaluating K=--memory-k (to show that
-chunking bounds it).
+chunking bounds it). The decoder's rate is given as a fraction of the two multiplies' rate alone
+by ``torch.mm`` ("of sgemm") and by the fastest kernel measured, ``torch.mm`` or oneDNN's
+("of fastest"); a last path keeps a capture on oneDNN's kernels (``matmul="onednn"``).
 
     python benchmarks/iwae_eval.py [--k 1000] [--points 1000] [--repeats 3] [--max-rows R] [--quick]
 """
@@ -26,6 +28,7 @@ from _common import emit, environment, set_threads
 
 from pyro_vae.bounds import iwae
 from pyro_vae.infer.captured_log_weights import CapturedLogWeights
+from pyro_vae.infer.onednn_matmul import onednn_available, onednn_linear
 from pyro_vae.infer.per_datapoint import chunk_sizes, default_max_rows
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
@@ -86,17 +89,21 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def sgemm_rate(rows: int, repeats: int = 10) -> float:
+def sgemm_rate(rows: int, repeats: int = 10, *, onednn: bool = False) -> float:
     """GFLOP/s of the decoder's two matrix multiplies alone (``rows`` particle-rows, the chunk
     size of the evaluation): the rate the evaluation's decoder could reach at best, so the
     fastest of ``repeats`` (a median let one slow moment of the machine lower the rate, and
-    so raise the fraction reached, by a third)."""
-    a, w1, w2 = torch.randn(rows, Z), torch.randn(Z, H), torch.randn(H, D)
+    so raise the fraction reached, by a third). ``torch.mm`` (PyTorch's BLAS), or with
+    ``onednn=True`` oneDNN's kernel (what ``matmul="onednn"`` runs)."""
+    a, w1, w2 = torch.randn(rows, Z), torch.randn(H, Z), torch.randn(D, H)
     flops = 2 * rows * (Z * H + H * D)
     times = []
     for _ in range(repeats + 1):
         tic = time.perf_counter()
-        torch.mm(torch.mm(a, w1), w2)
+        if onednn:
+            onednn_linear(onednn_linear(a, w1), w2)
+        else:
+            torch.mm(torch.mm(a, w1.t()), w2.t())
         times.append(time.perf_counter() - tic)
     return flops / min(times[1:]) / 1e9
 
@@ -135,6 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
             vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=kept
         ),
     }
+    kept_fast = CapturedLogWeights(matmul="onednn") if onednn_available() else None
+    if kept_fast is not None:
+        paths["kept, matmul='onednn'"] = lambda: iwae(
+            vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=kept_fast
+        )
     # a kept capture's graphs outlive a call (a held-out bound every epoch): captured here, on a
     # few chunks, before the timed calls; the first capture in a process also imports parts of torch
     kept = CapturedLogWeights()
@@ -145,14 +157,19 @@ def main(argv: list[str] | None = None) -> dict:
             few = x[: 3 * data_chunk]
             iwae(vae.model, vae.guide, few, num_particles=args.k, max_rows=max_rows, capture=kept)
             warm_up.append(time.perf_counter() - tic)
+        for _ in range(2 if kept_fast is not None else 0):
+            iwae(vae.model, vae.guide, few, num_particles=args.k, max_rows=max_rows, capture=kept_fast)
     times: dict[str, list[float]] = {name: [] for name in paths}
     faults: dict[str, list[int]] = {name: [] for name in paths}
     values = {}
-    rates = []
+    rates: list[float] = []
+    fast_rates: list[float] = []
     with pyro.get_param_store().scope():
         names = list(paths)
         for r in range(args.repeats):
             rates.append(sgemm_rate(data_chunk * particle_chunk))
+            if kept_fast is not None:
+                fast_rates.append(sgemm_rate(data_chunk * particle_chunk, onednn=True))
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 faults_before = _minor_faults()
                 tic = time.perf_counter()
@@ -162,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.points * args.k
     decoder_gflop = 2 * work * (Z * H + H * D) / 1e9
     rate = max(rates)
+    fastest = max(rates + fast_rates)
     base = statistics.median(times["hand-written logsumexp"])
     env = environment()
     print(
@@ -172,10 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"kept capture's warm-up, two calls of 3 chunks: {warm_up[0]:.2f} s (the process's first capture, "
         f"imports included), {warm_up[1]:.2f} s"
     )
-    print(f"decoder matmuls alone, fastest: {rate:.1f} GFLOP/s ({decoder_gflop:.0f} GFLOP in the evaluation)")
+    print(
+        f"decoder matmuls alone, fastest: {rate:.1f} GFLOP/s torch.mm"
+        + (f", {max(fast_rates):.1f} GFLOP/s oneDNN" if fast_rates else "")
+        + f" ({decoder_gflop:.0f} GFLOP in the evaluation)"
+    )
     print(
         f"{'path':<24} {'median s':>9} {'points*K / s':>14} {'throughput ratio':>17} {'decoder GFLOP/s':>16}"
-        f" {'of sgemm':>9}  page faults per repeat"
+        f" {'of sgemm':>9} {'of fastest':>10}  page faults per repeat"
     )
     rows = []
     for name, t in times.items():
@@ -189,12 +211,13 @@ def main(argv: list[str] | None = None) -> dict:
                 "ratio": base / med,
                 "decoder_gflops": achieved,
                 "fraction_of_sgemm": achieved / rate,
+                "fraction_of_fastest_sgemm": achieved / fastest,
                 "minor_page_faults": faults[name],
             }
         )
         print(
             f"{name:<24} {med:>9.2f} {work / med:>14.0f} {base / med:>17.3f} {achieved:>16.1f}"
-            f" {achieved / rate:>9.2f}  {', '.join(map(str, faults[name]))}"
+            f" {achieved / rate:>9.2f} {achieved / fastest:>10.2f}  {', '.join(map(str, faults[name]))}"
         )
     ours, hand = (values[n].mean().item() for n in ("pyro_vae.bounds.iwae", "hand-written logsumexp"))
     print(
@@ -216,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         "chunk": [data_chunk, particle_chunk],
         "environment": env,
         "sgemm_gflops": rate,
+        "onednn_sgemm_gflops": max(fast_rates) if fast_rates else None,
         "capture_warm_up_s": warm_up,
         "ratios": {name: base / statistics.median(times[name]) for name in names[1:]},
         "results": rows,

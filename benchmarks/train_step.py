@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from pyro_vae.infer import MeanFieldELBO
 from pyro_vae.infer.captured import CapturedLoss
+from pyro_vae.infer.onednn_matmul import onednn_available, onednn_linear
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import FusedAdam, train_step
@@ -59,13 +60,19 @@ def hand_step(model: HandVAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> Ca
 
 
 def pyro_vae_step(
-    x: torch.Tensor, *, name: str = "pyro_vae", capture: bool = True, compile: bool = False
+    x: torch.Tensor,
+    *,
+    name: str = "pyro_vae",
+    capture: bool = True,
+    compile: bool = False,
+    matmul: str = "aten",
 ) -> Callable[[], None]:
     """The step :func:`pyro_vae.train.fit` runs by default: validation off, its default
     optimizer, and its step loss (:func:`~pyro_vae.train.step.step_loss`: the step captured and
     replayed once the structure has run ``FIT_CAPTURE_AFTER`` times eagerly); with
     ``capture=False``, ``fit(capture_after=None)``'s eager step; with ``compile=True`` the
-    captured graph also compiled by TorchInductor (opt-in, a minute of compiling)."""
+    captured graph also compiled by TorchInductor (opt-in, a minute of compiling); with
+    ``matmul="onednn"`` the captured graph's matrix products on oneDNN's kernels."""
     vae = VAE(Bernoulli(D), latent_dim=K, hidden=(H,), name=name)
     loss = MeanFieldELBO()
     kwargs = {"num_data": N}
@@ -75,6 +82,8 @@ def pyro_vae_step(
     opt = default_optimizer(params, lr=LR)
     if compile:
         step = CapturedLoss(loss, compile=True)
+    elif matmul != "aten":
+        step = CapturedLoss(loss, capture_after=FIT_CAPTURE_AFTER, matmul=matmul)
     else:
         step = step_loss(loss, capture_after=FIT_CAPTURE_AFTER if capture else None)
     if capture:
@@ -85,12 +94,13 @@ def pyro_vae_step(
     return lambda: train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
 
 
-def floor_step(x: torch.Tensor) -> Callable[[], None]:
+def floor_step(x: torch.Tensor, *, onednn: bool = False) -> Callable[[], None]:
     """The work no implementation of the step avoids, on tensors of the step's shapes: the
     forward's four matrix multiplies (with their biases), the backward's seven (each layer's
     weight gradient, and the input gradient of every layer but the first, whose input is the
     data) and one fused Adam kernel over the eight parameters. The elementwise work, the
-    autograd engine and all Python are left out, so a step can approach this but not reach it."""
+    autograd engine and all Python are left out, so a step can approach this but not reach it.
+    With ``onednn=True`` the products run on oneDNN's kernels, as ``matmul="onednn"`` runs them."""
     gen = torch.Generator().manual_seed(1)
     dims = [(D, H), (H, 2 * K), (K, H), (H, D)]  # (in, out) of encoder and decoder layers
     weights = [torch.randn(o, i, generator=gen) * 0.01 for i, o in dims]
@@ -104,13 +114,21 @@ def floor_step(x: torch.Tensor) -> Callable[[], None]:
     exp_avg_sqs = [torch.zeros_like(p) for p in params]
     steps = [torch.zeros(()) for _ in params]
 
+    def addmm(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> None:
+        if onednn:
+            onednn_linear(a, b.t(), bias)
+        elif bias is None:
+            torch.mm(a, b)
+        else:
+            torch.addmm(bias, a, b)
+
     def step() -> None:
         for a, w, bias in zip(inputs, weights, biases, strict=True):
-            torch.addmm(bias, a, w.t())
+            addmm(bias, a, w.t())
         for layer, (a, w, g) in enumerate(zip(inputs, weights, grads_out, strict=True)):
-            torch.mm(g.t(), a)  # the weight's gradient
+            addmm(None, g.t(), a)  # the weight's gradient
             if layer:
-                torch.mm(g, w)  # the input's gradient
+                addmm(None, g, w)  # the input's gradient
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
             params,
@@ -178,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
             "Pyro SVI Trace_ELBO": pyro_svi_step(x),
             "floor: matmuls + one Adam kernel": floor_step(x),
         }
+        if onednn_available():
+            steps["pyro_vae, matmul='onednn'"] = pyro_vae_step(x, name="onednn", matmul="onednn")
+            steps["floor, oneDNN matmuls"] = floor_step(x, onednn=True)
         if args.compile:
             steps["pyro_vae captured + compiled"] = pyro_vae_step(
                 x, name="compiled", capture=True, compile=True

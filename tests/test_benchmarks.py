@@ -47,9 +47,10 @@ def test_iwae_eval_times_the_four_paths(tmp_path):
     result = _run(
         "iwae_eval", "--k", "20", "--points", "6", "--repeats", "1", "--memory-k", "0", tmp_path=tmp_path
     )
-    assert set(result["ratios"]) == {"pyro_vae.bounds.iwae", "iwae, capture=True", "iwae, capture kept"}
+    assert {"pyro_vae.bounds.iwae", "iwae, capture=True", "iwae, capture kept"} <= set(result["ratios"])
     assert _finite_positive(result["ratios"])
-    assert all(0 < row["fraction_of_sgemm"] for row in result["results"])
+    for row in result["results"]:
+        assert 0 < row["fraction_of_fastest_sgemm"] <= row["fraction_of_sgemm"]
 
 
 @pytest.mark.slow
