@@ -18,6 +18,7 @@ from pyro_vae.diagnostics import (
 )
 from pyro_vae.errors import InputError
 from pyro_vae.infer import frozen_evaluation
+from pyro_vae.infer.onednn_matmul import onednn_available
 from pyro_vae.infer.particles import record_program
 from pyro_vae.train import fit
 
@@ -247,3 +248,76 @@ def test_captured_evaluation_is_bitwise_the_eager_evaluation(case):
     _assert_unchanged(program, before)
     assert capture.captured_chunks > 0 or capture.fallback_reason, case.name
     print(f"{case.name}: {capture.captured_chunks} chunks replayed {capture.fallback_reason}")
+
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "case", [c for c in CASES.values() if not c.name.startswith("enumerated")], ids=lambda c: c.name
+)
+def test_fits_step_on_onednn_trains_every_program_as_the_eager_step_to_rounding(case):
+    """With ``matmul="onednn"`` the replayed steps' matrix products run on oneDNN's kernels:
+    every program trains as with the eager step to float rounding (objectives, parameters,
+    module buffers), or says why it stayed eager."""
+    from pyro_vae.estimators import ScoreFunctionELBO
+
+    runs = []
+    for capture_after, matmul in ((None, "aten"), (1, "onednn")):
+        torch.manual_seed(0)
+        program, data = case.build(), case.data(N)
+        for m in program.modules:
+            m.train()
+        loss = ScoreFunctionELBO() if case.discrete else None
+        res = fit(
+            program.model,
+            program.guide,
+            data,
+            loss=loss,
+            epochs=3,
+            batch_size=8,
+            progress=False,
+            capture_after=capture_after,
+            matmul=matmul,
+        )
+        runs.append((res, _program_state(program, res)))
+    (eager, (eager_modules, eager_params)), (fast, (fast_modules, fast_params)) = runs
+    assert fast.captured_steps > 0 or fast.eager_reason, case.name
+    assert fast.matmul == ("onednn" if fast.captured_steps else "aten")
+    objectives = [torch.tensor([r["train_objective"] for r in run.history]) for run in (eager, fast)]
+    torch.testing.assert_close(objectives[1], objectives[0], rtol=1e-5, atol=1e-4)
+    assert eager_params.keys() == fast_params.keys()
+    for k in eager_params:
+        torch.testing.assert_close(fast_params[k], eager_params[k], rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(eager_modules, fast_modules, strict=True):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@needs_onednn
+@ALL
+def test_captured_evaluation_on_onednn_is_the_eager_evaluation_to_rounding(case):
+    """iwae with a kept ``CapturedLogWeights(matmul="onednn")`` gives every program the eager
+    bound to float rounding, leaves its modules as they were, and replays chunks or says why
+    it stayed eager."""
+    from pyro_vae.infer.captured_log_weights import CapturedLogWeights
+
+    program, data = case.build(), case.data(N)
+    before = _module_state(program)
+    capture = CapturedLogWeights(matmul="onednn")
+    for call in range(2):
+        runs = []
+        for c in (None, capture):
+            torch.manual_seed(call)
+            with pyro.validation_enabled(False):
+                options = {"num_particles": 6, "max_rows": 12, "return_error": True}
+                runs.append(iwae(program.model, program.guide, *data, capture=c, **options))
+        eager, fast = runs
+        torch.testing.assert_close(fast.value, eager.value, rtol=1e-5, atol=1e-4, msg=case.name)
+        torch.testing.assert_close(
+            fast.standard_error, eager.standard_error, rtol=1e-4, atol=1e-5, msg=case.name
+        )
+        assert eager.mode == fast.mode
+    _assert_unchanged(program, before)
+    assert capture.captured_chunks > 0 or capture.fallback_reason, case.name
