@@ -177,6 +177,23 @@ def _program_state(program, res):
     return modules, {k: v.detach().clone() for k, v in res.param_state["params"].items()}
 
 
+def _fit_program(case, *, capture_after, matmul="aten"):
+    """``case``'s program fitted for three epochs from seed 0, modules in training mode:
+    (the fit's result, the program's state)."""
+    from pyro_vae.estimators import ScoreFunctionELBO
+
+    torch.manual_seed(0)
+    program, data = case.build(), case.data(N)
+    for m in program.modules:
+        m.train()
+    loss = ScoreFunctionELBO() if case.discrete else None
+    options = {"epochs": 3, "batch_size": 8, "progress": False}
+    res = fit(
+        program.model, program.guide, data, loss=loss, capture_after=capture_after, matmul=matmul, **options
+    )
+    return res, _program_state(program, res)
+
+
 @pytest.mark.parametrize(
     "case", [c for c in CASES.values() if not c.name.startswith("enumerated")], ids=lambda c: c.name
 )
@@ -184,26 +201,7 @@ def test_fits_captured_step_is_bitwise_the_eager_step(case):
     """fit's default step, captured and replayed once a structure is known (here after one
     eager step), trains every program exactly as the eager step does: the same objectives,
     parameters and module buffers (BatchNorm's running statistics), or says why it stayed eager."""
-    from pyro_vae.estimators import ScoreFunctionELBO
-
-    runs = []
-    for capture_after in (None, 1):
-        torch.manual_seed(0)
-        program, data = case.build(), case.data(N)
-        for m in program.modules:
-            m.train()
-        loss = ScoreFunctionELBO() if case.discrete else None
-        res = fit(
-            program.model,
-            program.guide,
-            data,
-            loss=loss,
-            epochs=3,
-            batch_size=8,
-            progress=False,
-            capture_after=capture_after,
-        )
-        runs.append((res, _program_state(program, res)))
+    runs = [_fit_program(case, capture_after=c) for c in (None, 1)]
     (eager, (eager_modules, eager_params)), (captured, (captured_modules, captured_params)) = runs
     assert captured.captured_steps > 0 or captured.eager_reason, case.name
     assert [r["train_objective"] for r in eager.history] == [r["train_objective"] for r in captured.history]
@@ -261,27 +259,7 @@ def test_fits_step_on_onednn_trains_every_program_as_the_eager_step_to_rounding(
     """With ``matmul="onednn"`` the replayed steps' matrix products run on oneDNN's kernels:
     every program trains as with the eager step to float rounding (objectives, parameters,
     module buffers), or says why it stayed eager."""
-    from pyro_vae.estimators import ScoreFunctionELBO
-
-    runs = []
-    for capture_after, matmul in ((None, "aten"), (1, "onednn")):
-        torch.manual_seed(0)
-        program, data = case.build(), case.data(N)
-        for m in program.modules:
-            m.train()
-        loss = ScoreFunctionELBO() if case.discrete else None
-        res = fit(
-            program.model,
-            program.guide,
-            data,
-            loss=loss,
-            epochs=3,
-            batch_size=8,
-            progress=False,
-            capture_after=capture_after,
-            matmul=matmul,
-        )
-        runs.append((res, _program_state(program, res)))
+    runs = [_fit_program(case, capture_after=None), _fit_program(case, capture_after=1, matmul="onednn")]
     (eager, (eager_modules, eager_params)), (fast, (fast_modules, fast_params)) = runs
     assert fast.captured_steps > 0 or fast.eager_reason, case.name
     assert fast.matmul == ("onednn" if fast.captured_steps else "aten")
