@@ -170,13 +170,15 @@ def pyro_vae_initial_loss(x: torch.Tensor) -> float:
     return float(MeanFieldELBO().loss(vae.model, vae.guide, x, num_data=N))
 
 
-PATHS = (BASELINE, "hand-written, fused Adam", "pyro_vae (fit's step)", NUMPYRO)
+ONEDNN = "pyro_vae, matmul='onednn'"
+PATHS = (BASELINE, "hand-written, fused Adam", "pyro_vae (fit's step)", ONEDNN, NUMPYRO)
 
 
 def build_steps(
     x: torch.Tensor, names: tuple[str, ...] = PATHS
 ) -> tuple[dict[str, Callable[[], None]], float, dict[str, float]]:
-    """The paths ``names`` (all four by default), the NumPyro compile time (NaN without it)
+    """The paths ``names`` (all five by default; fit's step with ``matmul="onednn"`` among
+    them), the NumPyro compile time (NaN without it)
     and the loss of each at initialization."""
     hand, hand_fused = HandVAE(), HandVAE()  # created in this order whichever paths run: same weights
     with torch.no_grad():
@@ -193,6 +195,9 @@ def build_steps(
         elif name == "pyro_vae (fit's step)":
             initial[name] = pyro_vae_initial_loss(x)
             steps[name] = pyro_vae_step(x)
+        elif name == ONEDNN:
+            initial[name] = pyro_vae_initial_loss(x)
+            steps[name] = pyro_vae_step(x, name="onednn", matmul="onednn")
         elif name == NUMPYRO:
             steps[name], compile_s, initial[NUMPYRO] = numpyro_step(x, torch_weights(hand))
         else:
