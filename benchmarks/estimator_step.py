@@ -27,6 +27,7 @@ from torch.distributions import OneHotCategorical
 from torch.nn import functional as F
 
 from pyro_vae.estimators import VIMCO, RelaxedELBO, ScoreFunctionELBO, leave_one_out_bounds
+from pyro_vae.infer.onednn_matmul import onednn_available
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import CategoricalLatent, DiscreteVAE
 from pyro_vae.networks import mlp
@@ -85,16 +86,17 @@ def hand_step(loss: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> C
     return step
 
 
-def pyro_vae_step(x: torch.Tensor, loss: object, name: str) -> Callable[[], None]:
+def pyro_vae_step(x: torch.Tensor, loss: object, name: str, *, matmul: str = "aten") -> Callable[[], None]:
     """The step :func:`pyro_vae.train.fit` runs by default with ``loss``: its optimizer and its
     step loss (captured once the structure has run ``FIT_CAPTURE_AFTER`` times, for the losses
-    that allow it; ``RelaxedELBO``'s temperature schedule and Pyro's ``Trace_ELBO`` stay eager)."""
+    that allow it; Pyro's ``Trace_ELBO`` stays eager); with ``matmul="onednn"`` the captured
+    graph's matrix products on oneDNN's kernels (``fit(matmul="onednn")``)."""
     vae = DiscreteVAE(Bernoulli(D), CategoricalLatent(L, C), hidden=HIDDEN, name=name)
     kwargs = {"num_data": N}
     loss.loss(vae.model, vae.guide, x, **kwargs)  # type: ignore[attr-defined]
     params = [p for n, p in pyro.get_param_store().named_parameters() if n.startswith(f"{name}_")]
     opt = default_optimizer(params, lr=LR)  # fit's default
-    step = step_loss(loss)
+    step = step_loss(loss, matmul=matmul)
     if step is not loss:
         for _ in range(FIT_CAPTURE_AFTER + 1):  # the eager steps, then the capture
             train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
@@ -133,6 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
             ("REINFORCE", "pyro_vae"): pyro_vae_step(x, ScoreFunctionELBO(), "score"),
             ("REINFORCE", "Pyro Trace_ELBO"): pyro_vae_step(x, Trace_ELBO(), "trace"),
         }
+        if onednn_available():
+            paths[("VIMCO", "oneDNN")] = pyro_vae_step(x, VIMCO(num_particles=k), "vimco1", matmul="onednn")
+            paths[("Gumbel-softmax", "oneDNN")] = pyro_vae_step(
+                x, RelaxedELBO(temperature=TAU), "gumbel1", matmul="onednn"
+            )
+            paths[("REINFORCE", "oneDNN")] = pyro_vae_step(x, ScoreFunctionELBO(), "score1", matmul="onednn")
         times = interleave(paths, steps=args.steps, warmup=args.warmup)
     rows = []
     print(f"{'estimator':<16} {'path':<16} {'median ms/step':>15} {'IQR ms':>15} {'ratio':>7}")

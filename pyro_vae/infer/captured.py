@@ -132,6 +132,13 @@ class CapturedLoss:
         return self._cache.fallback_reason
 
     @property
+    def kernels(self) -> str:
+        """What ran the captured graphs' matrix products: ``"onednn"`` if any graph runs them on
+        oneDNN's kernels (``matmul="onednn"``, the copy accepted at capture), else ``"aten"``."""
+        graphs = [g for g in self._cache.graphs.values() if g is not None]
+        return "onednn" if any(g.kernels == "onednn" for g in graphs) else "aten"
+
+    @property
     def _graphs(self) -> dict[tuple, CapturedGraph | None]:
         return self._cache.graphs
 

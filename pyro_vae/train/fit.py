@@ -65,7 +65,8 @@ class FitResult:
     :ivar eager_reason: why the steps ran eagerly (``"capture_after=None"``, a loss that
         cannot be captured, a program that cannot be traced), or ``""``.
     :ivar matmul: the kernels the replayed steps' matrix products ran on (``"aten"`` or
-        ``"onednn"``; ``"aten"`` when no step was replayed).
+        ``"onednn"``; ``"aten"`` when no step was replayed, or when a graph on oneDNN's kernels
+        disagreed with PyTorch's at capture and PyTorch's were kept).
     """
 
     history: list[dict[str, float]]
@@ -650,7 +651,7 @@ def fit(
         metrics=metrics.unavailable,
         captured_steps=step.captured_steps if isinstance(step, CapturedLoss) else 0,
         eager_reason=_eager_reason(step, loss, capture_after),
-        matmul=matmul if isinstance(step, CapturedLoss) and step.captured_steps else "aten",
+        matmul=step.kernels if isinstance(step, CapturedLoss) else "aten",
     )
 
 

@@ -127,7 +127,7 @@ def test_a_training_step_on_onednn_is_captured_and_trains_as_the_eager_step_to_r
     fast, values, params = _train("onednn")
     assert fast.captured_steps == plain.captured_steps == 7, fast.fallback_reason
     (graph,) = (g for g in fast._graphs.values() if g is not None)
-    assert not graph.exact and "onednn_linear" in graph.simplified.module.code
+    assert not graph.exact and graph.kernels == "onednn"
     torch.testing.assert_close(torch.tensor(values), torch.tensor(plain_values), rtol=1e-5, atol=1e-3)
     for a, b in zip(params, plain_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -145,7 +145,7 @@ def test_evaluation_chunks_on_onednn_give_the_eager_bound_to_rounding():
         fast = iwae(vae.model, vae.guide, x, num_particles=16, max_rows=32, capture=capture)
     assert capture.captured_chunks > 0, capture.fallback_reason
     graphs = [g for g in capture._cache.graphs.values() if g is not None]
-    assert graphs and all(not g.exact and "onednn_linear" in g.simplified.module.code for g in graphs)
+    assert graphs and all(not g.exact and g.kernels == "onednn" for g in graphs)
     torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-4)
 
 
@@ -160,3 +160,48 @@ def test_fit_says_which_kernels_its_replayed_steps_ran_on():
     assert run("onednn").matmul == "onednn"
     assert run("aten").matmul == "aten"
     assert fit.__kwdefaults__["matmul"] == "aten"  # bitwise the eager step by default
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_vimco_on_onednn_is_captured_though_its_leave_one_out_differences_amplify_rounding():
+    """VIMCO's control variates are differences of log-weights near -500: on oneDNN's kernels
+    its gradients on the Jang categorical VAE at initialization were 1.3-2.4e-4 of their scale
+    from the eager ones, which a check of the gradients to the rounding of values (1e-4)
+    refused. The structure is checked bitwise on PyTorch's kernels and the kernels to 1% of
+    the scale: captured on oneDNN, and the same steps to rounding."""
+    from pyro_vae.estimators import VIMCO
+    from pyro_vae.models import CategoricalLatent, DiscreteVAE
+
+    x = (torch.rand(100, 784, generator=_gen(0)) < 0.3).float()
+    results = []
+    for matmul in ("aten", "onednn"):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = DiscreteVAE(Bernoulli(784), CategoricalLatent(20, 10), hidden=(512, 256), name="jang")
+        loss = CapturedLoss(VIMCO(num_particles=5), capture_after=1, matmul=matmul)
+        opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+        torch.manual_seed(1)
+        with pyro.validation_enabled(False):
+            kwargs = {"num_data": 60_000}
+            values = [train_step(loss, opt, vae.model, vae.guide, (x,), kwargs) for _ in range(3)]
+        results.append((loss, values))
+    (plain, plain_values), (fast, values) = results
+    assert fast.captured_steps == plain.captured_steps == 2, fast.fallback_reason
+    assert [g.kernels for g in fast._graphs.values() if g is not None] == ["onednn"]
+    torch.testing.assert_close(torch.tensor(values), torch.tensor(plain_values), rtol=1e-5, atol=1.0)
+
+
+@needs_onednn
+def test_a_graph_whose_kernels_disagree_keeps_pytorchs_and_stays_bitwise(monkeypatch):
+    from pyro_vae.infer import graph_capture
+
+    monkeypatch.setattr(graph_capture, "KERNEL_RTOL", -1.0)  # a bound no tensor meets: oneDNN refused
+    _, plain_values, plain_params = _train("aten")
+    fast, values, params = _train("onednn")
+    assert fast.captured_steps == 7 and fast.kernels == "aten"
+    (graph,) = (g for g in fast._graphs.values() if g is not None)
+    assert graph.exact
+    assert values == plain_values
+    for a, b in zip(params, plain_params, strict=True):
+        assert torch.equal(a, b)
