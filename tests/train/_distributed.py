@@ -129,7 +129,10 @@ def _rank(
         torch.save({"params": parameters(net, result), "history": result.history}, out / f"rank{rank}.pt")
     except BaseException as e:  # the parent reads what went wrong
         (out / f"rank{rank}.err").write_text(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-        raise SystemExit(1) from None
+        # exit without the interpreter's teardown: after a lost peer, gloo's threads can abort
+        # the process there ("terminate called without an active exception", -6), once the
+        # error above has been raised and written (docs/scaling-up.md, "Failures")
+        os._exit(1)
 
 
 def spawn_ranks(
