@@ -96,7 +96,9 @@ class CapturedLoss:
     :param matmul: the kernels of the graph's float32 CPU matrix products: ``"aten"`` (the
         graph's own, PyTorch's BLAS: bitwise the eager step) or ``"onednn"`` (oneDNN's,
         :mod:`~pyro_vae.infer.onednn_matmul`: values and gradients equal to the eager step's to
-        float rounding, checked so; twice as fast where the BLAS is slow, as MKL on AMD CPUs).
+        float rounding, checked so; the products twice as fast where the BLAS is slow, as MKL was
+        on the AMD EPYC host measured in docs/benchmarks.md); ``"auto"`` resolves by the machine
+        (:func:`~pyro_vae.infer.onednn_matmul.resolve_matmul`).
     """
 
     def __init__(

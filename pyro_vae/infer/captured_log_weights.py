@@ -80,7 +80,8 @@ class CapturedLogWeights:
         :class:`~pyro_vae.infer.captured.CapturedLoss`; log-weights equal to float rounding).
     :param matmul: ``"aten"`` (bitwise the eager chunks) or ``"onednn"``: the graphs' float32
         CPU matrix products on oneDNN's kernels (:mod:`~pyro_vae.infer.onednn_matmul`;
-        log-weights equal to float rounding, checked so).
+        log-weights equal to float rounding, checked so), or ``"auto"``
+        (:func:`~pyro_vae.infer.onednn_matmul.resolve_matmul`).
     """
 
     def __init__(
