@@ -82,10 +82,8 @@ def pyro_vae_step(
     opt = default_optimizer(params, lr=LR)
     if compile:
         step = CapturedLoss(loss, compile=True)
-    elif matmul != "aten":
-        step = CapturedLoss(loss, capture_after=FIT_CAPTURE_AFTER, matmul=matmul)
     else:
-        step = step_loss(loss, capture_after=FIT_CAPTURE_AFTER if capture else None)
+        step = step_loss(loss, capture_after=FIT_CAPTURE_AFTER if capture else None, matmul=matmul)
     if capture:
         for _ in range(FIT_CAPTURE_AFTER + 1):  # the eager steps, then the capture
             train_step(step, opt, vae.model, vae.guide, (x,), kwargs)

@@ -156,9 +156,7 @@ class CapturedLoss:
         def eager() -> torch.Tensor:
             return self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]
 
-        result = self._cache.replay(
-            key, captured, tensors_of(args, kwargs), eager, value=_objective, compiled=self.compile
-        )
+        result = self._cache.replay(key, captured, tensors_of(args, kwargs), eager, value=_objective)
         if result is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         objective, surrogate = result

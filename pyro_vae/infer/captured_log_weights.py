@@ -142,7 +142,6 @@ class CapturedLogWeights:
             tensors_of(args, kwargs),
             lambda: eager()[0],
             value=_itself,
-            compiled=self.compile,
             what="chunks",
         )
         if result is None:

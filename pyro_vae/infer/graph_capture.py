@@ -151,17 +151,15 @@ class GraphCache:
         eager: Callable[[], torch.Tensor],
         *,
         value: Callable[[Any], torch.Tensor],
-        compiled: bool,
         what: str = "steps",
     ) -> Any:
         """The next replay of ``captured``, checked against ``eager()`` when it is due
-        (:func:`checked_replay`, else :func:`unchecked_replay`); ``None``, the structure
-        dropped, when it cannot be trusted (the caller then runs eagerly)."""
+        (:func:`checked_replay`, bitwise or to float rounding as ``captured.exact`` says, else
+        :func:`unchecked_replay`); ``None``, the structure dropped, when it cannot be trusted
+        (the caller then runs eagerly)."""
         captured.replays += 1
         if captured.due():
-            result, why = checked_replay(
-                captured, eager, tensors, value=value, compiled=compiled or not captured.exact
-            )
+            result, why = checked_replay(captured, eager, tensors, value=value, compiled=not captured.exact)
         else:
             result, why = unchecked_replay(captured, tensors)
         if why:
@@ -469,7 +467,8 @@ def within_rounding(
         return False
     if not torch.equal(expected.isnan(), got.isnan()):
         return False
-    if not torch.equal(got[expected.isinf()], expected[expected.isinf()]):
+    inf = expected.isinf()
+    if not torch.equal(got[inf], expected[inf]):
         return False
     if not bool(finite.any()):
         return True

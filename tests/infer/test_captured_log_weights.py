@@ -72,8 +72,10 @@ def test_particle_chunks_and_a_last_shorter_chunk_are_structures_of_their_own():
     assert capture.captured_chunks > 0 and capture.graphs >= 3, capture.fallback_reason
 
 
-def _program(shift):
-    """A small VAE written as Pyro's examples write one, whose likelihood reads ``shift``."""
+def _program(logits):
+    """A small VAE written as Pyro's examples write one; ``logits(decoded, x)`` makes its
+    likelihood's logits from the decoder's output (where a test puts the Python a graph
+    cannot follow)."""
     torch.manual_seed(0)
     encoder, decoder = torch.nn.Linear(6, 4), torch.nn.Linear(2, 6)
 
@@ -81,8 +83,7 @@ def _program(shift):
         pyro.module("decoder", decoder)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
-            logits = decoder(z) + shift["value"]  # Python state the graph cannot see
-            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+            pyro.sample("x", dist.Bernoulli(logits=logits(decoder(z), x)).to_event(1), obs=x)
 
     def guide(x):
         pyro.module("encoder", encoder)
@@ -99,7 +100,7 @@ def test_python_state_changed_between_calls_is_caught_by_the_checked_first_repla
     undone and the structure runs eagerly from then on, with a warning; every value is the
     eager program's."""
     shift = {"value": 0.0}
-    model, guide = _program(shift)
+    model, guide = _program(lambda decoded, x: decoded + shift["value"])  # Python state the graph cannot see
     x = _x(16)
     capture = CapturedLogWeights()
     for _ in range(2):
@@ -167,21 +168,7 @@ def test_a_program_drawing_from_pythons_random_is_not_captured_and_keeps_its_dra
     each call are the eager ones."""
     import random
 
-    torch.manual_seed(0)
-    encoder, decoder = torch.nn.Linear(6, 4), torch.nn.Linear(2, 6)
-
-    def model(x):
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z) + random.random()).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("encoder", encoder)
-        with pyro.plate("data", x.shape[0]):
-            h = encoder(x)
-            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
-
+    model, guide = _program(lambda decoded, x: decoded + random.random())
     x, capture = _x(16), CapturedLogWeights()
     for call in range(2):
         results = []
@@ -196,35 +183,14 @@ def test_a_program_drawing_from_pythons_random_is_not_captured_and_keeps_its_dra
     assert capture.captured_chunks == 0 and "Python's random" in capture.fallback_reason
 
 
-def _masked_program():
-    """A likelihood over the rows whose first feature is set: a boolean index, whose output's
-    shape depends on the chunk's values."""
-    torch.manual_seed(0)
-    encoder, decoder = torch.nn.Linear(6, 4), torch.nn.Linear(2, 6)
-
-    def model(x):
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
-            logits = decoder(z)
-            share = x[x[:, 0] > 0.5].shape[0] / x.shape[0]  # a value read through a shape
-            pyro.sample("x", dist.Bernoulli(logits=logits * share).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("encoder", encoder)
-        with pyro.plate("data", x.shape[0]):
-            h = encoder(x)
-            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
-
-    return model, guide
-
-
 def test_value_dependent_shapes_are_refused_and_a_failed_replay_is_undone():
     """Boolean indexing (``nonzero``) bakes one chunk's count into the shapes after it: such
     graphs are refused (every chunk eager, the eager values). An unchecked replay that
     raises half-way puts PyTorch's random state back before the eager run, so the values and
     the final random state are the eager ones."""
-    model, guide = _masked_program()
+    # a likelihood scaled by the share of rows whose first feature is set: a value read
+    # through a boolean index, whose output's shape depends on the chunk's values
+    model, guide = _program(lambda decoded, x: decoded * (x[x[:, 0] > 0.5].shape[0] / x.shape[0]))
     x = _x(16)
 
     capture = CapturedLogWeights()
