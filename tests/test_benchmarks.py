@@ -34,6 +34,7 @@ def test_train_step_times_every_path_and_the_floor(tmp_path):
     assert {
         "hand-written PyTorch",
         "pyro_vae (fit's step)",
+        "pyro_vae (fit's step, run of 50,000 steps)",
         "pyro_vae eager (capture_after=None)",
         "floor: matmuls + one Adam kernel",
     } <= set(result["ratios"])

@@ -326,3 +326,21 @@ def test_compare_on_fashion_mnist(tmp_path, capsys):
     tiny = ["--hidden", "32", "--grad-samples", "2", "--warmup", "1", "--eval-particles", "1", "--quiet"]
     assert main(["compare", "--out", str(tmp_path / "cmp"), *args, *tiny]) == 0
     assert "gumbel" in capsys.readouterr().out
+
+
+def test_compile_is_for_the_captured_step_and_checked_before_work():
+    from pyro_vae.errors import InputError
+    from pyro_vae.train.step import COMPILE_STEPS
+
+    parser = build_parser()
+    assert train_config(parser.parse_args(["train", "--compile"])).compile is True
+    assert train_config(parser.parse_args(["train", "--no-compile"])).compile is False
+    assert train_config(parser.parse_args(["train"])).compile is None
+    train_help = parser._subparsers._group_actions[0].choices["train"].format_help()
+    assert f"{COMPILE_STEPS:,} steps" in " ".join(train_help.split())
+    config = train_config(parser.parse_args(["train", "--compile", "--no-capture"]))
+    with pytest.raises(InputError, match="--no-capture captures nothing"):
+        config.validate()
+    config = train_config(parser.parse_args(["train", "--compile", "--matmul", "onednn"]))
+    with pytest.raises(InputError, match="onednn"):
+        config.validate()

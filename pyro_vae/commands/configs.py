@@ -144,6 +144,9 @@ class TrainConfig:
     ``capture_after``; bitwise the eager step with ``matmul="aten"``); ``False``: every step eager."""
     matmul: str = "aten"
     """The kernels of the captured step's matrix products (``fit``'s ``matmul``)."""
+    compile: bool | None = None
+    """The captured step also compiled by TorchInductor (``fit``'s ``compile``; ``None``: on
+    runs of at least ``pyro_vae.train.step.COMPILE_STEPS`` steps)."""
 
     @property
     def latent_widths(self) -> tuple[int, ...]:
@@ -169,7 +172,13 @@ class TrainConfig:
         from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int, check_widths
         from pyro_vae.infer.onednn_matmul import check_matmul
 
-        check_matmul(self.matmul, compile=False)
+        check_matmul(self.matmul, compile=bool(self.compile))
+        if self.compile:
+            from pyro_vae.infer.captured import check_compile
+
+            if not self.capture:
+                raise InputError("--compile compiles the captured step; --no-capture captures nothing")
+            check_compile(True)
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise InputError(
                 f"unknown likelihood {self.likelihood!r}; choose from {sorted(LIKELIHOOD_NAMES)}"

@@ -265,6 +265,7 @@ def _train_locked(
         track_every=config.track_every,
         capture_after=FIT_CAPTURE_AFTER if config.capture else None,
         matmul=config.matmul,
+        compile=config.compile,
     )
     seconds = time.perf_counter() - tic
     if not main:

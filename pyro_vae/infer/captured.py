@@ -23,6 +23,23 @@ from pyro_vae.infer.loss import ParticleLoss, program_key
 from pyro_vae.infer.onednn_matmul import resolve_matmul
 
 
+def check_compile(compile: bool) -> None:
+    """Raise :class:`~pyro_vae.errors.InputError` for ``compile=True`` where TorchInductor cannot
+    compile: it generates C++ for the CPU, so it needs a C++ compiler (``$CXX`` or ``g++`` /
+    ``clang++`` on ``PATH``). Checked before any step runs, rather than as a failed capture."""
+    if not compile:
+        return
+    try:
+        from torch._inductor import cpp_builder
+
+        cpp_builder.get_cpp_compiler()
+    except Exception as e:  # any failure to find one is the same answer
+        raise InputError(
+            f"compile=True: TorchInductor needs a C++ compiler and found none ({type(e).__name__}: {e}); "
+            "install g++ or clang++, or set CXX"
+        ) from None
+
+
 def capturable(loss: Any) -> str:
     """Why ``loss``'s training step cannot be captured by :class:`CapturedLoss`, or ``""``.
 
@@ -59,10 +76,11 @@ class CapturedLoss:
     the same values and gradients as the eager step for the same random state (tested
     bitwise) run with Pyro's validation off, as :func:`~pyro_vae.train.fit`'s loop runs it
     (with validation on, Pyro evaluates some densities in another order: equal to float
-    rounding). With ``compile=True`` the graph is also compiled by ``torch.compile``
-    (TorchInductor, with PyTorch's own random operations kept, so draws are unchanged; values
-    and gradients equal to float rounding, tested); compiling takes tens of seconds once, for
-    long training runs.
+    rounding). With ``compile=True`` the checked graph is then compiled by ``torch.compile``
+    (TorchInductor, with PyTorch's own random operations kept, so draws are unchanged) and
+    the compiled graph kept when its values and gradients equal the checked graph's to float
+    rounding (tested), else the checked graph (:attr:`compile_note` says why); compiling
+    takes seconds a structure once (5-9 s for the benchmark VAE), for long training runs.
 
     A graph is kept per *structure*: the programs (their identity), the shapes, dtypes and
     devices of the tensor arguments and the values of the others, the ``training`` flags of
@@ -113,6 +131,7 @@ class CapturedLoss:
         reason = capturable(loss)
         if reason:
             raise InputError(reason)
+        check_compile(compile)
         self.inner = loss
         self.compile = compile
         self.matmul = resolve_matmul(matmul, compile=compile)
@@ -141,6 +160,17 @@ class CapturedLoss:
         return "onednn" if any(g.kernels == "onednn" for g in graphs) else "aten"
 
     @property
+    def compiled(self) -> bool:
+        """Whether any captured graph runs compiled by TorchInductor (``compile=True``, the
+        compiled graph accepted at capture; see :attr:`compile_note` when it was not)."""
+        return any(g is not None and g.compiled for g in self._cache.graphs.values())
+
+    @property
+    def compile_note(self) -> str:
+        """Why a graph was kept uncompiled under ``compile=True`` (``""``: none was)."""
+        return next((g.note for g in self._cache.graphs.values() if g is not None and g.note), "")
+
+    @property
     def _graphs(self) -> dict[tuple, CapturedGraph | None]:
         return self._cache.graphs
 
@@ -148,7 +178,9 @@ class CapturedLoss:
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """As ``loss.loss_and_grads``, from the structure's captured graph when there is one."""
         key = self.structure(model, guide, args, kwargs)
-        captured = self._cache.get(key, lambda: self._capture(model, guide, args, kwargs))
+        captured = self._cache.get(
+            key, lambda: self._capture(model, guide, args, kwargs), lambda: _structure_name(model, guide, key)
+        )
         if captured is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         assert key is not None
@@ -173,6 +205,22 @@ class CapturedLoss:
     def check_next(self) -> None:
         """Check the next replay of every graph against an eager run (see the class docs)."""
         self._cache.check_next()
+
+    def capture_state(self) -> dict[str, int]:
+        """How often each structure has run, by a name that holds across processes (the
+        programs' qualified names and the rest of the structure): saved in
+        :func:`~pyro_vae.train.fit`'s checkpoints, so that a resumed run replays where the
+        run it continues replayed (:meth:`load_capture_state`)."""
+        return self._cache.state()
+
+    def load_capture_state(self, state: dict[str, int]) -> None:
+        """Continue from :meth:`capture_state`: a structure the saved run had captured is
+        captured at its first step here and replayed, one it ran eagerly for good stays eager,
+        and the others count on from where they were. With PyTorch's kernels this changes no
+        bit (replay and eager step agree bitwise); with oneDNN's or compiled graphs it makes a
+        resumed run the uninterrupted one bit for bit, where eager steps in its place would
+        agree only to float rounding."""
+        self._cache.load_state(state)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         return self.inner.loss(model, guide, *args, **kwargs)
@@ -232,6 +280,17 @@ class CapturedLoss:
             comparable=_objective_and_gradients,
             matmul=self.matmul,
         )
+
+
+def _structure_name(model: Callable, guide: Callable, key: tuple) -> str:
+    """A structure's name across processes: the programs by qualified name (its key holds
+    their identities), then the rest of the key (shapes, dtypes, values, modes)."""
+    return repr((_qualified(model), _qualified(guide), key[2:]))
+
+
+def _qualified(fn: Callable) -> str:
+    fn = getattr(fn, "__func__", fn)
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 def _objective(result: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

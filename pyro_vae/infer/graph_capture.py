@@ -11,7 +11,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyro
@@ -34,6 +34,8 @@ from pyro_vae.infer.particles import (
 )
 
 _MAX_STRUCTURES_COUNTED = 1024
+_EAGER = -1
+"""A structure's run count in :meth:`GraphCache.state` when it runs eagerly for good."""
 TRAINING = operator.attrgetter("training")
 
 Comparable = Callable[[Any], Callable[[Any], list[torch.Tensor]]]
@@ -88,6 +90,10 @@ class CapturedGraph:
     checked to float rounding, :func:`within_rounding`)."""
     kernels: str = "aten"
     """What runs the graph's matrix products: ``"aten"`` (PyTorch's choice) or ``"onednn"``."""
+    compiled: bool = False
+    """Whether the replay is the graph compiled by TorchInductor."""
+    note: str = ""
+    """Why a faster form asked for was not kept (a compile that failed or disagreed)."""
 
     def current(self) -> bool:
         """Whether the parameter store and the modules that ran still hold the tensors the
@@ -118,9 +124,19 @@ class GraphCache:
         self.graphs: dict[tuple, CapturedGraph | None] = {}
         self.seen: Counter[tuple] = Counter()
         self.fallback_reason = ""
+        self.names: dict[tuple, str] = {}
+        """Each structure's name across processes (:meth:`state`), given at its first sight."""
+        self.pending: dict[str, int] = {}
+        """A loaded :meth:`state`'s structures not seen since (:meth:`load_state`)."""
 
-    def get(self, key: tuple | None, capture: Callable[[], CapturedGraph | str]) -> CapturedGraph | None:
-        """The graph of structure ``key`` (``None``: run eagerly), captured now if it is due."""
+    def get(
+        self,
+        key: tuple | None,
+        capture: Callable[[], CapturedGraph | str],
+        name: Callable[[], str] | None = None,
+    ) -> CapturedGraph | None:
+        """The graph of structure ``key`` (``None``: run eagerly), captured now if it is due;
+        ``name()`` names the structure across processes (:meth:`state`), asked at its first sight."""
         if key is None:
             return None
         if key in self.graphs:
@@ -129,11 +145,20 @@ class GraphCache:
                 return captured
             del self.graphs[key]  # its parameters were replaced: eager, then captured anew
             self.seen[key] = 0
+        if key not in self.seen and name is not None and len(self.names) < _MAX_STRUCTURES_COUNTED:
+            self.names[key] = named = name()
+            runs = self.pending.pop(named, None)
+            if runs == _EAGER:  # dropped before the state was saved: eager, as it was
+                self.seen[key] = self.capture_after + 1
+                self.graphs[key] = None
+                return None
+            if runs is not None:
+                self.seen[key] = runs
         if key in self.seen or len(self.seen) < _MAX_STRUCTURES_COUNTED:
             self.seen[key] += 1
         if self.seen[key] <= self.capture_after:  # eager: the first run plans and checks the program
             return None
-        if len(self.graphs) >= self.max_graphs:
+        if len(self.graphs) + self._reserved() >= self.max_graphs:
             return None
         made = capture()
         if isinstance(made, str):
@@ -180,6 +205,33 @@ class GraphCache:
             if captured is not None:
                 captured.check = True
 
+    def state(self) -> dict[str, int]:
+        """How often each named structure has run (:data:`_EAGER`: it runs eagerly for good,
+        refused or dropped), by name: what a resumed run needs to capture and drop the same
+        structures at the same steps as the run it continues (:meth:`load_state`)."""
+        out = dict(self.pending)
+        for key, named in self.names.items():
+            dropped = key in self.graphs and self.graphs[key] is None
+            out[named] = _EAGER if dropped else self.seen[key]
+        return out
+
+    def load_state(self, state: dict[str, int]) -> None:
+        """Continue from :meth:`state`: every structure forgotten, and each named one, when next
+        seen, taken to have run as often as the state says, so that one past ``capture_after``
+        is captured at once and its steps are replays, as they were in the saved run (without
+        it a resumed run's first ``capture_after`` steps run eagerly: the same bits with
+        PyTorch's kernels, to float rounding with another's)."""
+        self.graphs.clear()
+        self.seen.clear()
+        self.names.clear()
+        self.pending = {str(k): int(v) for k, v in state.items()}
+
+    def _reserved(self) -> int:
+        """Graph slots held by loaded structures not seen again yet (captured or dropped)."""
+        if not self.pending:
+            return 0
+        return sum(1 for runs in self.pending.values() if runs == _EAGER or runs > self.capture_after)
+
 
 def capture_graph(
     run: Callable[..., Any],
@@ -193,8 +245,10 @@ def capture_graph(
     """``run(*tensors)``'s ATen operations, traced by
     :func:`torch.fx.experimental.proxy_tensor.make_fx` and simplified
     (:func:`~pyro_vae.infer.graph_simplify.simplify_graph`), as a :class:`CapturedGraph`
-    whose replay was checked against an eager run at the same random state (bitwise; to
-    float rounding when compiled); or why it cannot be captured. With ``matmul="onednn"``
+    whose replay was checked bitwise against an eager run at the same random state; or why it
+    cannot be captured. With ``compile=True`` the checked graph is then compiled by
+    TorchInductor and the compiled one kept when it agrees with it to float rounding
+    (:func:`_compiled`; else the checked graph is kept, and ``note`` says why). With ``matmul="onednn"``
     the graph checked bitwise is then copied with its float32 CPU matrix products on oneDNN's
     kernels (:func:`~pyro_vae.infer.onednn_matmul.use_onednn_matmul`), and the copy is kept
     when it agrees with it (:func:`_on_onednn`); its later replays are checked to float
@@ -226,24 +280,23 @@ def capture_graph(
                     simplified = simplify_graph(make_fx(run)(*tensors), fold=False)
                 # the graph's forward, not the module: a module's call would run global
                 # module hooks, which would take the graph's constants (others' buffers)
-                graph: Callable
-                if compile:
-                    read = _constants(simplified.module)
-                    graph = torch.compile(
-                        simplified.module.forward, dynamic=False, options={"fallback_random": True}
-                    )
-                else:
-                    replay = replay_function(simplified.module)
-                    graph, read = replay.run, list(replay.constants)
+                replay = replay_function(simplified.module)
+                graph: Callable = replay.run
+                read: list[Any] = list(replay.constants)
                 set_rng_state(state, devices)
                 got = values(graph(*tensors))
                 pairs = enumerate(zip(got, expected, strict=True))
-                differs = [i for i, (g, e) in pairs if not agree(g, e, compile)]
+                differs = [i for i, (g, e) in pairs if not agree(g, e, False)]
                 if not differs:
                     break
-            exact, kernels = not compile, "aten"
-            if matmul == "onednn" and not compile and not differs:
-                fast = _on_onednn(simplified.module, values, tensors, state, devices, got)
+            exact, kernels, compiled, note = True, "aten", False, ""
+            checked = _Checked(values, tensors, state, devices, got)
+            if compile and not differs:
+                fast, note = _compiled(simplified.module, checked)
+                if fast is not None:
+                    (graph, read), exact, compiled = fast, False, True
+            elif matmul == "onednn" and not differs:
+                fast = _on_onednn(simplified.module, checked)
                 if fast is not None:
                     (graph, read), exact, kernels = fast, False, "onednn"
         except Exception as e:
@@ -269,6 +322,8 @@ def capture_graph(
         info=info,
         exact=exact,
         kernels=kernels,
+        compiled=compiled,
+        note=note,
     )
 
 
@@ -386,19 +441,44 @@ def _slots(modules: list[nn.Module], constants: list[Any]) -> tuple[tuple[dict, 
     return tuple(d for d, _, _ in found), tuple(n for _, n, _ in found), tuple(t for _, _, t in found)
 
 
-def _on_onednn(
-    module: fx.GraphModule,
-    values: Callable[[Any], list[torch.Tensor]],
-    tensors: list[torch.Tensor],
-    state: tuple,
-    devices: list[torch.device],
-    reference: list[torch.Tensor],
-) -> tuple[Callable, list[Any]] | None:
-    """A copy of ``module`` (a graph already checked bitwise against the eager run) with its
-    float32 CPU matrix products on oneDNN's kernels, as its replay and constants, when its
-    values and gradients at random state ``state`` agree with the checked graph's
-    (``reference``) to :data:`KERNEL_RTOL` of each tensor's scale; ``None`` (keep PyTorch's
-    kernels) when it rewrote nothing or they differ more.
+class _Checked(NamedTuple):
+    """A graph checked bitwise against the eager run: how its values and gradients are read
+    (``values``), what they were (``got``), and the inputs and random state they came from."""
+
+    values: Callable[[Any], list[torch.Tensor]]
+    tensors: list[torch.Tensor]
+    state: tuple
+    devices: list[torch.device]
+    got: list[torch.Tensor]
+
+    def agrees(self, run: Callable, *, rtol: float | None = None) -> bool:
+        """Whether ``run`` (another form of the graph) gives its values and gradients, at the
+        same random state, to float rounding (:func:`within_rounding` with ``rtol``)."""
+        set_rng_state(self.state, self.devices)
+        got = self.values(run(*self.tensors))
+        return all(within_rounding(g, r, rtol=rtol) for g, r in zip(got, self.got, strict=True))
+
+
+def _compiled(module: fx.GraphModule, checked: _Checked) -> tuple[tuple[Callable, list[Any]] | None, str]:
+    """``module`` (the graph ``checked``) compiled by TorchInductor, with PyTorch's own random
+    operations kept (the same draws), as its replay and constants, when it agrees with the
+    checked graph to float rounding (:func:`within_rounding`); else ``None`` and why (the
+    checked graph is then kept)."""
+    try:
+        graph = torch.compile(module.forward, dynamic=False, options={"fallback_random": True})
+        agrees = checked.agrees(graph)
+    except Exception as e:  # Inductor cannot compile it (an operator, a missing compiler)
+        return None, f"not compiled: {type(e).__name__}: {e}"
+    if agrees:
+        return (graph, _constants(module)), ""
+    return None, "not compiled: the compiled graph disagreed with the checked one beyond float rounding"
+
+
+def _on_onednn(module: fx.GraphModule, checked: _Checked) -> tuple[Callable, list[Any]] | None:
+    """A copy of ``module`` (the graph ``checked``) with its float32 CPU matrix products on
+    oneDNN's kernels, as its replay and constants, when it agrees with the checked graph to
+    :data:`KERNEL_RTOL` of each tensor's scale; ``None`` (keep PyTorch's kernels) when it
+    rewrote nothing or they differ more.
 
     The structure (the draws, the values the program's Python read) is checked bitwise on
     the graph itself; this check is of the kernels only, whose rounding the program's own
@@ -410,9 +490,7 @@ def _on_onednn(
     if not use_onednn_matmul(copy):
         return None
     replay = replay_function(copy)
-    set_rng_state(state, devices)
-    got = values(replay.run(*tensors))
-    if all(within_rounding(g, r, rtol=KERNEL_RTOL) for g, r in zip(got, reference, strict=True)):
+    if checked.agrees(replay.run, rtol=KERNEL_RTOL):
         return replay.run, list(replay.constants)
     return None
 

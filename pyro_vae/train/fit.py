@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae._checks import as_tensors, check_positive, check_positive_int
 from pyro_vae.errors import InputError, NonFiniteLossError, TrainingInterrupted
-from pyro_vae.infer.captured import CapturedLoss, capturable
+from pyro_vae.infer.captured import CapturedLoss, capturable, check_compile
 from pyro_vae.infer.captured_log_weights import CapturedLogWeights
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import evaluation_mode
@@ -32,7 +32,7 @@ from pyro_vae.train.metrics import MetricsPlan, epoch_metrics, plan_metrics
 from pyro_vae.train.optimizers import default_optimizer
 from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
-from pyro_vae.train.step import FIT_CAPTURE_AFTER, step_loss, train_step
+from pyro_vae.train.step import FIT_CAPTURE_AFTER, resolve_compile, step_loss, train_step
 from pyro_vae.train.streams import AuxiliaryObjective, StreamData, as_streams
 from pyro_vae.train.tracking import LogMarginalTracker
 
@@ -67,6 +67,7 @@ class FitResult:
     :ivar matmul: the kernels the replayed steps' matrix products ran on (``"aten"`` or
         ``"onednn"``; ``"aten"`` when no step was replayed, or when a graph on oneDNN's kernels
         disagreed with PyTorch's at capture and PyTorch's were kept).
+    :ivar compiled: whether replayed steps ran graphs compiled by TorchInductor (``compile``).
     """
 
     history: list[dict[str, float]]
@@ -77,6 +78,7 @@ class FitResult:
     captured_steps: int = 0
     eager_reason: str = ""
     matmul: str = "aten"
+    compiled: bool = False
 
     def last(self, key: str) -> float:
         return self.history[-1][key] if self.history else math.nan
@@ -199,7 +201,11 @@ def _resume(
         _adopt_new_params(params, opt)
         for p in params.values():
             p.grad = None
-    return TrainState.restore(checkpoint, params, opt, losses, cuda=bool(devices), path=path)
+    restored = TrainState.restore(checkpoint, params, opt, losses, cuda=bool(devices), path=path)
+    step = bound[0][0].loss
+    if isinstance(step, CapturedLoss):  # after the calls above, which counted as runs
+        step.load_capture_state(checkpoint.get("capture_state") or {})
+    return restored
 
 
 def _adopt_new_params(params: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> None:
@@ -327,6 +333,7 @@ def _stopped(
     *,
     cuda: bool,
     group: DataParallel | None = None,
+    step: Any = None,
 ) -> None:
     """Write the checkpoint of a run stopped by a signal mid-epoch and raise
     :class:`~pyro_vae.errors.TrainingInterrupted` saying how to go on."""
@@ -337,7 +344,7 @@ def _stopped(
             epoch=state.epoch,
             step=state.step,
         )
-    _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group)
+    _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group, step=step)
     raise TrainingInterrupted(
         f"stopped on {where}; checkpoint written to {checkpoint}: resume with resume=True "
         "(pyro-vae train --out RUN_DIR --resume)",
@@ -368,6 +375,7 @@ def _train(
 ) -> None:
     """Epochs until ``epochs``: train, record the metrics, checkpoint atomically."""
     model, guide, val = program
+    step = bound[0][0].loss
     bar = tqdm(
         total=(epochs - state.epoch) * len(streams.schedule()),
         disable=not progress or (group is not None and not group.main),
@@ -380,8 +388,8 @@ def _train(
         stop = group.agreed(stop) if group is not None else stop  # all ranks stop at one step
         while state.epoch < epochs:
             tic = time.perf_counter()
-            if isinstance(bound[0][0].loss, CapturedLoss):
-                bound[0][0].loss.check_next()  # the epoch's first replay is checked against eager
+            if isinstance(step, CapturedLoss):
+                step.check_next()  # the epoch's first replay is checked against eager
             objective = _run_epoch(
                 state,
                 bound,
@@ -397,7 +405,7 @@ def _train(
                 group=group,
             )
             if objective is None:
-                _stopped(state, stop, checkpoint, params, opt, losses, cuda=cuda, group=group)
+                _stopped(state, stop, checkpoint, params, opt, losses, cuda=cuda, group=group, step=step)
             record = {
                 "epoch": state.epoch + 1,
                 "step": state.step,
@@ -416,7 +424,7 @@ def _train(
             state.epoch += 1
             bar.set_postfix(epoch=state.epoch, val_elbo=f"{record['val_elbo']:.3f}", refresh=False)
             if checkpoint is not None:
-                _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group)
+                _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group, step=step)
 
 
 def _save(
@@ -428,10 +436,14 @@ def _save(
     *,
     cuda: bool,
     group: DataParallel | None,
+    step: Any = None,
 ) -> None:
-    """The checkpoint, written atomically; in a distributed run by rank 0 alone, with every
+    """The checkpoint, written atomically (with ``step``'s capture state, when it is a
+    :class:`~pyro_vae.infer.captured.CapturedLoss`); in a distributed run by rank 0 alone, with every
     rank's random number generator, while the others wait."""
     saved = state.to_checkpoint(params, opt, losses, cuda=cuda)
+    if isinstance(step, CapturedLoss):
+        saved["capture_state"] = step.capture_state()
     if group is None:
         save_checkpoint(checkpoint, saved)
         return
@@ -468,6 +480,7 @@ def fit(
     track_every: int = 1,
     capture_after: int | None = FIT_CAPTURE_AFTER,
     matmul: str = "aten",
+    compile: bool | None = None,
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference [1].
 
@@ -541,9 +554,22 @@ def fit(
         ``"onednn"`` (oneDNN's: values and gradients equal to the eager step's to float
         rounding, every check so) or ``"auto"``: oneDNN on CPUs other than Intel's, where
         MKL's float32 GEMM ran at half oneDNN's rate (:mod:`pyro_vae.infer.onednn_matmul`;
-        ``result.matmul`` says which ran). Eager steps run PyTorch's kernels either way, so
-        with oneDNN a resumed run, whose first ``capture_after`` steps are eager, equals the
-        uninterrupted run to float rounding, not bitwise: the default stays ``"aten"``.
+        ``result.matmul`` says which ran). Eager steps run PyTorch's kernels either way; a
+        resumed run replays where the run it continues did (the checkpoint keeps how often
+        each structure ran), so it ends bit for bit as the uninterrupted run. The default
+        stays ``"aten"``, the one setting under which every step is bitwise the eager step.
+    :param compile: also compile each captured step graph with TorchInductor
+        (:class:`~pyro_vae.infer.captured.CapturedLoss` ``compile=True``): its elementwise work
+        fused, the step 0.74x the hand-written one against 0.80x uncompiled on the Intel host
+        of docs/benchmarks.md. Values and gradients equal the eager step's to float rounding
+        (the compiled graph is checked against the bitwise-checked one at capture, and the
+        uncompiled graph kept where they disagree; ``result.compiled`` says which ran).
+        Compiling takes seconds for each structure, once, and needs a C++ compiler. ``None``
+        (the default): compile on runs of at least
+        :data:`~pyro_vae.train.step.COMPILE_STEPS` planned steps (captured, on PyTorch's
+        kernels, in one process, with a compiler found), where it pays back; shorter runs stay
+        bitwise the eager step. ``True`` needs ``capture_after`` and ``matmul`` ``"auto"`` or
+        ``"aten"``. A resumed run replays (compiled) where the run it continues did.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.
@@ -556,7 +582,17 @@ def fit(
     _check_options(streams, val, auxiliary, epochs=epochs, lr=lr, eval_particles=eval_particles)
     if resume and checkpoint is None:
         raise InputError("resume=True needs a checkpoint path")
-    matmul = resolve_matmul(matmul)
+    if compile and capture_after is None:
+        raise InputError("compile=True compiles the captured step; capture_after=None captures nothing")
+    matmul = resolve_matmul(matmul, compile=bool(compile))
+    check_compile(bool(compile))
+    compile = resolve_compile(
+        compile,
+        steps=epochs * len(streams.schedule()),
+        capture_after=capture_after,
+        matmul=matmul,
+        distributed=bool(distributed),
+    )
     tracker = None
     if track_log_marginal is not None:
         tracker = LogMarginalTracker(
@@ -593,7 +629,7 @@ def fit(
                 streams.batch_sizes, [streams.minibatch(s) for s in range(len(streams.sizes))], streams.names
             )
         bound, scaling = _bind(objectives, auxiliary, streams, plate_name=plate_name, kl_warmup=kl_warmup)
-        step = step_loss(loss, capture_after=capture_after, matmul=matmul)
+        step = step_loss(loss, capture_after=capture_after, matmul=matmul, compile=compile)
         bound = [[replace(b, loss=step) if i == 0 else b for i, b in enumerate(on)] for on in bound]
         _register(bound, streams, kl_warmup)
         metrics = plan_metrics(
@@ -652,6 +688,7 @@ def fit(
         captured_steps=step.captured_steps if isinstance(step, CapturedLoss) else 0,
         eager_reason=_eager_reason(step, loss, capture_after),
         matmul=step.kernels if isinstance(step, CapturedLoss) else "aten",
+        compiled=isinstance(step, CapturedLoss) and step.compiled,
     )
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from pyro_vae.infer.captured import CapturedLoss, capturable
+from pyro_vae.errors import InputError
+from pyro_vae.infer.captured import CapturedLoss, capturable, check_compile
 
 FIT_CAPTURE_AFTER = 20
 """Eager steps of a structure before :func:`~pyro_vae.train.fit` captures it: short runs (tests,
@@ -16,17 +17,46 @@ smoke runs) never pay for a capture (about 0.1 s a structure, plus about 1 s the
 a process, for the benchmark VAE)."""
 
 
-def step_loss(loss: Any, *, capture_after: int | None = FIT_CAPTURE_AFTER, matmul: str = "aten") -> Any:
+COMPILE_STEPS = 50_000
+"""Planned steps from which :func:`~pyro_vae.train.fit` compiles its captured step by default
+(``compile=None``; about 107 epochs of MNIST's 60,000 images at batch 128). Compiling takes
+5-9 s a structure for the benchmark VAE and saved 0.4-0.8 ms of its 5.5-7.7 ms step on the
+Intel host of docs/benchmarks.md: a run this long pays it back (1.5 to 8 times over), a short
+one would not."""
+
+
+def resolve_compile(
+    compile: bool | None, *, steps: int, capture_after: int | None, matmul: str, distributed: bool
+) -> bool:
+    """``compile`` with ``None`` resolved: ``True`` for a run of at least :data:`COMPILE_STEPS`
+    planned ``steps`` whose step is captured (``capture_after``) on PyTorch's kernels
+    (``matmul="aten"``, resolved) in one process, where a C++ compiler is found; ``False``
+    otherwise. It depends only on the options and the machine, never on timings, so a run
+    and its resumption decide alike."""
+    if compile is not None:
+        return compile
+    if capture_after is None or matmul != "aten" or distributed or steps < COMPILE_STEPS:
+        return False
+    try:
+        check_compile(True)
+    except InputError:
+        return False
+    return True
+
+
+def step_loss(
+    loss: Any, *, capture_after: int | None = FIT_CAPTURE_AFTER, matmul: str = "aten", compile: bool = False
+) -> Any:
     """The loss whose ``loss_and_grads`` :func:`~pyro_vae.train.fit`'s steps call: ``loss`` with
     its step captured and replayed (:class:`~pyro_vae.infer.captured.CapturedLoss`) once a
     structure has run ``capture_after`` times, when ``loss`` allows it
     (:func:`~pyro_vae.infer.captured.capturable`); ``loss`` itself otherwise, or with
     ``capture_after=None``. The same draws, values and gradients either way (tested bitwise;
     to float rounding with ``matmul="onednn"``, the captured graph's matrix products on
-    oneDNN's kernels)."""
+    oneDNN's kernels, or with ``compile=True``, the captured graph compiled by TorchInductor)."""
     if capture_after is None or capturable(loss):
         return loss
-    return CapturedLoss(loss, capture_after=capture_after, matmul=matmul)
+    return CapturedLoss(loss, capture_after=capture_after, matmul=matmul, compile=compile)
 
 
 def train_step(

@@ -99,9 +99,42 @@ def test_compiled_graph_equals_eager_to_float_rounding():
     captured_loss = CapturedLoss(MeanFieldELBO(num_particles=2), compile=True)
     captured = _train(captured_loss, batches)
     assert captured_loss.captured_steps == 3, captured_loss.fallback_reason
+    assert captured_loss.compiled and captured_loss.compile_note == ""
     torch.testing.assert_close(torch.tensor(eager[0]), torch.tensor(captured[0]), rtol=1e-5, atol=1e-4)
     for a, b in zip(eager[1], captured[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _off_by_a_percent(fn, **options):
+    """A stand-in for ``torch.compile`` whose "compiled" graph is 1% off (a wrong kernel)."""
+
+    def run(*args):
+        objective, surrogate = fn(*args)
+        return objective * 1.01, surrogate * 1.01
+
+    return run
+
+
+def _failing(fn, **options):
+    raise RuntimeError("Inductor cannot compile this")
+
+
+@pytest.mark.parametrize(
+    ("compiler", "why"), [(_off_by_a_percent, "disagreed"), (_failing, "cannot compile")]
+)
+def test_a_compiled_graph_that_fails_or_disagrees_leaves_the_checked_graph(monkeypatch, compiler, why):
+    """The compile is a second stage: the graph checked bitwise against the eager run is kept,
+    and replayed bitwise, when the compiled one cannot be made or is off beyond rounding."""
+    batches = [_x(seed=s) for s in range(4)]
+    eager = _train(MeanFieldELBO(), batches)
+    monkeypatch.setattr(torch, "compile", compiler)
+    captured_loss = CapturedLoss(MeanFieldELBO(), compile=True)
+    captured = _train(captured_loss, batches)
+    assert captured_loss.captured_steps == 3 and not captured_loss.compiled
+    assert why in captured_loss.compile_note
+    assert eager[0] == captured[0]
+    for a, b in zip(eager[1], captured[1], strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.slow

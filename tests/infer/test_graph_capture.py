@@ -59,3 +59,39 @@ def test_half_precision_gets_its_own_rounding():
     rounded = (expected.float() * (1 + 2e-3)).to(torch.bfloat16)  # about a bfloat16 ulp
     assert within_rounding(rounded, expected)
     assert not within_rounding((expected.float() * 1.2).to(torch.bfloat16), expected)
+
+
+def test_a_cache_state_carries_run_counts_dropped_structures_and_graph_slots():
+    from pyro_vae.infer.graph_capture import GraphCache
+
+    captures = []
+
+    def capture(name):
+        def made():
+            captures.append(name)
+            return f"refused {name}" if name == "bad" else _StubGraph()
+
+        return made
+
+    cache = GraphCache(capture_after=2, max_graphs=2)
+    for key in ("a", "a", "a", "bad", "bad", "bad", "c"):
+        cache.get((key,), capture(key), lambda key=key: key)
+    assert captures == ["a", "bad"]
+    state = cache.state()
+    assert state == {"a": 3, "bad": -1, "c": 1}
+    resumed = GraphCache(capture_after=2, max_graphs=2)
+    resumed.load_state(state)
+    captures.clear()
+    assert resumed.get(("new",), capture("new"), lambda: "new") is None  # eager, counted
+    assert resumed.get(("bad",), capture("bad"), lambda: "bad") is None  # dropped: no capture
+    assert isinstance(resumed.get(("a",), capture("a"), lambda: "a"), _StubGraph)  # at once
+    assert resumed.get(("c",), capture("c"), lambda: "c") is None and resumed.seen[("c",)] == 2
+    for _ in range(2):
+        resumed.get(("new",), capture("new"), lambda: "new")
+    assert captures == ["a"]  # both slots held (a, and bad's refusal): "new" stays eager
+    assert resumed.state() == {"new": 3, "bad": -1, "a": 4, "c": 2}
+
+
+class _StubGraph:
+    def current(self):
+        return True

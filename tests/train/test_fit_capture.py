@@ -9,6 +9,7 @@ from pyro_vae.errors import CaptureFallbackWarning, InputError
 from pyro_vae.estimators import VIMCO, ScoreFunctionELBO
 from pyro_vae.estimators.baselines import DecayingAverageBaseline
 from pyro_vae.infer import MeanFieldELBO
+from pyro_vae.infer.onednn_matmul import onednn_linear
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import fit
@@ -113,3 +114,103 @@ def test_state_that_changes_later_is_caught_by_a_checked_replay():
         res, _ = _fit_switching(2, switch_at=13)
     assert "depends on state outside" in res.eager_reason
     assert res.captured_steps == 14
+
+
+def test_a_compiled_step_equals_the_eager_step_to_float_rounding():
+    """``fit(compile=True)``: the captured step compiled by TorchInductor replays every step after
+    the first, and trains as the eager step does to float rounding (a reordered sum is off by
+    about 1e-7 of a value's scale in float32; a wrong graph by order one)."""
+    (eager, eager_params), (compiled, compiled_params) = (
+        _fit_vae(capture_after=None),
+        _fit_vae(capture_after=1, compile=True),
+    )
+    assert compiled.compiled and compiled.captured_steps == 32 - 1, compiled.eager_reason
+    got = torch.tensor([r["train_objective"] for r in compiled.history])
+    expected = torch.tensor([r["train_objective"] for r in eager.history])
+    assert torch.allclose(got, expected, rtol=1e-4, atol=0), (got, expected)
+    for a, b in zip(eager_params, compiled_params, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+    assert not eager.compiled
+
+
+def test_compile_options_are_checked_before_work(monkeypatch):
+    with pytest.raises(InputError, match="capture_after=None captures nothing"):
+        _fit_vae(capture_after=None, compile=True)
+    with pytest.raises(InputError, match="onednn"):
+        _fit_vae(compile=True, matmul="onednn")
+    from torch._inductor import cpp_builder
+
+    def no_compiler():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(InputError, match="needs a C\\+\\+ compiler"):
+        _fit_vae(compile=True)
+
+
+def _fit_in_two(tmp_path, *, keep_capture_state=True, **options):
+    """Four epochs in one run, and two then two more from the checkpoint, of a VAE wide enough
+    (784-48-4) that oneDNN's and MKL's products round differently; both runs' parameters."""
+    from pyro_vae.train import load_checkpoint, save_checkpoint
+
+    x, ckpt = _x(d=784), tmp_path / "c.pt"
+
+    def run(epochs, **more):
+        torch.manual_seed(0)
+        vae = VAE(Bernoulli(784), latent_dim=4, hidden=(48,))
+        res = fit(
+            vae.model, vae.guide, x, epochs=epochs, batch_size=8, lr=0.01, progress=False, **options, **more
+        )
+        return res, [p.detach().clone() for p in vae.parameters()]
+
+    _, whole = run(4)
+    run(2, checkpoint=ckpt)
+    if not keep_capture_state:
+        saved = load_checkpoint(ckpt)
+        del saved["capture_state"]
+        save_checkpoint(ckpt, saved)
+    res, resumed = run(4, checkpoint=ckpt, resume=True)
+    return res, whole, resumed
+
+
+@pytest.mark.skipif(
+    not __import__("pyro_vae.infer.onednn_matmul", fromlist=["x"]).onednn_available(), reason="no oneDNN"
+)
+def test_a_resumed_run_replays_where_the_run_it_continues_did(tmp_path):
+    """With oneDNN's kernels the replays round otherwise than the eager steps; the checkpoint's
+    capture state makes the resumed run replay from its first step, as the uninterrupted run
+    did at those steps, so the two end bit for bit equal. Without it the resumed run's first
+    ``capture_after`` steps run eagerly and the runs agree only to rounding."""
+    options = {"matmul": "onednn", "capture_after": 3}
+    res, whole, resumed = _fit_in_two(tmp_path, **options)
+    assert res.matmul == "onednn" and res.captured_steps == 16  # every step after the resume
+    for a, b in zip(whole, resumed, strict=True):
+        assert torch.equal(a, b)
+    _, whole, eager_first = _fit_in_two(tmp_path, keep_capture_state=False, **options)
+    x, w = _x(8, 784), torch.randn(48, 784, generator=torch.Generator().manual_seed(1))
+    if torch.equal(x @ w.t(), onednn_linear(x, w)):  # kernels that round alike here: nothing to tell apart
+        return
+    assert not all(torch.equal(a, b) for a, b in zip(whole, eager_first, strict=True))
+    for a, b in zip(whole, eager_first, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_fit_compiles_by_default_only_runs_long_enough_to_pay_back(monkeypatch):
+    from pyro_vae.infer import captured
+    from pyro_vae.train.step import COMPILE_STEPS, resolve_compile
+
+    monkeypatch.setattr(captured, "check_compile", lambda compile: None)  # a compiler, found
+    monkeypatch.setattr("pyro_vae.train.step.check_compile", lambda compile: None)
+    long = {"steps": COMPILE_STEPS, "capture_after": 20, "matmul": "aten", "distributed": False}
+    assert resolve_compile(None, **long)
+    assert not resolve_compile(None, **{**long, "steps": COMPILE_STEPS - 1})
+    assert not resolve_compile(None, **{**long, "capture_after": None})
+    assert not resolve_compile(None, **{**long, "matmul": "onednn"})
+    assert not resolve_compile(None, **{**long, "distributed": True})
+    assert not resolve_compile(False, **long) and resolve_compile(True, **{**long, "steps": 1})
+
+    def no_compiler(compile):
+        raise InputError("no compiler")
+
+    monkeypatch.setattr("pyro_vae.train.step.check_compile", no_compiler)
+    assert not resolve_compile(None, **long)
