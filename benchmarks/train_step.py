@@ -4,7 +4,9 @@ Both are the same network (784-400-(50+50) encoder, 50-400-784 decoder, ReLU, so
 scale, Bernoulli likelihood), batch 128, the same Adam. Steps are interleaved in one
 process so that machine noise hits both alike; we report medians and their ratio. A last
 row times the step's matrix multiplies and one fused Adam kernel alone (``floor_step``): how
-close to the machine's limit any step can come.
+close to the machine's limit any step can come. The row "fit's step, run of 50,000 steps" is
+the step ``fit`` runs by default on a run that long: compiled by TorchInductor (where a C++
+compiler is found; ``COMPILE_STEPS``), a few seconds of compiling before the timing starts.
 
     python benchmarks/train_step.py [--steps 300] [--quick] [--threads N] [--compile] [--json out.json]
 """
@@ -27,7 +29,7 @@ from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import FusedAdam, train_step
 from pyro_vae.train.optimizers import default_optimizer
-from pyro_vae.train.step import FIT_CAPTURE_AFTER, step_loss
+from pyro_vae.train.step import COMPILE_STEPS, FIT_CAPTURE_AFTER, resolve_compile, step_loss
 
 D, H, K, B, N, LR = 784, 400, 50, 128, 60000, 1e-3
 
@@ -66,13 +68,16 @@ def pyro_vae_step(
     capture: bool = True,
     compile: bool = False,
     matmul: str = "aten",
+    planned: int = 1000,
 ) -> Callable[[], None]:
     """The step :func:`pyro_vae.train.fit` runs by default: validation off, its default
     optimizer, and its step loss (:func:`~pyro_vae.train.step.step_loss`: the step captured and
     replayed once the structure has run ``FIT_CAPTURE_AFTER`` times eagerly); with
     ``capture=False``, ``fit(capture_after=None)``'s eager step; with ``compile=True`` the
     captured graph also compiled by TorchInductor (opt-in, a minute of compiling); with
-    ``matmul="onednn"`` the captured graph's matrix products on oneDNN's kernels."""
+    ``matmul="onednn"`` the captured graph's matrix products on oneDNN's kernels; with
+    ``planned`` steps of at least :data:`~pyro_vae.train.step.COMPILE_STEPS`, the step fit runs
+    on a run that long (compiled, where a C++ compiler is found)."""
     vae = VAE(Bernoulli(D), latent_dim=K, hidden=(H,), name=name)
     loss = MeanFieldELBO()
     kwargs = {"num_data": N}
@@ -83,12 +88,19 @@ def pyro_vae_step(
     if compile:
         step = CapturedLoss(loss, compile=True)
     else:
-        step = step_loss(loss, capture_after=FIT_CAPTURE_AFTER if capture else None, matmul=matmul)
+        capture_after = FIT_CAPTURE_AFTER if capture else None
+        # what fit decides for a run of `planned` steps (compile=None): compiled when long enough
+        compiled = resolve_compile(
+            None, steps=planned, capture_after=capture_after, matmul=matmul, distributed=False
+        )
+        step = step_loss(loss, capture_after=capture_after, matmul=matmul, compile=compiled)
     if capture:
         for _ in range(FIT_CAPTURE_AFTER + 1):  # the eager steps, then the capture
             train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
         if not step.captured_steps:
             raise RuntimeError(f"the step was not captured: {step.fallback_reason}")
+        if compiled and not step.compiled:
+            raise RuntimeError(f"the step was not compiled: {step.compile_note}")
     return lambda: train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
 
 
@@ -190,6 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
                 hand_ours, FusedAdam(hand_ours.parameters(), lr=LR), x
             ),
             "pyro_vae (fit's step)": pyro_vae_step(x),
+            f"pyro_vae (fit's step, run of {COMPILE_STEPS:,} steps)": pyro_vae_step(
+                x, name="long", planned=COMPILE_STEPS
+            ),
             "pyro_vae eager (capture_after=None)": pyro_vae_step(x, name="eager", capture=False),
             "Pyro SVI Trace_ELBO": pyro_svi_step(x),
             "floor: matmuls + one Adam kernel": floor_step(x),
