@@ -132,8 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
     data_chunk, particle_chunk = chunk_sizes(args.points, args.k, max_rows)
     paths = {
         "hand-written logsumexp": lambda: hand_iwae(vae, x, args.k, data_chunk, particle_chunk),
-        "pyro_vae.bounds.iwae": lambda: iwae(
+        "pyro_vae.bounds.iwae": lambda: iwae(  # the default: captured after AUTO_CAPTURE_CHUNKS chunks
             vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows
+        ),
+        "iwae, capture=False": lambda: iwae(  # every chunk eager
+            vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=False
         ),
         "iwae, capture=True": lambda: iwae(
             vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=True

@@ -24,7 +24,7 @@ def elbo(
     max_rows: int | None = None,
     plate_name: str | None = None,
     return_error: bool = False,
-    capture: CapturedLogWeights | bool = False,
+    capture: CapturedLogWeights | bool | None = None,
     analytic_kl: bool = False,
     **kwargs: Any,
 ) -> torch.Tensor | BoundEstimate:
@@ -50,10 +50,14 @@ def elbo(
     ``data_chunk``/``particle_chunk`` are given), so memory does not grow with
     ``num_particles``.
 
-    :param capture: replay the chunks' log-weights from captured graphs (``True``, or a
+    :param capture: replay the chunks' log-weights from captured graphs: the same values for
+        the same random state (bitwise), less Python per chunk. ``None`` (the default): a chunk
+        structure is captured once it has run
+        :data:`~pyro_vae.infer.captured_log_weights.AUTO_CAPTURE_CHUNKS` times in the call,
+        so only long evaluations capture; ``True``: after one chunk; a
         :class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights` kept to reuse its
-        graphs across calls): the same values for the same random state, less Python per
-        chunk; for evaluations of many chunks.
+        graphs across calls; ``False``: every chunk eager (a program whose Python changes
+        from chunk to chunk, which no check between two checked replays would see).
     :returns: shape ``(N,)``; with ``return_error=True`` a
         :class:`~pyro_vae.bounds.BoundEstimate` whose error is the standard error of the
         particle average.

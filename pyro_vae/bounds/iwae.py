@@ -24,7 +24,7 @@ def iwae(
     max_rows: int | None = None,
     plate_name: str | None = None,
     return_error: bool = False,
-    capture: CapturedLogWeights | bool = False,
+    capture: CapturedLogWeights | bool | None = None,
     **kwargs: Any,
 ) -> torch.Tensor | BoundEstimate:
     """Importance-weighted bound per datapoint [1]:
@@ -48,10 +48,14 @@ def iwae(
     memory does not grow with :math:`K`. Guide sites may be discrete; no gradients are
     computed; modules run in eval mode.
 
-    :param capture: replay the chunks' log-weights from captured graphs (``True``, or a
+    :param capture: replay the chunks' log-weights from captured graphs: the same values for
+        the same random state (bitwise), less Python per chunk. ``None`` (the default): a chunk
+        structure is captured once it has run
+        :data:`~pyro_vae.infer.captured_log_weights.AUTO_CAPTURE_CHUNKS` times in the call,
+        so only long evaluations capture; ``True``: after one chunk; a
         :class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights` kept to reuse its
-        graphs across calls): the same values for the same random state, less Python per
-        chunk; for evaluations of many chunks.
+        graphs across calls; ``False``: every chunk eager (a program whose Python changes
+        from chunk to chunk, which no check between two checked replays would see).
     :returns: a tensor of shape ``(N,)``, or a :class:`BoundEstimate` with the standard
         error when ``return_error=True``.
 

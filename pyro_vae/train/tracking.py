@@ -88,7 +88,7 @@ class LogMarginalTracker:
                 num_particles=self.num_particles,
                 plate_name=plate_name,
                 return_error=True,
-                capture=self.capture,
+                capture=False if self.capture is None else self.capture,
             )
             el = elbo(
                 model,
@@ -97,7 +97,7 @@ class LogMarginalTracker:
                 num_particles=self.num_particles,
                 plate_name=plate_name,
                 return_error=True,
-                capture=self.capture,
+                capture=False if self.capture is None else self.capture,
             )
         out["val_lk"], out["val_lk_se"] = _mean(lk)  # type: ignore[arg-type]
         out["val_lk_elbo"], out["val_lk_elbo_se"] = _mean(el)  # type: ignore[arg-type]

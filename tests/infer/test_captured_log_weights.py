@@ -26,7 +26,7 @@ def _pair(bound, model, guide, x, capture, *, seed=1, **options):
     """``bound`` eager and with ``capture``, from the same random state, validation off."""
     with pyro.validation_enabled(False):
         torch.manual_seed(seed)
-        eager = bound(model, guide, x, **options)
+        eager = bound(model, guide, x, capture=False, **options)
         torch.manual_seed(seed)
         captured = bound(model, guide, x, capture=capture, **options)
     return eager, captured
@@ -141,6 +141,35 @@ def test_value_dependent_programs_replaced_parameters_and_enclosing_handlers_run
     with pyro.poutine.scale(scale=1.0):
         eager, captured = _pair(iwae, vae.model, vae.guide, x, capture, num_particles=4, max_rows=4)
     assert capture.captured_chunks == 0 and torch.equal(eager, captured)
+
+
+@pytest.mark.parametrize("bound", [iwae, elbo], ids=["iwae", "elbo"])
+def test_by_default_a_call_captures_a_structure_after_many_chunks_with_the_same_values(bound, monkeypatch):
+    """``capture=None``: a new capture for the call that replays a structure once it has run
+    AUTO_CAPTURE_CHUNKS times (3 here, for 12 chunks): bitwise the eager chunks."""
+    from pyro_vae.infer import captured_log_weights as clw
+
+    made = []
+    init = clw.CapturedLogWeights.__init__
+
+    def recording(self, **options):
+        init(self, **options)
+        made.append(self)
+
+    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 3)
+    monkeypatch.setattr(clw.CapturedLogWeights, "__init__", recording)
+    vae, x = _vae(), _x()
+    options = {"num_particles": 8, "max_rows": 8, "return_error": True}  # 12 chunks of 1 point x 8
+    eager, default = _pair(bound, vae.model, vae.guide, x, None, **options)
+    (capture,) = made
+    # the first chunk settles the plan (a structure of its own); of the other 11, 3 run eagerly
+    assert capture._cache.capture_after == 3 and capture.captured_chunks == 11 - 3, capture.fallback_reason
+    assert torch.equal(eager.value, default.value)
+    assert torch.equal(eager.standard_error, default.standard_error)
+    made.clear()
+    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 100)
+    bound(vae.model, vae.guide, x, **options)  # 12 chunks: none captured
+    assert made[0].captured_chunks == 0 and made[0].graphs == 0
 
 
 def test_capture_true_makes_one_for_the_call_and_other_values_are_refused():
