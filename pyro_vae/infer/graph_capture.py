@@ -85,15 +85,18 @@ class CapturedGraph:
     check: bool = False
     info: Any = None
     """What the caller keeps with the graph (an evaluation: how its particles were drawn)."""
-    exact: bool = True
-    """Whether replays are checked bitwise (``False``: compiled, or on oneDNN's kernels, and
-    checked to float rounding, :func:`within_rounding`)."""
     kernels: str = "aten"
     """What runs the graph's matrix products: ``"aten"`` (PyTorch's choice) or ``"onednn"``."""
     compiled: bool = False
     """Whether the replay is the graph compiled by TorchInductor."""
     note: str = ""
     """Why a faster form asked for was not kept (a compile that failed or disagreed)."""
+
+    @property
+    def exact(self) -> bool:
+        """Whether replays are checked bitwise: the graph's own operations on PyTorch's kernels
+        (else, compiled or on oneDNN's, to float rounding, :func:`within_rounding`)."""
+        return self.kernels == "aten" and not self.compiled
 
     def current(self) -> bool:
         """Whether the parameter store and the modules that ran still hold the tensors the
@@ -289,16 +292,16 @@ def capture_graph(
                 differs = [i for i, (g, e) in pairs if not agree(g, e, False)]
                 if not differs:
                     break
-            exact, kernels, compiled, note = True, "aten", False, ""
+            kernels, compiled, note = "aten", False, ""
             checked = _Checked(values, tensors, state, devices, got)
             if compile and not differs:
                 fast, note = _compiled(simplified.module, checked)
                 if fast is not None:
-                    (graph, read), exact, compiled = fast, False, True
+                    (graph, read), compiled = fast, True
             elif matmul == "onednn" and not differs:
                 fast = _on_onednn(simplified.module, checked)
                 if fast is not None:
-                    (graph, read), exact, kernels = fast, False, "onednn"
+                    (graph, read), kernels = fast, "onednn"
         except Exception as e:
             return f"capture failed: {type(e).__name__}: {e}"
         modules = snapshot.modules
@@ -320,7 +323,6 @@ def capture_graph(
         devices,
         buffered,
         info=info,
-        exact=exact,
         kernels=kernels,
         compiled=compiled,
         note=note,

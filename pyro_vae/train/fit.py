@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae._checks import as_tensors, check_positive, check_positive_int
 from pyro_vae.errors import InputError, NonFiniteLossError, TrainingInterrupted
-from pyro_vae.infer.captured import CapturedLoss, capturable, check_compile
+from pyro_vae.infer.captured import CapturedLoss, capturable
 from pyro_vae.infer.captured_log_weights import CapturedLogWeights
 from pyro_vae.infer.mean_field_elbo import MeanFieldELBO
 from pyro_vae.infer.modes import evaluation_mode
@@ -585,7 +585,6 @@ def fit(
     if compile and capture_after is None:
         raise InputError("compile=True compiles the captured step; capture_after=None captures nothing")
     matmul = resolve_matmul(matmul, compile=bool(compile))
-    check_compile(bool(compile))
     compile = resolve_compile(
         compile,
         steps=epochs * len(streams.schedule()),
