@@ -346,6 +346,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ais-chains", type=int, default=default.ais_chains, help="AIS chains per datapoint")
     _add_matmul(p, default.matmul)
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=default.compile,
+        help="compile the bounds' captured chunks with TorchInductor (seconds once; needs a C++ "
+        "compiler; equal to the eager chunks to float rounding); default: for a bound of 10,000 "
+        "chunks or more",
+    )
     p.add_argument("--quiet", action="store_true")
     _add_device(p)
     p.set_defaults(func=_evaluate)
@@ -377,6 +385,7 @@ def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
         ais_steps=args.ais,
         ais_chains=args.ais_chains,
         matmul=args.matmul,
+        compile=args.compile,
     )
 
 

@@ -17,6 +17,7 @@ from pyro_vae.commands.configs import (
     TrainConfig,
 )
 from pyro_vae.data import FASHION_MNIST_DIR
+from pyro_vae.errors import InputError
 
 TINY = ["--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--quiet", "--eval-particles", "2"]
 
@@ -209,6 +210,23 @@ def test_parser_defaults_are_the_config_defaults():
     assert train_config(parser.parse_args(["train"])) == TrainConfig()
     assert evaluate_config(parser.parse_args(["evaluate", "run"])) == EvaluateConfig()
     assert compare_config(parser.parse_args(["compare"])) == CompareConfig()
+
+
+def test_evaluate_compiles_long_bounds_by_default_and_the_flags_choose(monkeypatch):
+    parser = build_parser()
+    parse = lambda *flags: evaluate_config(parser.parse_args(["evaluate", "run", *flags]))  # noqa: E731
+    assert parse().compile is None  # decided per bound from its chunks
+    assert parse("--compile").compile is True and parse("--no-compile").compile is False
+    with pytest.raises(InputError, match="matmul='onednn' with compile=True"):
+        EvaluateConfig(compile=True, matmul="onednn").validate()
+
+    def no_compiler(compile):
+        raise InputError("no compiler")
+
+    monkeypatch.setattr("pyro_vae.infer.captured.check_compile", no_compiler)
+    with pytest.raises(InputError, match="no compiler"):
+        EvaluateConfig(compile=True).validate()
+    EvaluateConfig().validate()  # the default asks for no compiler
 
 
 def test_no_capture_makes_every_training_step_eager(tmp_path):

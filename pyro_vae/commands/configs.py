@@ -300,12 +300,19 @@ class EvaluateConfig:
     ais_chains: int = 16
     matmul: str = "aten"
     """The kernels of the captured bounds' matrix products (``fit``'s ``matmul``)."""
+    compile: bool | None = None
+    """Compile the bounds' captured chunks (``None``: for a bound of at least
+    :data:`~pyro_vae.infer.captured_log_weights.COMPILE_CHUNKS` chunks, where it pays)."""
 
     def validate(self) -> None:
         from pyro_vae._checks import check_positive_int
         from pyro_vae.infer.onednn_matmul import check_matmul
 
-        check_matmul(self.matmul, compile=False)
+        check_matmul(self.matmul, compile=bool(self.compile))
+        if self.compile:
+            from pyro_vae.infer.captured import check_compile
+
+            check_compile(True)
 
         check_positive_int(self.surgery_particles, "surgery particles")
         check_positive_int(self.ais_steps, "AIS steps", minimum=0)

@@ -61,8 +61,8 @@ def evaluate_run(
         results["elbo"], results["elbo_se"] = mean_and_se(el)
         rows = []
         bounds: dict[int, torch.Tensor] = {}
-        # kept across the Ks: a chunk shape that recurs is captured once
-        capture = CapturedLogWeights(matmul=config.matmul)
+        # kept across the Ks: a chunk shape that recurs is captured once (compiled in a long bound)
+        capture = CapturedLogWeights(matmul=config.matmul, compile=config.compile)
         for k in tqdm(config.ks, disable=not progress, desc="L_K", unit="K"):
             est = iwae(
                 model,

@@ -40,6 +40,17 @@ def check_compile(compile: bool) -> None:
         ) from None
 
 
+def compiler_found() -> bool:
+    """Whether TorchInductor finds a C++ compiler here (:func:`check_compile`): what the
+    defaults that compile long runs (:func:`~pyro_vae.train.step.resolve_compile`,
+    :class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights` ``compile=None``) ask."""
+    try:
+        check_compile(True)
+    except InputError:
+        return False
+    return True
+
+
 def capturable(loss: Any) -> str:
     """Why ``loss``'s training step cannot be captured by :class:`CapturedLoss`, or ``""``.
 

@@ -10,6 +10,7 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK
 
 from pyro_vae.errors import InputError
+from pyro_vae.infer.captured import check_compile, compiler_found
 from pyro_vae.infer.graph_capture import (
     CapturedGraph,
     GraphCache,
@@ -67,18 +68,23 @@ class CapturedLogWeights:
     still probes the program for its plan, so a program whose structure changed between
     calls is planned afresh, and the call's first chunk, which settles the plan, is a
     structure of its own): each
-    capture traces the program once more (about 60 ms for the 784-400-50 VAE; the first
-    capture in a process also imports parts of PyTorch, about 0.9 s). For one evaluation it
+    capture traces the program once more (0.1-0.13 s for the 784-400-50 VAE; the first
+    capture in a process also imports parts of PyTorch, about 2 s). For one evaluation it
     pays when there are many chunks (hundreds); the bounds' default makes one for the call
-    that captures a structure after :data:`AUTO_CAPTURE_CHUNKS` chunks, ``capture=True`` one
-    that captures after the first. Runs inside enclosing Pyro handlers are always eager.
+    that captures a structure after :data:`AUTO_CAPTURE_CHUNKS` chunks and compiles it in a
+    call of at least :data:`COMPILE_CHUNKS` chunks, ``capture=True`` one that captures after
+    the first. Runs inside enclosing Pyro handlers are always eager.
 
     :param capture_after: eager runs of a structure before it is captured (at least 1).
     :param max_graphs: structures captured at most (an evaluation over several K, or over data
         whose last chunk is shorter, meets several; a graph refers to the tensors it reads and
         copies none).
-    :param compile: also compile each graph with ``torch.compile`` (see
-        :class:`~pyro_vae.infer.captured.CapturedLoss`; log-weights equal to float rounding).
+    :param compile: also compile each graph with TorchInductor (``torch.compile``, see
+        :class:`~pyro_vae.infer.captured.CapturedLoss`; the compiled graph is checked against
+        the bitwise-checked one at capture and its replays to float rounding, PyTorch's own
+        random draws kept); ``None``: decided at the start of each call of a bound from its
+        number of chunks (:func:`compiles`: at least :data:`COMPILE_CHUNKS`, where a C++
+        compiler is found), for the structures that call captures.
     :param matmul: ``"aten"`` (bitwise the eager chunks) or ``"onednn"``: the graphs' float32
         CPU matrix products on oneDNN's kernels (:mod:`~pyro_vae.infer.onednn_matmul`;
         log-weights equal to float rounding, checked so), or ``"auto"``
@@ -86,11 +92,21 @@ class CapturedLogWeights:
     """
 
     def __init__(
-        self, *, capture_after: int = 1, max_graphs: int = 16, compile: bool = False, matmul: str = "aten"
+        self,
+        *,
+        capture_after: int = 1,
+        max_graphs: int = 16,
+        compile: bool | None = False,
+        matmul: str = "aten",
     ) -> None:
+        if compile is not None and not isinstance(compile, bool):
+            raise InputError(f"compile must be True, False or None, got {compile!r}")
+        if compile:
+            check_compile(True)
         self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
-        self.compile = compile
-        self.matmul = resolve_matmul(matmul, compile=compile)
+        self.compile_option = compile
+        self.matmul = resolve_matmul(matmul, compile=bool(compile))
+        self.compile = bool(compile)
         self.captured_chunks = 0
 
     @property
@@ -103,10 +119,23 @@ class CapturedLogWeights:
         """Structures captured so far (dropped ones not counted)."""
         return sum(g is not None for g in self._cache.graphs.values())
 
+    @property
+    def compiled_graphs(self) -> int:
+        """Structures captured and kept compiled so far."""
+        return sum(g is not None and g.compiled for g in self._cache.graphs.values())
+
     def check_next(self) -> None:
-        """Check the next replay of every graph against an eager run (the bounds call it at
-        the start of every call, so Python state changed between calls is caught)."""
+        """Check the next replay of every graph against an eager run (:meth:`begin` does, at
+        the start of every call of a bound, so Python state changed between calls is caught)."""
         self._cache.check_next()
+
+    def begin(self, chunks: int) -> None:
+        """The start of a bound's call of ``chunks`` chunks: the next replay of every graph is
+        checked (:meth:`check_next`) and, with ``compile=None``, the structures this call
+        captures are compiled when :func:`compiles` says so."""
+        self.check_next()
+        if self.compile_option is None:
+            self.compile = compiles(chunks, matmul=self.matmul)
 
     def log_weight(
         self,
@@ -209,17 +238,36 @@ class CapturedLogWeights:
 
 AUTO_CAPTURE_CHUNKS = 100
 """Eager chunks of a structure before a bound called with its default ``capture=None``
-captures it: an evaluation of fewer chunks never pays for a capture (about 60 ms of tracing
-for the 784-400-50 VAE, and about 0.9 s of PyTorch's imports the first time in a process),
-one of many more replays most of them. The values are the same either way, bitwise."""
+captures it: an evaluation of fewer chunks never pays for a capture (0.1-0.13 s of tracing
+a structure for the 784-400-50 VAE on the Intel host of docs/benchmarks.md, and about 2 s of
+PyTorch's imports the first time in a process), one of many more replays most of them. The
+values are the same either way, bitwise."""
+
+COMPILE_CHUNKS = 10_000
+"""Planned chunks from which a bound's default (``capture=None``) also compiles the graphs it
+captures (:class:`CapturedLogWeights` ``compile=None``): 10,000 chunks are
+:math:`\\mathcal L_{5000}` of 5,000 MNIST digits, or :math:`\\mathcal L_{1000}` of 20,000.
+On the Intel host of docs/benchmarks.md compiling the 784-400-50 VAE's chunk took 18 s the
+first time on the machine and 6 s in a later process (TorchInductor's imports, its cache
+warm), under 1.5 s for another structure, and saved 2.2-2.4 ms of each 17 ms chunk: an
+evaluation this long pays back even the first compile, a much shorter one would not."""
+
+
+def compiles(chunks: int, *, matmul: str = "aten") -> bool:
+    """Whether ``compile=None`` compiles the graphs of a call of ``chunks`` chunks: at least
+    :data:`COMPILE_CHUNKS` of them, on PyTorch's kernels (``matmul="aten"``; Inductor chooses
+    its own), where a C++ compiler is found (:func:`~pyro_vae.infer.captured.compiler_found`).
+    It depends only on the call and the machine, never on timings."""
+    return chunks >= COMPILE_CHUNKS and matmul == "aten" and compiler_found()
 
 
 def as_capture(capture: CapturedLogWeights | bool | None) -> CapturedLogWeights | None:
     """The bounds' ``capture=`` argument as an object: ``None`` (their default), a new one for
     this call that captures a chunk structure once it has run :data:`AUTO_CAPTURE_CHUNKS`
-    times; ``True``, a new one capturing after one chunk; ``False``, none (every chunk eager)."""
+    times and compiles it in a call of at least :data:`COMPILE_CHUNKS` chunks (:func:`compiles`);
+    ``True``, a new one capturing after one chunk; ``False``, none (every chunk eager)."""
     if capture is None:
-        return CapturedLogWeights(capture_after=AUTO_CAPTURE_CHUNKS)
+        return CapturedLogWeights(capture_after=AUTO_CAPTURE_CHUNKS, compile=None)
     if capture is True:
         return CapturedLogWeights()
     if capture is False:

@@ -4,6 +4,7 @@ bound, diagnostic and metric reads, chunked over data and over particles."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -178,7 +179,23 @@ def _probe_first_chunk(
     return probe(model, guide, args, kwargs, plate_name)
 
 
-def streamed_chunks(
+@dataclass(frozen=True)
+class ChunkLayout:
+    """How an evaluation splits its work: the program's ``plan``, chunks of ``data_chunk`` of
+    its ``rows`` datapoints and, for each, particle chunks of ``sizes``."""
+
+    plan: ProgramPlan
+    rows: int
+    data_chunk: int
+    sizes: tuple[int, ...]
+
+    @property
+    def chunks(self) -> int:
+        """Chunks the evaluation runs: chunks of rows times particle chunks per row chunk."""
+        return -(-self.rows // self.data_chunk) * len(self.sizes)
+
+
+def chunk_layout(
     model: Callable,
     guide: Callable,
     args: tuple,
@@ -190,11 +207,14 @@ def streamed_chunks(
     max_rows: int | None = None,
     plate_name: str | None = None,
     plan: ProgramPlan | None = None,
-) -> Iterator[tuple[tuple, dict, list[int], ProgramPlan]]:
-    """The chunks of :func:`streamed_log_terms`: for each chunk of rows, its arguments, the
-    sizes of its particle chunks and the program's plan."""
+) -> ChunkLayout:
+    """The chunks of :func:`streamed_log_terms`, the program probed for its plan (on the first
+    chunk) unless ``plan`` is given; the options checked before any chunk runs."""
     check_rows(args)
     check_positive_int(num_particles, "num_particles")
+    for value, name in ((data_chunk, "data_chunk"), (particle_chunk, "particle_chunk")):
+        if value is not None:
+            check_positive_int(value, name)
     n = num_rows(args)
     max_rows = default_max_rows(args) if max_rows is None else max_rows
     default_data, default_particles = chunk_sizes(n, num_particles, max_rows)
@@ -211,10 +231,17 @@ def streamed_chunks(
     if data_chunk is not None:
         default_particles = max(1, min(num_particles, max_rows // data_chunk))
     per = particle_chunk or default_particles
-    check_positive_int(per, "particle_chunk")
-    sizes = [min(per, num_particles - done) for done in range(0, num_particles, per)]
-    for chunk, chunk_kwargs in data_chunks(args, kwargs, data_chunk or default_data):
-        yield chunk, chunk_kwargs, sizes, plan
+    sizes = tuple(min(per, num_particles - done) for done in range(0, num_particles, per))
+    return ChunkLayout(plan=plan, rows=n, data_chunk=data_chunk or default_data, sizes=sizes)
+
+
+def layout_chunks(
+    args: tuple, kwargs: dict, layout: ChunkLayout
+) -> Iterator[tuple[tuple, dict, list[int], ProgramPlan]]:
+    """For each chunk of rows of ``layout``, its arguments, the sizes of its particle chunks
+    and the program's plan."""
+    for chunk, chunk_kwargs in data_chunks(args, kwargs, layout.data_chunk):
+        yield chunk, chunk_kwargs, list(layout.sizes), layout.plan
 
 
 def streamed_log_terms(
@@ -239,7 +266,7 @@ def streamed_log_terms(
     ``num_particles``. The program is probed once, on the first chunk (or ``plan``, a probe
     of the same program kept from an earlier call, is used); a program with
     parameters per datapoint (Pyro's ``AutoNormal``) is never split into chunks of rows."""
-    for chunk, chunk_kwargs, sizes, chunk_plan in streamed_chunks(
+    layout = chunk_layout(
         model,
         guide,
         args,
@@ -250,7 +277,8 @@ def streamed_log_terms(
         max_rows=max_rows,
         plate_name=plate_name,
         plan=plan,
-    ):
+    )
+    for chunk, chunk_kwargs, sizes, chunk_plan in layout_chunks(args, kwargs, layout):
         yield _particle_terms(model, guide, chunk, chunk_kwargs, sizes, chunk_plan, analytic_kl)
 
 
@@ -283,7 +311,7 @@ class ChunkCapture(Protocol):
     (:class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`): a chunk's log-weights
     and mode as :func:`eager_log_weight` gives them."""
 
-    def check_next(self) -> None: ...
+    def begin(self, chunks: int) -> None: ...
 
     def log_weight(
         self,
@@ -317,25 +345,27 @@ def accumulate_log_weights(
     ``num_particles`` particles of those rows in particle chunks (see
     :func:`streamed_log_terms`); and how the particles were drawn (``Terms.mode``). With
     ``capture``, the chunks' log-weights are replayed from its captured graphs once a chunk's
-    structure is known (:class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`; the
-    first replay of each of its graphs is checked against an eager run in every call)."""
+    structure is known (:class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights`, told
+    the call's number of chunks before the first runs: the first replay of each of its graphs
+    is checked against an eager run in every call)."""
+    layout = chunk_layout(
+        model,
+        guide,
+        args,
+        kwargs,
+        num_particles=num_particles,
+        data_chunk=data_chunk,
+        particle_chunk=particle_chunk,
+        max_rows=max_rows,
+        plate_name=plate_name,
+    )
     weights = eager_log_weight
     if capture is not None:
-        capture.check_next()  # each call's first replay of every graph is checked
+        capture.begin(layout.chunks)  # each call's first replay of every graph is checked
         weights = capture.log_weight
     out, mode = [], "single"
     with frozen_evaluation():  # once for all chunks (each chunk's own is then a no-op)
-        for chunk, chunk_kwargs, sizes, plan in streamed_chunks(
-            model,
-            guide,
-            args,
-            kwargs,
-            num_particles=num_particles,
-            data_chunk=data_chunk,
-            particle_chunk=particle_chunk,
-            max_rows=max_rows,
-            plate_name=plate_name,
-        ):
+        for chunk, chunk_kwargs, sizes, plan in layout_chunks(args, kwargs, layout):
             acc = make()
             for k in sizes:
                 log_weight, mode = weights(

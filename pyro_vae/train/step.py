@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from pyro_vae.errors import InputError
-from pyro_vae.infer.captured import CapturedLoss, capturable, check_compile
+from pyro_vae.infer.captured import CapturedLoss, capturable, compiler_found
 
 FIT_CAPTURE_AFTER = 20
 """Eager steps of a structure before :func:`~pyro_vae.train.fit` captures it: short runs (tests,
@@ -37,11 +36,7 @@ def resolve_compile(
         return compile
     if capture_after is None or matmul != "aten" or distributed or steps < COMPILE_STEPS:
         return False
-    try:
-        check_compile(True)
-    except InputError:
-        return False
-    return True
+    return compiler_found()
 
 
 def step_loss(

@@ -32,6 +32,19 @@ def _pair(bound, model, guide, x, capture, *, seed=1, **options):
     return eager, captured
 
 
+def _recording(monkeypatch) -> list:
+    """The CapturedLogWeights made from now on in this test (the bounds' defaults make one)."""
+    made = []
+    init = CapturedLogWeights.__init__
+
+    def recording(self, **options):
+        init(self, **options)
+        made.append(self)
+
+    monkeypatch.setattr(CapturedLogWeights, "__init__", recording)
+    return made
+
+
 @pytest.mark.parametrize("bound", [iwae, elbo], ids=["iwae", "elbo"])
 def test_captured_chunks_are_bitwise_the_eager_chunks(bound):
     vae, x = _vae(), _x()
@@ -149,15 +162,8 @@ def test_by_default_a_call_captures_a_structure_after_many_chunks_with_the_same_
     AUTO_CAPTURE_CHUNKS times (3 here, for 12 chunks): bitwise the eager chunks."""
     from pyro_vae.infer import captured_log_weights as clw
 
-    made = []
-    init = clw.CapturedLogWeights.__init__
-
-    def recording(self, **options):
-        init(self, **options)
-        made.append(self)
-
+    made = _recording(monkeypatch)
     monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 3)
-    monkeypatch.setattr(clw.CapturedLogWeights, "__init__", recording)
     vae, x = _vae(), _x()
     options = {"num_particles": 8, "max_rows": 8, "return_error": True}  # 12 chunks of 1 point x 8
     eager, default = _pair(bound, vae.model, vae.guide, x, None, **options)
@@ -170,6 +176,59 @@ def test_by_default_a_call_captures_a_structure_after_many_chunks_with_the_same_
     monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 100)
     bound(vae.model, vae.guide, x, **options)  # 12 chunks: none captured
     assert made[0].captured_chunks == 0 and made[0].graphs == 0
+    assert made[0].compile_option is None and not made[0].compile  # 12 < COMPILE_CHUNKS
+
+
+def test_a_long_call_compiles_by_default_only_where_it_pays_and_a_compiler_is_found(monkeypatch):
+    from pyro_vae.infer import captured
+    from pyro_vae.infer import captured_log_weights as clw
+    from pyro_vae.infer.captured_log_weights import COMPILE_CHUNKS, compiles
+
+    for module in (captured, clw):
+        monkeypatch.setattr(module, "check_compile", lambda compile: None)  # a compiler, found
+    assert compiles(COMPILE_CHUNKS) and not compiles(COMPILE_CHUNKS - 1)
+    assert not compiles(COMPILE_CHUNKS, matmul="onednn")  # Inductor chooses its own kernels
+    capture = CapturedLogWeights(compile=None)
+    capture.begin(COMPILE_CHUNKS)
+    assert capture.compile
+    capture.begin(10)  # decided afresh for every call
+    assert not capture.compile
+    kept = CapturedLogWeights(compile=False)
+    kept.begin(COMPILE_CHUNKS)
+    assert not kept.compile  # an explicit choice stands
+
+    def no_compiler(compile):
+        raise InputError("no compiler")
+
+    for module in (captured, clw):
+        monkeypatch.setattr(module, "check_compile", no_compiler)
+    assert not compiles(COMPILE_CHUNKS)
+    with pytest.raises(InputError, match="no compiler"):
+        CapturedLogWeights(compile=True)  # before any chunk runs
+    with pytest.raises(InputError, match="compile must be True, False or None"):
+        CapturedLogWeights(compile="yes")
+
+
+@pytest.mark.slow
+def test_the_default_compiles_the_graphs_of_a_long_call_equal_to_eager_to_float_rounding(monkeypatch):
+    """``capture=None`` for a call of at least COMPILE_CHUNKS chunks (12 >= 6 here): the
+    structure captured after AUTO_CAPTURE_CHUNKS (3) chunks is compiled, checked, and its
+    replays give the eager values to float rounding, from the same random draws."""
+    from pyro_vae.infer import captured_log_weights as clw
+
+    if not clw.compiler_found():
+        pytest.skip("no C++ compiler for TorchInductor")
+    made = _recording(monkeypatch)
+    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 3)
+    monkeypatch.setattr(clw, "COMPILE_CHUNKS", 6)
+    vae, x = _vae(), _x()
+    options = {"num_particles": 8, "max_rows": 8, "return_error": True}  # 12 chunks of 1 point x 8
+    eager, default = _pair(iwae, vae.model, vae.guide, x, None, **options)
+    (capture,) = made
+    assert capture.compile and capture.compiled_graphs == capture.graphs == 1, capture.fallback_reason
+    assert capture.captured_chunks == 11 - 3
+    torch.testing.assert_close(default.value, eager.value, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(default.standard_error, eager.standard_error, rtol=1e-4, atol=1e-5)
 
 
 def test_capture_true_makes_one_for_the_call_and_other_values_are_refused():

@@ -168,3 +168,81 @@ def test_the_default_chunk_is_sized_to_the_data():
     assert default_max_rows((torch.zeros(10, 4),)) == MAX_ROWS  # few features: capped
     assert default_max_rows((None, torch.zeros(10, 784))) == 2_551  # the first tensor
     assert chunk_sizes(100, 1000, default_max_rows((torch.zeros(100, 784),))) == (2, 1000)
+
+
+class _CountingCapture:
+    """A ``capture`` that runs every chunk eagerly and counts them, told the planned count."""
+
+    def __init__(self):
+        self.planned, self.run = None, 0
+
+    def begin(self, chunks):
+        self.planned = chunks
+
+    def log_weight(self, model, guide, args, kwargs, **options):
+        from pyro_vae.infer.per_datapoint import eager_log_weight
+
+        self.run += 1
+        return eager_log_weight(model, guide, args, kwargs, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_particles": 8, "max_rows": 8},  # 12 chunks of 1 row x 8 particles
+        {"num_particles": 5, "data_chunk": 5, "particle_chunk": 2},  # rows 5+5+2, particles 2+2+1
+        {"num_particles": 7, "max_rows": 3},  # 1 row x 3 particles: 3 particle chunks a row
+        {"num_particles": 3, "max_rows": 100},  # one chunk
+        {"num_particles": 4, "data_chunk": 30},  # a data chunk past the rows
+    ],
+)
+def test_the_planned_chunks_are_the_chunks_run(options):
+    from pyro_vae.infer.per_datapoint import accumulate_log_weights, chunk_layout
+
+    m, x = _lg()
+    capture = _CountingCapture()
+    accumulate_log_weights(m.model, m.guide, (x,), {}, make=_Sink, capture=capture, **options)
+    assert capture.planned == capture.run == chunk_layout(m.model, m.guide, (x,), {}, **options).chunks
+    expected = {8: 12, 5: 9, 7: 36, 3: 1, 4: 1}[options["num_particles"]]
+    assert capture.run == expected
+
+
+def test_the_planned_chunks_of_a_program_with_parameters_per_datapoint_keep_its_rows():
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_vae.infer.per_datapoint import chunk_layout
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    x = torch.randn(12, 4)
+    guide = AutoNormal(model)
+    guide(x)
+    layout = chunk_layout(model, guide, (x,), {}, num_particles=10, max_rows=24)
+    assert (layout.data_chunk, layout.sizes, layout.chunks) == (12, (2, 2, 2, 2, 2), 5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"data_chunk": 0}, "data_chunk must be an integer >= 1, got 0"),
+        ({"particle_chunk": -1}, "particle_chunk must be an integer >= 1, got -1"),
+        ({"max_rows": 0}, "max_rows must be an integer >= 1, got 0"),
+        ({"num_particles": 0}, "num_particles must be an integer >= 1, got 0"),
+    ],
+)
+def test_chunk_options_are_checked_before_the_program_runs(options, message):
+    from pyro_vae.infer.per_datapoint import chunk_layout
+
+    def model(x):
+        raise AssertionError("the program ran")
+
+    with pytest.raises(InputError, match=message):
+        chunk_layout(model, model, (torch.zeros(3, 2),), {}, **{"num_particles": 2, **options})
+
+
+class _Sink:
+    def add(self, log_weight):
+        pass

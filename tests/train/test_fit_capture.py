@@ -200,7 +200,6 @@ def test_fit_compiles_by_default_only_runs_long_enough_to_pay_back(monkeypatch):
     from pyro_vae.train.step import COMPILE_STEPS, resolve_compile
 
     monkeypatch.setattr(captured, "check_compile", lambda compile: None)  # a compiler, found
-    monkeypatch.setattr("pyro_vae.train.step.check_compile", lambda compile: None)
     long = {"steps": COMPILE_STEPS, "capture_after": 20, "matmul": "aten", "distributed": False}
     assert resolve_compile(None, **long)
     assert not resolve_compile(None, **{**long, "steps": COMPILE_STEPS - 1})
@@ -212,5 +211,5 @@ def test_fit_compiles_by_default_only_runs_long_enough_to_pay_back(monkeypatch):
     def no_compiler(compile):
         raise InputError("no compiler")
 
-    monkeypatch.setattr("pyro_vae.train.step.check_compile", no_compiler)
-    assert not resolve_compile(None, **long)
+    monkeypatch.setattr(captured, "check_compile", no_compiler)
+    assert not captured.compiler_found() and not resolve_compile(None, **long)
