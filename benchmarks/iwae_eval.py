@@ -6,9 +6,13 @@ one process. Reports (datapoints x particles) per second, medians over repeats, 
 and the peak resident memory of a separate process evaluating K=--memory-k (to show that
 chunking bounds it). The decoder's rate is given as a fraction of the two multiplies' rate alone
 by ``torch.mm`` ("of sgemm") and by the fastest kernel measured, ``torch.mm`` or oneDNN's
-("of fastest"); a last path keeps a capture on oneDNN's kernels (``matmul="onednn"``).
+("of fastest"); a path keeps a capture on oneDNN's kernels (``matmul="onednn"``), and a last
+one a compiled capture (``compile=True``): what a bound's default builds for an evaluation
+of at least ``COMPILE_CHUNKS`` chunks (10,000: L_5000 of 5,000 digits), timed once compiled;
+the compile itself is reported as its warm-up (``--no-compiled`` leaves it out).
 
     python benchmarks/iwae_eval.py [--k 1000] [--points 1000] [--repeats 3] [--max-rows R] [--quick]
+        [--no-compiled]
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import torch.nn.functional as F
 from _common import emit, environment, set_threads
 
 from pyro_vae.bounds import iwae
-from pyro_vae.infer.captured_log_weights import CapturedLogWeights
+from pyro_vae.infer.captured import compiler_found
+from pyro_vae.infer.captured_log_weights import COMPILE_CHUNKS, CapturedLogWeights
 from pyro_vae.infer.onednn_matmul import onednn_available, onednn_linear
 from pyro_vae.infer.per_datapoint import chunk_sizes, default_max_rows
 from pyro_vae.likelihoods import Bernoulli
@@ -120,6 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="K=1000, 100 points, 3 repeats, no memory runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument(
+        "--compiled",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time a compiled capture too (where a C++ compiler is found; seconds to compile)",
+    )
+    parser.add_argument(
         "--json", default=None, help="also write the results as JSON to this file ('-': stdout)"
     )
     args = parser.parse_args(argv)
@@ -150,18 +161,27 @@ def main(argv: list[str] | None = None) -> dict:
         paths["kept, matmul='onednn'"] = lambda: iwae(
             vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=kept_fast
         )
+    compiled = CapturedLogWeights(compile=True) if args.compiled and compiler_found() else None
+    if compiled is not None:  # the default's graphs for an evaluation of COMPILE_CHUNKS chunks or more
+        paths["kept, compiled"] = lambda: iwae(
+            vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=compiled
+        )
     # a kept capture's graphs outlive a call (a held-out bound every epoch): captured here, on a
     # few chunks, before the timed calls; the first capture in a process also imports parts of torch
     kept = CapturedLogWeights()
-    warm_up = []
+    warm_up, compile_warm_up = [], []
+    few = x[: 3 * data_chunk]
     with pyro.get_param_store().scope():
         for _ in range(2):  # a call's first chunk (it settles the program's plan) is captured in the second
             tic = time.perf_counter()
-            few = x[: 3 * data_chunk]
             iwae(vae.model, vae.guide, few, num_particles=args.k, max_rows=max_rows, capture=kept)
             warm_up.append(time.perf_counter() - tic)
         for _ in range(2 if kept_fast is not None else 0):
             iwae(vae.model, vae.guide, few, num_particles=args.k, max_rows=max_rows, capture=kept_fast)
+        for _ in range(2 if compiled is not None else 0):
+            tic = time.perf_counter()
+            iwae(vae.model, vae.guide, few, num_particles=args.k, max_rows=max_rows, capture=compiled)
+            compile_warm_up.append(time.perf_counter() - tic)
     times: dict[str, list[float]] = {name: [] for name in paths}
     faults: dict[str, list[int]] = {name: [] for name in paths}
     values = {}
@@ -193,6 +213,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"kept capture's warm-up, two calls of 3 chunks: {warm_up[0]:.2f} s (the process's first capture, "
         f"imports included), {warm_up[1]:.2f} s"
     )
+    if compiled is not None:
+        print(
+            f"compiled capture's warm-up, two calls of 3 chunks: {compile_warm_up[0]:.2f} s (the process's "
+            f"first compile, TorchInductor's imports included), {compile_warm_up[1]:.2f} s; "
+            f"{compiled.compiled_graphs} of {compiled.graphs} graphs compiled; the default compiles "
+            f"from {COMPILE_CHUNKS} chunks, this evaluation has "
+            f"{-(-args.points // data_chunk) * -(-args.k // particle_chunk)}"
+        )
     print(
         f"decoder matmuls alone, fastest: {rate:.1f} GFLOP/s torch.mm"
         + (f", {max(fast_rates):.1f} GFLOP/s oneDNN" if fast_rates else "")
@@ -244,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
         "sgemm_gflops": rate,
         "onednn_sgemm_gflops": max(fast_rates) if fast_rates else None,
         "capture_warm_up_s": warm_up,
+        "compile_warm_up_s": compile_warm_up,
+        "compiled_graphs": compiled.compiled_graphs if compiled is not None else 0,
         "ratios": {name: base / statistics.median(times[name]) for name in names[1:]},
         "results": rows,
         "peak_rss_mib": memory,

@@ -49,6 +49,10 @@ def test_iwae_eval_times_the_four_paths(tmp_path):
         "iwae_eval", "--k", "20", "--points", "6", "--repeats", "1", "--memory-k", "0", tmp_path=tmp_path
     )
     assert {"pyro_vae.bounds.iwae", "iwae, capture=True", "iwae, capture kept"} <= set(result["ratios"])
+    from pyro_vae.infer.captured import compiler_found
+
+    if compiler_found():  # the compiled capture: what the default builds for a long evaluation
+        assert "kept, compiled" in result["ratios"] and result["compiled_graphs"] >= 1
     assert _finite_positive(result["ratios"])
     for row in result["results"]:
         assert 0 < row["fraction_of_fastest_sgemm"] <= row["fraction_of_sgemm"]
