@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_chunk, particle_chunk = chunk_sizes(args.points, args.k, max_rows)
     paths = {
         "hand-written logsumexp": lambda: hand_iwae(vae, x, args.k, data_chunk, particle_chunk),
-        "pyro_vae.bounds.iwae": lambda: iwae(  # the default: captured after AUTO_CAPTURE_CHUNKS chunks
+        "pyro_vae.bounds.iwae": lambda: iwae(  # the default: captured after AUTO_CAPTURE_AFTER chunks
             vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows
         ),
         "iwae, capture=False": lambda: iwae(  # every chunk eager
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
             vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=compiled
         )
     # a kept capture's graphs outlive a call (a held-out bound every epoch): captured here, on a
-    # few chunks, before the timed calls; the first capture in a process also imports parts of torch
+    # few chunks, before the timed calls
     kept = CapturedLogWeights()
     warm_up, compile_warm_up = [], []
     few = x[: 3 * data_chunk]

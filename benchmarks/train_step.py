@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_vae.infer import MeanFieldELBO
-from pyro_vae.infer.captured import CapturedLoss
 from pyro_vae.infer.onednn_matmul import onednn_available, onednn_linear
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
@@ -85,15 +84,16 @@ def pyro_vae_step(
     prefix = f"{vae.name}_"
     params = [p for n, p in pyro.get_param_store().named_parameters() if n.startswith(prefix)]
     opt = default_optimizer(params, lr=LR)
-    if compile:
-        step = CapturedLoss(loss, compile=True)
-    else:
-        capture_after = FIT_CAPTURE_AFTER if capture else None
-        # what fit decides for a run of `planned` steps (compile=None): compiled when long enough
-        compiled = resolve_compile(
-            None, steps=planned, capture_after=capture_after, matmul=matmul, distributed=False
-        )
-        step = step_loss(loss, capture_after=capture_after, matmul=matmul, compile=compiled)
+    capture_after = FIT_CAPTURE_AFTER if capture else None
+    # what fit decides for a run of `planned` steps (compile=None): compiled when long enough
+    compiled = resolve_compile(
+        True if compile else None,
+        steps=planned,
+        capture_after=capture_after,
+        matmul=matmul,
+        distributed=False,
+    )
+    step = step_loss(loss, capture_after=capture_after, matmul=matmul, compile=compiled)
     if capture:
         for _ in range(FIT_CAPTURE_AFTER + 1):  # the eager steps, then the capture
             train_step(step, opt, vae.model, vae.guide, (x,), kwargs)

@@ -51,8 +51,9 @@ def iwae(
     :param capture: replay the chunks' log-weights from captured graphs: the same random draws
         and values (bitwise, unless compiled), less Python per chunk. ``None`` (the default): a chunk
         structure is captured once it has run
-        :data:`~pyro_vae.infer.captured_log_weights.AUTO_CAPTURE_CHUNKS` times in the call,
-        so only long evaluations capture, and compiled by TorchInductor in a call of at least
+        :data:`~pyro_vae.infer.captured_log_weights.AUTO_CAPTURE_AFTER` times in a call of at
+        least :data:`~pyro_vae.infer.captured_log_weights.AUTO_CAPTURE_CHUNKS` chunks, so
+        only long evaluations capture, and compiled by TorchInductor in a call of at least
         :data:`~pyro_vae.infer.captured_log_weights.COMPILE_CHUNKS` chunks (log-weights then
         equal to float rounding, not bitwise); ``True``: after one chunk; a
         :class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights` kept to reuse its

@@ -78,7 +78,7 @@ class CapturedLoss:
     default step (``capture_after=20``).
 
     The model and guide stay Pyro programs; what is captured is the tensor computation one
-    run of them performs: :func:`torch.fx.experimental.proxy_tensor.make_fx` records the ATen
+    run of them performs: :func:`~pyro_vae.infer.graph_record.record_graph` records the ATen
     operations of ``loss.objective_and_surrogate`` (the effect handlers, the site recorder
     and the per-site bookkeeping are Python that produces no operation, so the graph has
     none of them), and :func:`~pyro_vae.infer.graph_simplify.simplify_graph` drops the operations whose

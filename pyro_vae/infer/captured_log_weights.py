@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from pyro.poutine.runtime import _PYRO_STACK
 
+from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
 from pyro_vae.infer.captured import check_compile, compiler_found
 from pyro_vae.infer.graph_capture import (
@@ -68,12 +69,14 @@ class CapturedLogWeights:
     still probes the program for its plan, so a program whose structure changed between
     calls is planned afresh, and the call's first chunk, which settles the plan, is a
     structure of its own): each
-    capture traces the program once more (0.1-0.13 s for the 784-400-50 VAE; the first
-    capture in a process also imports parts of PyTorch, about 2 s). For one evaluation it
-    pays when there are many chunks (hundreds); the bounds' default makes one for the call
-    that captures a structure after :data:`AUTO_CAPTURE_CHUNKS` chunks and compiles it in a
-    call of at least :data:`COMPILE_CHUNKS` chunks, ``capture=True`` one that captures after
-    the first. Runs inside enclosing Pyro handlers are always eager.
+    capture records the program's operations from one eager run
+    (:func:`~pyro_vae.infer.graph_record.record_graph`) and checks the graph against another:
+    0.08-0.16 s a call for the 784-400-50 VAE, against 1.5 ms saved a chunk. For one
+    evaluation it pays when there are many chunks (a hundred or more); the bounds' default
+    makes one for a call of at least :data:`AUTO_CAPTURE_CHUNKS` chunks that captures a
+    structure once it has run :data:`AUTO_CAPTURE_AFTER` times, and compiles it in a call of
+    at least :data:`COMPILE_CHUNKS` chunks; ``capture=True`` one that captures after the
+    first chunk, whatever the call's length. Runs inside enclosing Pyro handlers are always eager.
 
     :param capture_after: eager runs of a structure before it is captured (at least 1).
     :param max_graphs: structures captured at most (an evaluation over several K, or over data
@@ -89,6 +92,8 @@ class CapturedLogWeights:
         CPU matrix products on oneDNN's kernels (:mod:`~pyro_vae.infer.onednn_matmul`;
         log-weights equal to float rounding, checked so), or ``"auto"``
         (:func:`~pyro_vae.infer.onednn_matmul.resolve_matmul`).
+    :param min_chunks: the fewest chunks a bound's call must have (:meth:`begin` is told) for
+        it to replay or capture anything; a shorter call runs every chunk eagerly.
     """
 
     def __init__(
@@ -98,7 +103,9 @@ class CapturedLogWeights:
         max_graphs: int = 16,
         compile: bool | None = False,
         matmul: str = "aten",
+        min_chunks: int = 1,
     ) -> None:
+        check_positive_int(min_chunks, "min_chunks")
         if compile is not None and not isinstance(compile, bool):
             raise InputError(f"compile must be True, False or None, got {compile!r}")
         if compile:
@@ -107,6 +114,8 @@ class CapturedLogWeights:
         self.compile_option = compile
         self.matmul = resolve_matmul(matmul, compile=bool(compile))
         self.compile = bool(compile)
+        self.min_chunks = min_chunks
+        self._active = True
         self.captured_chunks = 0
 
     @property
@@ -131,9 +140,11 @@ class CapturedLogWeights:
 
     def begin(self, chunks: int) -> None:
         """The start of a bound's call of ``chunks`` chunks: the next replay of every graph is
-        checked (:meth:`check_next`) and, with ``compile=None``, the structures this call
-        captures are compiled when :func:`compiles` says so."""
+        checked (:meth:`check_next`); a call of fewer than ``min_chunks`` chunks runs every
+        chunk eagerly; and, with ``compile=None``, the structures this call captures are
+        compiled when :func:`compiles` says so."""
         self.check_next()
+        self._active = chunks >= self.min_chunks
         if self.compile_option is None:
             self.compile = compiles(chunks, matmul=self.matmul)
 
@@ -191,7 +202,7 @@ class CapturedLogWeights:
         analytic_kl: bool,
     ) -> tuple | None:
         """The key of a chunk's graph (``None``: this chunk cannot be captured)."""
-        if _PYRO_STACK or not evaluating() or torch.is_grad_enabled():
+        if not self._active or _PYRO_STACK or not evaluating() or torch.is_grad_enabled():
             return None
         arguments = describe_arguments(args, kwargs)
         if arguments is None:
@@ -236,12 +247,17 @@ class CapturedLogWeights:
         return captured
 
 
-AUTO_CAPTURE_CHUNKS = 100
-"""Eager chunks of a structure before a bound called with its default ``capture=None``
-captures it: an evaluation of fewer chunks never pays for a capture (0.1-0.13 s of tracing
-a structure for the 784-400-50 VAE on the Intel host of docs/benchmarks.md, and about 2 s of
-PyTorch's imports the first time in a process), one of many more replays most of them. The
+AUTO_CAPTURE_CHUNKS = 200
+"""Chunks from which a bound's call with its default ``capture=None`` captures (a shorter call
+runs every chunk eagerly). A capture costs 0.08-0.16 s a call and saves about 1.5 ms a chunk
+for the 784-400-50 VAE on the Intel host of docs/benchmarks.md (paid back after about a
+hundred chunks), so a call this long gains, and a shorter one is never slower than eager. The
 values are the same either way, bitwise."""
+
+AUTO_CAPTURE_AFTER = 2
+"""Eager runs of a chunk structure before the default (``capture=None``) captures it: the
+first chunk of a call, which settles the program's plan, and a shorter last chunk are
+structures run once, and stay eager."""
 
 COMPILE_CHUNKS = 10_000
 """Planned chunks from which a bound's default (``capture=None``) also compiles the graphs it
@@ -263,11 +279,14 @@ def compiles(chunks: int, *, matmul: str = "aten") -> bool:
 
 def as_capture(capture: CapturedLogWeights | bool | None) -> CapturedLogWeights | None:
     """The bounds' ``capture=`` argument as an object: ``None`` (their default), a new one for
-    this call that captures a chunk structure once it has run :data:`AUTO_CAPTURE_CHUNKS`
-    times and compiles it in a call of at least :data:`COMPILE_CHUNKS` chunks (:func:`compiles`);
+    this call that, in a call of at least :data:`AUTO_CAPTURE_CHUNKS` chunks, captures a chunk
+    structure once it has run :data:`AUTO_CAPTURE_AFTER` times, and compiles it in a call of
+    at least :data:`COMPILE_CHUNKS` chunks (:func:`compiles`);
     ``True``, a new one capturing after one chunk; ``False``, none (every chunk eager)."""
     if capture is None:
-        return CapturedLogWeights(capture_after=AUTO_CAPTURE_CHUNKS, compile=None)
+        return CapturedLogWeights(
+            capture_after=AUTO_CAPTURE_AFTER, min_chunks=AUTO_CAPTURE_CHUNKS, compile=None
+        )
     if capture is True:
         return CapturedLogWeights()
     if capture is False:

@@ -20,6 +20,7 @@ from torch import fx, nn
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import CaptureFallbackWarning
+from pyro_vae.infer.graph_record import RecordRefused, drop_values, record_graph
 from pyro_vae.infer.graph_replay import replay_function
 from pyro_vae.infer.graph_simplify import SimplifiedGraph, attribute, simplify_graph
 from pyro_vae.infer.modes import BufferSnapshot
@@ -245,8 +246,8 @@ def capture_graph(
     info: Any = None,
     matmul: str = "aten",
 ) -> CapturedGraph | str:
-    """``run(*tensors)``'s ATen operations, traced by
-    :func:`torch.fx.experimental.proxy_tensor.make_fx` and simplified
+    """``run(*tensors)``'s ATen operations, recorded from an eager run
+    (:func:`~pyro_vae.infer.graph_record.record_graph`) and simplified
     (:func:`~pyro_vae.infer.graph_simplify.simplify_graph`), as a :class:`CapturedGraph`
     whose replay was checked bitwise against an eager run at the same random state; or why it
     cannot be captured. With ``compile=True`` the checked graph is then compiled by
@@ -259,14 +260,13 @@ def capture_graph(
 
     Tracing and the check run the program twice more: neither changes a later draw or a
     running statistic of the program's modules, and Pyro's validation is off in both."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
     devices = cuda_devices(tensors)
     before = rng_state(devices)
     # Python's and NumPy's generators forked too: tracing must not move a later draw
     with forked_rng(tensors), BufferSnapshot() as snapshot, pyro.validation_enabled(False):
         try:
-            traced = make_fx(run)(*tensors)
+            simplified = None
+            traced = record_graph(run, tensors)
             refused = _uncapturable(traced, before)  # before dead code goes: a shape read is unused
             if refused:
                 return refused
@@ -280,7 +280,7 @@ def capture_graph(
                     if not simplified.folds:
                         break
                     set_rng_state(before, devices)  # traced again as the first time
-                    simplified = simplify_graph(make_fx(run)(*tensors), fold=False)
+                    simplified = simplify_graph(record_graph(run, tensors), fold=False)
                 # the graph's forward, not the module: a module's call would run global
                 # module hooks, which would take the graph's constants (others' buffers)
                 replay = replay_function(simplified.module)
@@ -302,8 +302,13 @@ def capture_graph(
                 fast = _on_onednn(simplified.module, checked)
                 if fast is not None:
                     (graph, read), kernels = fast, "onednn"
+        except RecordRefused as e:
+            return str(e)
         except Exception as e:
             return f"capture failed: {type(e).__name__}: {e}"
+        finally:
+            if simplified is not None:
+                drop_values(simplified.module)  # the run's intermediate tensors, not kept
         modules = snapshot.modules
     if differs:
         what = (

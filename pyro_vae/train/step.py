@@ -12,8 +12,7 @@ from pyro_vae.infer.captured import CapturedLoss, capturable, compiler_found
 
 FIT_CAPTURE_AFTER = 20
 """Eager steps of a structure before :func:`~pyro_vae.train.fit` captures it: short runs (tests,
-smoke runs) never pay for a capture (about 0.1 s a structure, plus about 1 s the first time in
-a process, for the benchmark VAE)."""
+smoke runs) never pay for a capture (about 0.1 s a structure for the benchmark VAE)."""
 
 
 COMPILE_STEPS = 50_000

@@ -157,26 +157,41 @@ def test_value_dependent_programs_replaced_parameters_and_enclosing_handlers_run
 
 
 @pytest.mark.parametrize("bound", [iwae, elbo], ids=["iwae", "elbo"])
-def test_by_default_a_call_captures_a_structure_after_many_chunks_with_the_same_values(bound, monkeypatch):
-    """``capture=None``: a new capture for the call that replays a structure once it has run
-    AUTO_CAPTURE_CHUNKS times (3 here, for 12 chunks): bitwise the eager chunks."""
+def test_by_default_a_long_call_captures_a_structure_after_two_chunks_bitwise(bound, monkeypatch):
+    """``capture=None``: a new capture for a call of at least AUTO_CAPTURE_CHUNKS chunks (12
+    here) that replays a structure once it has run AUTO_CAPTURE_AFTER (2) times: bitwise the
+    eager chunks; a shorter call (AUTO_CAPTURE_CHUNKS 13) captures nothing."""
     from pyro_vae.infer import captured_log_weights as clw
 
     made = _recording(monkeypatch)
-    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 3)
+    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 12)
     vae, x = _vae(), _x()
     options = {"num_particles": 8, "max_rows": 8, "return_error": True}  # 12 chunks of 1 point x 8
     eager, default = _pair(bound, vae.model, vae.guide, x, None, **options)
     (capture,) = made
-    # the first chunk settles the plan (a structure of its own); of the other 11, 3 run eagerly
-    assert capture._cache.capture_after == 3 and capture.captured_chunks == 11 - 3, capture.fallback_reason
+    # the first chunk settles the plan (a structure of its own); of the other 11, 2 run eagerly
+    assert capture._cache.capture_after == clw.AUTO_CAPTURE_AFTER == 2
+    assert capture.captured_chunks == 11 - 2, capture.fallback_reason
     assert torch.equal(eager.value, default.value)
     assert torch.equal(eager.standard_error, default.standard_error)
     made.clear()
-    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 100)
+    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 13)
     bound(vae.model, vae.guide, x, **options)  # 12 chunks: none captured
     assert made[0].captured_chunks == 0 and made[0].graphs == 0
     assert made[0].compile_option is None and not made[0].compile  # 12 < COMPILE_CHUNKS
+
+
+def test_min_chunks_is_decided_for_every_call_and_checked():
+    vae, x = _vae(), _x()
+    capture = CapturedLogWeights(min_chunks=13)
+    options = {"num_particles": 8, "max_rows": 8}  # 12 chunks
+    iwae(vae.model, vae.guide, x, capture=capture, **options)
+    assert capture.captured_chunks == 0 and capture.graphs == 0
+    capture.min_chunks = 12
+    eager, captured = _pair(iwae, vae.model, vae.guide, x, capture, **options)
+    assert capture.captured_chunks > 0 and torch.equal(eager, captured)
+    with pytest.raises(InputError, match="min_chunks"):
+        CapturedLogWeights(min_chunks=0)
 
 
 def test_a_long_call_compiles_by_default_only_where_it_pays_and_a_compiler_is_found(monkeypatch):
@@ -212,21 +227,21 @@ def test_a_long_call_compiles_by_default_only_where_it_pays_and_a_compiler_is_fo
 @pytest.mark.slow
 def test_the_default_compiles_the_graphs_of_a_long_call_equal_to_eager_to_float_rounding(monkeypatch):
     """``capture=None`` for a call of at least COMPILE_CHUNKS chunks (12 >= 6 here): the
-    structure captured after AUTO_CAPTURE_CHUNKS (3) chunks is compiled, checked, and its
+    structure captured after AUTO_CAPTURE_AFTER (2) chunks is compiled, checked, and its
     replays give the eager values to float rounding, from the same random draws."""
     from pyro_vae.infer import captured_log_weights as clw
 
     if not clw.compiler_found():
         pytest.skip("no C++ compiler for TorchInductor")
     made = _recording(monkeypatch)
-    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 3)
+    monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 12)
     monkeypatch.setattr(clw, "COMPILE_CHUNKS", 6)
     vae, x = _vae(), _x()
     options = {"num_particles": 8, "max_rows": 8, "return_error": True}  # 12 chunks of 1 point x 8
     eager, default = _pair(iwae, vae.model, vae.guide, x, None, **options)
     (capture,) = made
     assert capture.compile and capture.compiled_graphs == capture.graphs == 1, capture.fallback_reason
-    assert capture.captured_chunks == 11 - 3
+    assert capture.captured_chunks == 11 - 2
     torch.testing.assert_close(default.value, eager.value, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(default.standard_error, eager.standard_error, rtol=1e-4, atol=1e-5)
 
