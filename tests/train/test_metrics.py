@@ -19,9 +19,10 @@ def _clear_store():
     pyro.clear_param_store()
 
 
-def _program():
+def _program(scale: float | None = None):
     """z ~ N(0, 1), x ~ N(2z, 1) per row; the guide a point mass at a network's output, so
-    every row's rate and distortion are functions of its own x, with no random draw."""
+    every row's rate and distortion are functions of its own x, with no random draw (with a
+    ``scale``, a Gaussian around it, which draws)."""
     net = torch.nn.Linear(3, 2)
 
     def model(x):
@@ -32,7 +33,8 @@ def _program():
     def guide(x):
         pyro.module("net", net)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Delta(net(x)).to_event(1))
+            loc = net(x)
+            pyro.sample("z", (dist.Delta(loc) if scale is None else dist.Normal(loc, scale)).to_event(1))
 
     return model, guide
 
@@ -91,18 +93,7 @@ def test_rows_that_cannot_be_concatenated_are_evaluated_apart():
 
 def test_the_metrics_leave_the_training_s_random_state_as_they_found_it():
     torch.manual_seed(0)
-    net = torch.nn.Linear(3, 2)
-
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-            pyro.sample("x", dist.Normal(torch.cat([2 * z, z[:, :1]], -1), 1.0).to_event(1), obs=x)
-
-    def guide(x):  # a guide that draws: the metrics' particles come from the generators
-        pyro.module("net", net)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(net(x), 0.5).to_event(1))
-
+    model, guide = _program(scale=0.5)  # the metrics' particles come from the generators
     x, val = torch.randn(60, 3), (torch.randn(25, 3),)
     plan = plan_metrics(
         model,
