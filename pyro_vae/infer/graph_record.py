@@ -23,7 +23,9 @@ def record_graph(run: Callable[..., Any], tensors: list[torch.Tensor]) -> fx.Gra
     from Python numbers) as ``get_attr`` constants of the module (the tensors themselves, not
     copies), and ``run``'s result (a tensor, or a tuple or list of them) as the output. Each
     node's ``meta["val"]`` is the value it had, for the passes that read shapes, strides and
-    devices; :func:`drop_values` frees them.
+    devices; :func:`drop_values` frees them. Until then the run's every intermediate tensor
+    is held (its whole working set at once, where an eager run frees as it goes), which also
+    keeps any two distinct tensors at distinct addresses for the memory check below.
 
     It does what :func:`torch.fx.experimental.proxy_tensor.make_fx` does for a real-valued
     trace, with a :class:`~torch.utils._python_dispatch.TorchDispatchMode` of its own: the
