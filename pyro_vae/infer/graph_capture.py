@@ -263,9 +263,9 @@ def capture_graph(
     devices = cuda_devices(tensors)
     before = rng_state(devices)
     # Python's and NumPy's generators forked too: tracing must not move a later draw
+    simplified: SimplifiedGraph | None = None
     with forked_rng(tensors), BufferSnapshot() as snapshot, pyro.validation_enabled(False):
         try:
-            simplified = None
             traced = record_graph(run, tensors)
             refused = _uncapturable(traced, before)  # before dead code goes: a shape read is unused
             if refused:

@@ -91,8 +91,9 @@ class _Recorder(TorchDispatchMode):
     def bind(self, tensor: torch.Tensor, node: fx.Node) -> None:
         node.meta["val"] = tensor
         self.nodes[id(tensor)] = (tensor, node)  # the tensor kept: no other takes its id
-        if _address(tensor):
-            self.made.add(_address(tensor))
+        address = _address(tensor)
+        if address:
+            self.made.add(address)
 
     def node_of(self, tensor: torch.Tensor) -> fx.Node:
         held = self.nodes.get(id(tensor))

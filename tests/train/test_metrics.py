@@ -39,10 +39,9 @@ def _program(scale: float | None = None):
     return model, guide
 
 
-def _metrics(model, guide, x, val, *, joint: bool, monkeypatch):
-    if not joint:
-        monkeypatch.setattr(metrics_module, "_joint", lambda *a: None)
-    plan = plan_metrics(
+def _plan(model, guide, x, val):
+    """The metrics' plan for 40 training rows (of ``x``) and the validation rows ``val``."""
+    return plan_metrics(
         model,
         guide,
         as_streams(x, 16),
@@ -52,6 +51,12 @@ def _metrics(model, guide, x, val, *, joint: bool, monkeypatch):
         max_points=40,
         validation=val,
     )
+
+
+def _metrics(model, guide, x, val, *, joint: bool, monkeypatch):
+    if not joint:
+        monkeypatch.setattr(metrics_module, "_joint", lambda *a: None)
+    plan = _plan(model, guide, x, val)
     assert (plan.joint is not None) == joint and not plan.unavailable
     torch.manual_seed(5)
     return epoch_metrics(plan, model, guide, val, None)
@@ -72,39 +77,15 @@ def test_rows_that_cannot_be_concatenated_are_evaluated_apart():
     torch.manual_seed(0)
     model, guide = _program()
     x = torch.randn(60, 3)
-    plan = plan_metrics(
-        model,
-        guide,
-        as_streams(x, 16),
-        plate_name=None,
-        particles=1,
-        batch_size=1024,
-        max_points=40,
-        validation=(torch.randn(25, 3, dtype=torch.float64),),
-    )
-    assert plan.joint is None
-    assert (
-        plan_metrics(
-            model, guide, as_streams(x, 16), plate_name=None, particles=1, batch_size=1024, max_points=40
-        ).joint
-        is None
-    )  # no validation rows
+    assert _plan(model, guide, x, (torch.randn(25, 3, dtype=torch.float64),)).joint is None
+    assert _plan(model, guide, x, None).joint is None  # no validation rows
 
 
 def test_the_metrics_leave_the_training_s_random_state_as_they_found_it():
     torch.manual_seed(0)
     model, guide = _program(scale=0.5)  # the metrics' particles come from the generators
     x, val = torch.randn(60, 3), (torch.randn(25, 3),)
-    plan = plan_metrics(
-        model,
-        guide,
-        as_streams(x, 16),
-        plate_name=None,
-        particles=1,
-        batch_size=1024,
-        max_points=40,
-        validation=val,
-    )
+    plan = _plan(model, guide, x, val)
     before = torch.get_rng_state()
     first = epoch_metrics(plan, model, guide, val, None)
     assert torch.equal(torch.get_rng_state(), before)
