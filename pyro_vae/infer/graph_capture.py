@@ -17,6 +17,7 @@ import numpy as np
 import pyro
 import torch
 from torch import fx, nn
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import CaptureFallbackWarning
@@ -472,6 +473,7 @@ def _compiled(module: fx.GraphModule, checked: _Checked) -> tuple[tuple[Callable
     checked graph to float rounding (:func:`within_rounding`); else ``None`` and why (the
     checked graph is then kept)."""
     try:
+        _LazyGraphModule.force_recompile(module)  # Inductor compiles the module's forward
         graph = torch.compile(module.forward, dynamic=False, options={"fallback_random": True})
         agrees = checked.agrees(graph)
     except Exception as e:  # Inductor cannot compile it (an operator, a missing compiler)
@@ -493,7 +495,7 @@ def _on_onednn(module: fx.GraphModule, checked: _Checked) -> tuple[Callable, lis
     the gradients' scale at initialization), while a wrong product is off by order one."""
     graph = fx.Graph()
     graph.output(graph.graph_copy(module.graph, {}))
-    copy = fx.GraphModule(module, graph)
+    copy = _LazyGraphModule(module, graph)
     if not use_onednn_matmul(copy):
         return None
     replay = replay_function(copy)
