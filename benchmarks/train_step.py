@@ -7,6 +7,8 @@ row times the step's matrix multiplies and one fused Adam kernel alone (``floor_
 close to the machine's limit any step can come. The row "fit's step, run of 50,000 steps" is
 the step ``fit`` runs by default on a run that long: compiled by TorchInductor (where a C++
 compiler is found; ``COMPILE_STEPS``), a few seconds of compiling before the timing starts.
+``fit`` compiles a structure once it has run ``FIT_COMPILE_AFTER`` times; the row compiles it
+at capture, the same graph, so that the timing starts without a thousand warm-up steps.
 
     python benchmarks/train_step.py [--steps 300] [--quick] [--threads N] [--compile] [--json out.json]
 """

@@ -9,6 +9,7 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 
+from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import InputError
 from pyro_vae.infer.graph_capture import (
     TRAINING,
@@ -91,7 +92,9 @@ class CapturedLoss:
     (TorchInductor, with PyTorch's own random operations kept, so draws are unchanged) and
     the compiled graph kept when its values and gradients equal the checked graph's to float
     rounding (tested), else the checked graph (:attr:`compile_note` says why); compiling
-    takes seconds a structure once (5-9 s for the benchmark VAE), for long training runs.
+    takes seconds a structure once (for the benchmark VAE 27 s with TorchInductor's cache cold,
+    about 3 s warm), for long training runs; ``compile_after`` compiles only the structures that
+    run often.
 
     A graph is kept per *structure*: the programs (their identity), the shapes, dtypes and
     devices of the tensor arguments and the values of the others, the ``training`` flags of
@@ -121,6 +124,12 @@ class CapturedLoss:
     :param loss: the loss to run (``inner``); ``loss`` and ``differentiable_loss`` stay eager.
     :param compile: also compile each captured graph with ``torch.compile``.
     :param capture_after: eager runs of a structure before it is captured (at least 1).
+    :param compile_after: with ``compile=True``, runs of a structure before its graph is
+        compiled: ``None`` (the default) compiles it at capture; a larger count replays the
+        uncompiled graph until then and compiles only the structures that run that often, so
+        that a structure seen once an epoch (a smaller last batch) is never compiled for the
+        few steps it would speed up (:data:`~pyro_vae.train.step.FIT_COMPILE_AFTER`). Counted
+        in :meth:`capture_state`, so a resumed run compiles where the run it continues did.
     :param max_graphs: structures captured at most.
     :param matmul: the kernels of the graph's float32 CPU matrix products: ``"aten"`` (the
         graph's own, PyTorch's BLAS: bitwise the eager step) or ``"onednn"`` (oneDNN's,
@@ -136,6 +145,7 @@ class CapturedLoss:
         *,
         compile: bool = False,
         capture_after: int = 1,
+        compile_after: int | None = None,
         max_graphs: int = 4,
         matmul: str = "aten",
     ) -> None:
@@ -143,6 +153,9 @@ class CapturedLoss:
         if reason:
             raise InputError(reason)
         check_compile(compile)
+        if compile_after is not None:
+            check_positive_int(compile_after, "compile_after")
+        self.compile_after = capture_after if compile_after is None else max(compile_after, capture_after)
         self.inner = loss
         self.compile = compile
         self.matmul = resolve_matmul(matmul, compile=compile)
@@ -190,11 +203,15 @@ class CapturedLoss:
         """As ``loss.loss_and_grads``, from the structure's captured graph when there is one."""
         key = self.structure(model, guide, args, kwargs)
         captured = self._cache.get(
-            key, lambda: self._capture(model, guide, args, kwargs), lambda: _structure_name(model, guide, key)
+            key,
+            lambda: self._capture(model, guide, args, kwargs, key),
+            lambda: _structure_name(model, guide, key),
         )
         if captured is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         assert key is not None
+        if self._compile_due(key) and not (captured.compiled or captured.note):
+            captured = self._cache.recapture(key, lambda: self._capture(model, guide, args, kwargs, key))
 
         def eager() -> torch.Tensor:
             return self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]
@@ -279,7 +296,14 @@ class CapturedLoss:
             found = self._module_lists[id(owner)] = (owner, list(owner.modules()))
         return found[1]
 
-    def _capture(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> CapturedGraph | str:
+    def _compile_due(self, key: tuple) -> bool:
+        """Whether structure ``key``'s graph is compiled: ``compile=True`` and it has run more
+        than ``compile_after`` times."""
+        return self.compile and self._cache.seen[key] > self.compile_after
+
+    def _capture(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, key: tuple
+    ) -> CapturedGraph | str:
         def run(*values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             a, k = with_tensors(args, kwargs, values)
             return self.inner.objective_and_surrogate(model, guide, a, k)
@@ -287,7 +311,7 @@ class CapturedLoss:
         return capture_graph(
             run,
             tensors_of(args, kwargs),
-            compile=self.compile,
+            compile=self._compile_due(key),
             comparable=_objective_and_gradients,
             matmul=self.matmul,
         )

@@ -147,6 +147,7 @@ class GraphCache:
         if key in self.graphs:
             captured = self.graphs[key]
             if captured is None or captured.current():
+                self.seen[key] += 1  # every run counts: a later stage (compiling) may be due
                 return captured
             del self.graphs[key]  # its parameters were replaced: eager, then captured anew
             self.seen[key] = 0
@@ -170,6 +171,19 @@ class GraphCache:
             self.fallback_reason = made
             self.graphs[key] = None
             return None
+        self.graphs[key] = made
+        return made
+
+    def recapture(self, key: tuple, capture: Callable[[], CapturedGraph | str]) -> CapturedGraph:
+        """Structure ``key``'s graph captured once more by ``capture()`` (a later stage, such as
+        compiling, now due), replacing the one it had; that one is kept, its ``note`` saying
+        why, when the new capture is refused."""
+        held = self.graphs[key]
+        assert held is not None, "recapture of a structure without a graph"
+        made = capture()
+        if isinstance(made, str):
+            held.note = made
+            return held
         self.graphs[key] = made
         return made
 

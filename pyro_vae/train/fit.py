@@ -32,7 +32,7 @@ from pyro_vae.train.metrics import MetricsPlan, epoch_metrics, plan_metrics
 from pyro_vae.train.optimizers import default_optimizer
 from pyro_vae.train.schedules import KLWarmup
 from pyro_vae.train.state import TrainState
-from pyro_vae.train.step import FIT_CAPTURE_AFTER, resolve_compile, step_loss, train_step
+from pyro_vae.train.step import FIT_CAPTURE_AFTER, FIT_COMPILE_AFTER, resolve_compile, step_loss, train_step
 from pyro_vae.train.streams import AuxiliaryObjective, StreamData, as_streams
 from pyro_vae.train.tracking import LogMarginalTracker
 
@@ -567,8 +567,10 @@ def fit(
         Compiling takes seconds for each structure, once, and needs a C++ compiler. ``None``
         (the default): compile on runs of at least
         :data:`~pyro_vae.train.step.COMPILE_STEPS` planned steps (captured, on PyTorch's
-        kernels, in one process, with a compiler found), where it pays back; shorter runs stay
-        bitwise the eager step. ``True`` needs ``capture_after`` and ``matmul`` ``"auto"`` or
+        kernels, in one process, with a compiler found), where it pays back, and then only the
+        structures that have run :data:`~pyro_vae.train.step.FIT_COMPILE_AFTER` times (the
+        full batches, not a smaller last one); shorter runs stay bitwise the eager step.
+        ``True`` compiles every structure at capture, and needs ``capture_after`` and ``matmul`` ``"auto"`` or
         ``"aten"``. A resumed run replays (compiled) where the run it continues did.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
@@ -585,6 +587,8 @@ def fit(
     if compile and capture_after is None:
         raise InputError("compile=True compiles the captured step; capture_after=None captures nothing")
     matmul = resolve_matmul(matmul, compile=bool(compile))
+    # the default compiles only the structures that run often; compile=True compiles at capture
+    compile_after = FIT_COMPILE_AFTER if compile is None else None
     compile = resolve_compile(
         compile,
         steps=epochs * len(streams.schedule()),
@@ -628,7 +632,9 @@ def fit(
                 streams.batch_sizes, [streams.minibatch(s) for s in range(len(streams.sizes))], streams.names
             )
         bound, scaling = _bind(objectives, auxiliary, streams, plate_name=plate_name, kl_warmup=kl_warmup)
-        step = step_loss(loss, capture_after=capture_after, matmul=matmul, compile=compile)
+        step = step_loss(
+            loss, capture_after=capture_after, matmul=matmul, compile=compile, compile_after=compile_after
+        )
         bound = [[replace(b, loss=step) if i == 0 else b for i, b in enumerate(on)] for on in bound]
         _register(bound, streams, kl_warmup)
         metrics = plan_metrics(

@@ -17,10 +17,20 @@ smoke runs) never pay for a capture (about 0.1 s a structure for the benchmark V
 
 COMPILE_STEPS = 50_000
 """Planned steps from which :func:`~pyro_vae.train.fit` compiles its captured step by default
-(``compile=None``; about 107 epochs of MNIST's 60,000 images at batch 128). Compiling takes
-5-9 s a structure for the benchmark VAE and saved 0.4-0.8 ms of its 5.5-7.7 ms step on the
-Intel host of docs/benchmarks.md: a run this long pays it back (1.5 to 8 times over), a short
-one would not."""
+(``compile=None``; about 107 epochs of MNIST's 60,000 images at batch 128). On the Intel host of
+docs/benchmarks.md compiling the benchmark VAE's step took 27 s the first time on the machine
+(TorchInductor's cache cold) and 2.9-3.2 s in later processes, and saved 0.4-0.8 ms of its
+5.5-7.7 ms step: a run this long pays back even a cold compile (at 0.54 ms a step), a short
+one would not. Only the structures run :data:`FIT_COMPILE_AFTER` times are compiled."""
+
+
+FIT_COMPILE_AFTER = 1_000
+"""Runs of a structure before :func:`~pyro_vae.train.fit`'s default (``compile=None``) compiles
+its captured graph, on a run long enough to compile (:data:`COMPILE_STEPS`): the structure of
+the full batches, run every step, is compiled at step 1,001 (its first 1,000 steps replay the
+uncompiled graph: under 1 s of a run's savings); a structure run once an epoch (the smaller
+last batch) would be compiled only after 1,000 epochs, as it never pays back its seconds of
+compiling, and is replayed uncompiled instead."""
 
 
 def resolve_compile(
@@ -39,7 +49,12 @@ def resolve_compile(
 
 
 def step_loss(
-    loss: Any, *, capture_after: int | None = FIT_CAPTURE_AFTER, matmul: str = "aten", compile: bool = False
+    loss: Any,
+    *,
+    capture_after: int | None = FIT_CAPTURE_AFTER,
+    matmul: str = "aten",
+    compile: bool = False,
+    compile_after: int | None = None,
 ) -> Any:
     """The loss whose ``loss_and_grads`` :func:`~pyro_vae.train.fit`'s steps call: ``loss`` with
     its step captured and replayed (:class:`~pyro_vae.infer.captured.CapturedLoss`) once a
@@ -47,10 +62,13 @@ def step_loss(
     (:func:`~pyro_vae.infer.captured.capturable`); ``loss`` itself otherwise, or with
     ``capture_after=None``. The same draws, values and gradients either way (tested bitwise;
     to float rounding with ``matmul="onednn"``, the captured graph's matrix products on
-    oneDNN's kernels, or with ``compile=True``, the captured graph compiled by TorchInductor)."""
+    oneDNN's kernels, or with ``compile=True``, the captured graph compiled by TorchInductor,
+    once a structure has run ``compile_after`` times: at capture with ``None``)."""
     if capture_after is None or capturable(loss):
         return loss
-    return CapturedLoss(loss, capture_after=capture_after, matmul=matmul, compile=compile)
+    return CapturedLoss(
+        loss, capture_after=capture_after, matmul=matmul, compile=compile, compile_after=compile_after
+    )
 
 
 def train_step(

@@ -336,3 +336,46 @@ def test_a_graph_relying_on_a_prior_buffer_is_captured_anew_once_the_buffer_chan
     assert eager[0] == captured[0]
     for a, b in zip(eager[1], captured[1], strict=True):
         assert torch.equal(a, b)
+
+
+def test_compile_after_compiles_only_the_structures_that_run_that_often(monkeypatch):
+    """``compile_after=5``: the graph of a structure run every step is replayed uncompiled
+    from its 2nd run and compiled (captured anew) at its 6th; one run twice is never
+    compiled. A stand-in compiler that returns the graph itself keeps every step bitwise the
+    eager one. The run counts go into ``capture_state``, so a loss continuing from it
+    compiles a structure past ``compile_after`` at its first capture."""
+    from pyro_vae.infer import captured as module
+
+    compiled = []
+
+    def identity(fn, **options):
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(module, "check_compile", lambda compile: None)
+    monkeypatch.setattr(torch, "compile", identity)
+    big, small = [_x(seed=s) for s in range(8)], [_x(n=8, seed=10 + s) for s in range(2)]
+    batches = big[:4] + small[:1] + big[4:] + small[1:]
+    eager = _train(MeanFieldELBO(), batches)
+    loss = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=5)
+    got = _train(loss, batches)
+    assert len(compiled) == 1 and loss.compiled and loss.compile_note == ""
+    graphs = {tuple(key[4][1][1]): graph for key, graph in loss._graphs.items()}  # by batch shape
+    assert graphs[(16, 6)].compiled and graphs[(16, 6)].replays == 8 - 5  # runs 6, 7, 8
+    assert graphs[(8, 6)].compiled is False and graphs[(8, 6)].replays == 1
+    assert loss.captured_steps == 7 + 1
+    assert eager[0] == got[0]
+    for a, b in zip(eager[1], got[1], strict=True):
+        assert torch.equal(a, b)
+    assert sorted(loss.capture_state().values()) == [2, 8]
+
+    resumed = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=5)
+    resumed.load_capture_state(loss.capture_state())
+    _train(resumed, big[:1] + small[:1])
+    assert len(compiled) == 2  # the big batches' structure, compiled at once; the small not
+    assert resumed.captured_steps == 2 and resumed.compiled
+
+
+def test_compile_after_is_checked():
+    with pytest.raises(InputError, match="compile_after"):
+        CapturedLoss(MeanFieldELBO(), compile_after=0)

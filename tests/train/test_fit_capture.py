@@ -213,3 +213,51 @@ def test_fit_compiles_by_default_only_runs_long_enough_to_pay_back(monkeypatch):
 
     monkeypatch.setattr(captured, "check_compile", no_compiler)
     assert not captured.compiler_found() and not resolve_compile(None, **long)
+
+
+def test_the_default_compiles_only_the_structures_that_run_often(monkeypatch):
+    """On a run long enough to compile (``COMPILE_STEPS``, lowered here), ``fit``'s default
+    compiles the full batches' structure once it has run ``FIT_COMPILE_AFTER`` times, not the
+    smaller last batch's (captured, replayed uncompiled); ``compile=True`` compiles both at
+    capture. A stand-in compiler returning the graph itself counts the compiles."""
+    import importlib
+
+    from pyro_vae.infer import captured
+
+    fit_module = importlib.import_module("pyro_vae.train.fit")
+    from pyro_vae.train import step
+
+    compiled = []
+
+    def identity(fn, **options):
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(captured, "check_compile", lambda compile: None)
+    monkeypatch.setattr(captured, "compiler_found", lambda: True)
+    monkeypatch.setattr(step, "compiler_found", lambda: True)
+    monkeypatch.setattr(torch, "compile", identity)
+    monkeypatch.setattr(step, "COMPILE_STEPS", 32)
+    monkeypatch.setattr(fit_module, "FIT_COMPILE_AFTER", 10)
+    x = _x(n=60)  # 7 batches of 8 and one of 4 an epoch: 28 and 4 runs in 4 epochs
+
+    def run(**options):
+        torch.manual_seed(0)
+        vae = VAE(Bernoulli(6), latent_dim=2, hidden=(5,))
+        return fit(
+            vae.model,
+            vae.guide,
+            x,
+            epochs=4,
+            batch_size=8,
+            lr=0.05,
+            progress=False,
+            capture_after=2,
+            **options,
+        )
+
+    default = run()
+    assert len(compiled) == 1 and default.compiled
+    assert default.captured_steps == (28 - 2) + (4 - 2), default.eager_reason
+    compiled.clear()
+    assert run(compile=True).compiled and len(compiled) == 2
