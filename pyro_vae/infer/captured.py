@@ -210,8 +210,11 @@ class CapturedLoss:
         if captured is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         assert key is not None
-        if self._compile_due(key) and not (captured.compiled or captured.note):
-            captured = self._cache.recapture(key, lambda: self._capture(model, guide, args, kwargs, key))
+        if not (captured.compiled or captured.note) and self._compile_due(key):
+            recaptured = self._cache.recapture(key, lambda: self._capture(model, guide, args, kwargs, key))
+            if recaptured is None:
+                return self.inner.loss_and_grads(model, guide, *args, **kwargs)
+            captured = recaptured
 
         def eager() -> torch.Tensor:
             return self.inner.objective_and_surrogate(model, guide, args, kwargs)[0]

@@ -174,16 +174,16 @@ class GraphCache:
         self.graphs[key] = made
         return made
 
-    def recapture(self, key: tuple, capture: Callable[[], CapturedGraph | str]) -> CapturedGraph:
+    def recapture(self, key: tuple, capture: Callable[[], CapturedGraph | str]) -> CapturedGraph | None:
         """Structure ``key``'s graph captured once more by ``capture()`` (a later stage, such as
-        compiling, now due), replacing the one it had; that one is kept, its ``note`` saying
-        why, when the new capture is refused."""
-        held = self.graphs[key]
-        assert held is not None, "recapture of a structure without a graph"
+        compiling, now due), replacing the one it had; ``None`` when the new capture is refused
+        (its check against the eager run failed, say): the structure then runs eagerly from
+        now on, as one refused at its first capture does."""
         made = capture()
         if isinstance(made, str):
-            held.note = made
-            return held
+            self.fallback_reason = made
+            self.graphs[key] = None
+            return None
         self.graphs[key] = made
         return made
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import fx
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from pyro_vae.infer.graph_simplify import attribute
 
@@ -49,6 +50,7 @@ def replay_function(module: fx.GraphModule) -> Replay:
     try:
         return _generate(module)
     except _Unsupported:
+        _LazyGraphModule.force_recompile(module)  # a lazy module's forward would go through __call__
         return Replay(module.forward, (), module.code)
 
 

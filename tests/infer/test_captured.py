@@ -379,3 +379,53 @@ def test_compile_after_compiles_only_the_structures_that_run_that_often(monkeypa
 def test_compile_after_is_checked():
     with pytest.raises(InputError, match="compile_after"):
         CapturedLoss(MeanFieldELBO(), compile_after=0)
+
+
+def _every_step_of_two_structures():
+    big, small = [_x(seed=s) for s in range(8)], [_x(n=8, seed=10 + s) for s in range(2)]
+    return big[:4] + small[:1] + big[4:] + small[1:]
+
+
+def test_a_compile_that_fails_when_due_is_tried_once_and_the_checked_graph_replays(monkeypatch):
+    from pyro_vae.infer import captured as module
+
+    tried = []
+
+    def failing(fn, **options):
+        tried.append(fn)
+        raise RuntimeError("Inductor cannot compile this")
+
+    monkeypatch.setattr(module, "check_compile", lambda compile: None)
+    monkeypatch.setattr(torch, "compile", failing)
+    batches = _every_step_of_two_structures()
+    eager = _train(MeanFieldELBO(), batches)
+    loss = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=2)
+    got = _train(loss, batches)
+    assert len(tried) == 1 and not loss.compiled and "cannot compile" in loss.compile_note
+    assert loss.captured_steps == 7 + 1
+    assert eager[0] == got[0]
+
+
+def test_a_recapture_refused_when_compiling_is_due_leaves_the_structure_eager(monkeypatch):
+    """A structure whose capture for compiling is refused (its check against the eager run
+    failed) runs eagerly from then on, as one refused at its first capture does."""
+    from pyro_vae.infer import captured as module
+
+    refusal = "the captured graph's value differs from the eager one: stand-in"
+    plain = module.capture_graph
+
+    def refusing(*args, compile, **options):
+        return refusal if compile else plain(*args, compile=compile, **options)
+
+    monkeypatch.setattr(module, "check_compile", lambda compile: None)
+    monkeypatch.setattr(module, "capture_graph", refusing)
+    batches = _every_step_of_two_structures()
+    eager = _train(MeanFieldELBO(), batches)
+    loss = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=4)
+    got = _train(loss, batches)
+    # the big batches: eager once, replayed at runs 2-4, refused at 5 and eager after
+    assert loss.captured_steps == 3 + 1 and loss.fallback_reason == refusal
+    assert sorted(loss.capture_state().values()) == [-1, 2]
+    assert eager[0] == got[0]
+    for a, b in zip(eager[1], got[1], strict=True):
+        assert torch.equal(a, b)

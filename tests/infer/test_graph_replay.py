@@ -81,3 +81,29 @@ def test_dict_outputs_pytree_inputs_and_dotted_constants_replay_through_their_fo
     dotted = replay_function(fx.GraphModule(root, graph))
     assert torch.equal(dotted.run(torch.ones(2)), torch.full((2,), 3.0))
     assert dotted.constants[0] is root.sub.w
+
+
+def test_a_lazy_graph_module_replays_through_its_generated_forward_not_its_call():
+    """A lazy module (as captures build them) that falls back to ``forward`` gets its source
+    generated first: the replay must not go through ``__call__``, whose global module hooks
+    would see the graph's borrowed constants."""
+    from torch.fx._lazy_graph_module import _LazyGraphModule
+
+    class Twice(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    root = nn.Module()
+    root.twice = Twice()
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_module("twice", (x,)))
+    module = _LazyGraphModule(root, graph)
+    seen = []
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda m, args: seen.append(m))
+    try:
+        replay = replay_function(module)
+        assert torch.equal(replay.run(torch.ones(2)), torch.full((2,), 2.0))
+    finally:
+        handle.remove()
+    assert module not in seen and "def forward" in replay.source
