@@ -48,17 +48,23 @@ def test_replay_gives_the_graphs_draws_values_gradients_and_buffer_updates():
         assert torch.equal(a_b[k], b_b[k]), k
 
 
-def test_graphs_with_other_nodes_replay_through_their_forward():
-    class Twice(nn.Module):
-        def forward(self, x):
-            return 2 * x
+class _Twice(nn.Module):
+    def forward(self, x):
+        return 2 * x
 
+
+def _calling_a_module(graph_module=fx.GraphModule):
+    """A graph with a ``call_module`` node, which the generated replay cannot express."""
     root = nn.Module()
-    root.twice = Twice()
+    root.twice = _Twice()
     graph = fx.Graph()
     x = graph.placeholder("x")
     graph.output(graph.call_module("twice", (x,)))
-    module = fx.GraphModule(root, graph)
+    return graph_module(root, graph)
+
+
+def test_graphs_with_other_nodes_replay_through_their_forward():
+    module = _calling_a_module()
     replay = replay_function(module)
     assert replay.run == module.forward
     assert torch.equal(replay.run(torch.ones(2)), torch.full((2,), 2.0))
@@ -89,16 +95,7 @@ def test_a_lazy_graph_module_replays_through_its_generated_forward_not_its_call(
     would see the graph's borrowed constants."""
     from torch.fx._lazy_graph_module import _LazyGraphModule
 
-    class Twice(nn.Module):
-        def forward(self, x):
-            return 2 * x
-
-    root = nn.Module()
-    root.twice = Twice()
-    graph = fx.Graph()
-    x = graph.placeholder("x")
-    graph.output(graph.call_module("twice", (x,)))
-    module = _LazyGraphModule(root, graph)
+    module = _calling_a_module(_LazyGraphModule)
     seen = []
     handle = nn.modules.module.register_module_forward_pre_hook(lambda m, args: seen.append(m))
     try:
