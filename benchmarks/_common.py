@@ -74,12 +74,14 @@ def ratio_table(times: dict[str, list[float]], baseline: str) -> list[dict]:
 
 
 def emit(result: dict, target: str | None) -> None:
-    """Write ``result`` as JSON to the file ``target`` (``-``: one final line on stdout)."""
+    """Write ``result`` as JSON to the file ``target`` (written to a temporary file, then
+    renamed), or with ``-`` as one final line on stdout (``benchmarks/run_all.py`` reads it)."""
     if target == "-":
-        print(json.dumps(result))
+        print(json.dumps(result, default=str))
     elif target:
-        with open(target, "w") as f:
-            json.dump(result, f, indent=2)
+        from pyro_vae._io import atomic_write_json
+
+        atomic_write_json(target, result)
 
 
 Step = Callable[[], object]

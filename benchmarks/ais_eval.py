@@ -12,6 +12,9 @@ Fashion-MNIST, then L_K (K = ``--digits-k``) and AIS on test points: how far L_K
 AIS (no exact value exists there). ``--skip-exact`` runs part 2 alone.
 
     python benchmarks/ais_eval.py [--steps 10,100,1000] [--repeats 3] [--digits] [--json out.json]
+        [--quick]
+
+``--quick`` (what ``benchmarks/run_all.py`` runs): T in 10 and 100, one repeat.
     python benchmarks/ais_eval.py --skip-exact --digits --data fashion-mnist --hidden 200 \\
         --digits-latent 20 --digits-epochs 10 --digits-points 50
 """
@@ -19,13 +22,13 @@ AIS (no exact value exists there). ``--skip-exact`` runs part 2 alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 
 import pyro
 import torch
+from _common import emit, environment
 
 from pyro_vae.bounds import ais, iwae
 from pyro_vae.infer.hmc import HMCOptions
@@ -260,8 +263,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64, help="hidden width of the trained VAE")
     parser.add_argument("--train-size", type=int, default=10000, help="Fashion-MNIST training images")
     parser.add_argument("--skip-exact", action="store_true", help="only part 2 (the trained VAE)")
-    parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--json", default=None, help="write the results as JSON here (-: last line of stdout)"
+    )
+    parser.add_argument("--quick", action="store_true", help="T in 10 and 100, one repeat")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeats = "10,100", 1
     args.steps = [int(s) for s in args.steps.split(",")]
     torch.set_num_threads(1)
     pyro.enable_validation(False)
@@ -274,10 +282,9 @@ def main() -> None:
     if args.digits:
         out["digits"] = part_digits(args)
     out["load_average_end"] = os.getloadavg()
+    out["environment"] = environment()
     print(f"load average at the end {out['load_average_end'][0]:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ hand-written one, interleaved, each timed with ``torch.cuda.synchronize()``; med
 their ratio. Then :func:`pyro_vae.bounds.iwae` on 1,000 points at several K: points per
 second. Without a GPU it says so and exits 0.
 
-    python benchmarks/gpu.py [--steps 300] [--json out.json]
+    python benchmarks/gpu.py [--steps 300] [--json out.json] [--quick]
+
+``--quick`` (what ``benchmarks/run_all.py`` runs): 30 steps, K in 1 and 50. Without a GPU the
+JSON is ``{"skipped": ...}``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, environment
 from train_step import LR, B, D, H, HandVAE, K, N, hand_step
 
 from pyro_vae.bounds import iwae
@@ -58,10 +62,17 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--ks", default="1,50,500", help="K values of the IWAE throughput")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--json", default=None, help="also write the results as JSON here (-: last line of stdout)"
+    )
+    parser.add_argument("--quick", action="store_true", help="30 steps, K in 1 and 50")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.ks = 30, 5, "1,50"
     if not torch.cuda.is_available():
-        print("no CUDA GPU here (torch.cuda.is_available() is False): no GPU figures to record")
+        why = "no CUDA GPU here (torch.cuda.is_available() is False): no GPU figures to record"
+        print(why)
+        emit({"skipped": why}, args.json)
         return 0
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -97,10 +108,9 @@ def main() -> int:
             rate = data.shape[0] / statistics.median(runs)
             results["iwae_points_per_second"][k] = rate
             print(f"{k:<10} {rate:>12.0f}")
-    if args.json:
-        from pyro_vae._io import atomic_write_json
-
-        atomic_write_json(args.json, results)
+    results["ratios"] = {name: row["ratio"] for name, row in results["train_step"].items()}
+    results["environment"] = environment()
+    emit(results, args.json)
     return 0
 
 

@@ -100,6 +100,10 @@ def child(mode: str, path: Path, *, epochs: int, batch_size: int, limit_mb: int)
     }
 
 
+QUICK_ROWS, QUICK_LIMIT_MB = 150_000, 600
+QUICK_HELP = f"{QUICK_ROWS} rows (448 MiB) under RLIMIT_DATA {QUICK_LIMIT_MB} MiB"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400_000)
@@ -108,10 +112,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit-mb", type=int, default=1200, help="RLIMIT_DATA of the training process")
     parser.add_argument("--path", type=Path, default=Path("/tmp/pyro_vae_out_of_core.npy"))
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--json",
+        "--out",
+        dest="json",
+        default=None,
+        help="results as JSON to this file (-: last line of stdout)",
+    )
+    parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
     parser.add_argument("--child", choices=["mmap", "load"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-write", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.limit_mb = QUICK_ROWS, QUICK_LIMIT_MB
     if args.child:
         result = child(
             args.child, args.path, epochs=args.epochs, batch_size=args.batch_size, limit_mb=args.limit_mb
@@ -156,10 +169,12 @@ def main() -> None:
         trained = f", {result['steps']} steps in {result['seconds']:.1f} s" if "steps" in result else ""
         print(f"{mode:>5}: {result['status']}; peak RSS (VmHWM) {peak:.0f} MiB{trained}")
         print(f"       = {peak / size_mb:.2f} x the data; ru_maxrss {maxrss:.0f} MiB")
-    if args.out:
-        args.out.write_text(
-            json.dumps({"size_mib": size_mb, "limit_mib": args.limit_mb, "results": results}, indent=1)
-        )
+    from _common import emit, environment  # here: a child sets its memory limit before torch loads
+
+    emit(
+        {"size_mib": size_mb, "limit_mib": args.limit_mb, "results": results, "environment": environment()},
+        args.json,
+    )
 
 
 if __name__ == "__main__":

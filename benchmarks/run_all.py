@@ -18,7 +18,8 @@ Each benchmark runs in its own process, one after the other (never two at once: 
 time each other), with a timeout. The output JSON has one entry per benchmark (``status``:
 ``ok``, ``skipped`` or ``failed``, the wall time, the script's JSON), the load average before
 and after each, and the versions and threads of this interpreter; a table of the ratios is
-printed at the end. ``--full`` runs the scripts with their default (long) settings.
+printed at the end, and the command exits with status 1 when any benchmark failed. ``--full``
+runs the scripts with their default (long) settings.
 """
 
 from __future__ import annotations
@@ -107,15 +108,17 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(HERE))
     from _common import environment
 
+    from pyro_vae._io import atomic_write_json
+
     report = {"environment": environment(), "mode": "full" if args.full else "quick", "benchmarks": {}}
     for script in discover(args.only):
         print(f"running {script.name} ...", flush=True)
         entry = run_one(script, full=args.full, timeout=args.timeout)
         report["benchmarks"][script.stem] = entry
         print(f"  {entry['status']} in {entry['wall_s']:.0f} s {entry.get('reason', '')}", flush=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))  # what has run so far survives an abort
+        atomic_write_json(args.out, report)  # what has run so far survives an abort
     report["environment_after"] = environment()
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    atomic_write_json(args.out, report)
     print(f"\n{'benchmark':<18} {'path':<40} {'ratio':>8}")
     for name, entry in report["benchmarks"].items():
         ratios = entry.get("result", {}).get("ratios", {})
@@ -131,5 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def exit_status(report: dict) -> int:
+    """1 when any benchmark failed (a script that no longer runs is a regression too), else 0."""
+    return int(any(entry["status"] == "failed" for entry in report["benchmarks"].values()))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))

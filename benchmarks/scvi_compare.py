@@ -118,10 +118,23 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=10)
     parser.add_argument("--particles", type=int, default=1000, help="K of the held-out L_K")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scvi-python", default=None, help="a Python with scvi-tools installed")
-    parser.add_argument("--out", type=Path, default=None, help="write the runs as JSON here")
+    parser.add_argument(
+        "--scvi-python",
+        default=os.environ.get("PYRO_VAE_SCVI_PYTHON"),
+        help="a Python with scvi-tools installed (default: $PYRO_VAE_SCVI_PYTHON)",
+    )
+    parser.add_argument(
+        "--json",
+        "--out",
+        dest="json",
+        default=None,
+        help="the runs as JSON to this file (-: stdout's last line)",
+    )
+    parser.add_argument("--quick", action="store_true", help="5 epochs, K = 100, one seed")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.particles, args.repeats = 5, 100, 1
     if args.child is not None:
         print(json.dumps(theirs(args, args.child)))
         return
@@ -142,8 +155,16 @@ def main() -> None:
             ll = statistics.median(r["log_marginal"] for r in mine)
             seconds = statistics.median(r["train_seconds"] for r in mine)
             print(f"  {who:>10}: held-out log p(x) {ll:9.2f} nats per cell, training {seconds:6.1f} s")
-    if args.out:
-        args.out.write_text(json.dumps(runs, indent=1))
+    from _common import emit, environment  # here: the child runs in scvi-tools' Python, without Pyro
+
+    result: dict = {"runs": runs, "environment": environment()}
+    mine = {who: [r for r in runs if r["who"] == who] for who in ("pyro_vae", "scvi-tools")}
+    if mine["pyro_vae"] and mine["scvi-tools"]:
+        ratio = statistics.median(r["train_seconds"] for r in mine["pyro_vae"]) / statistics.median(
+            r["train_seconds"] for r in mine["scvi-tools"]
+        )
+        result["ratios"] = {"training time, pyro_vae / scvi-tools": ratio}
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ On a machine with two cores, two processes cannot be faster than one: this measu
 overhead of data parallelism (the all-reduce, smaller per-rank batches, the barriers), not
 a speed-up.
 
-    python benchmarks/throughput.py [--runs 3] [--epochs 1] [--json out.json]
+    python benchmarks/throughput.py [--runs 3] [--epochs 1] [--json out.json] [--quick]
+
+``--quick`` (what ``benchmarks/run_all.py`` runs): one run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import emit, environment
 
 D, H, K, B, LR = 784, 400, 50, 128, 1e-3
 
@@ -139,8 +142,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--json", default=None, help="also write the results as JSON here (-: last line of stdout)"
+    )
+    parser.add_argument("--quick", action="store_true", help="one run")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 1
     torch.set_num_threads(args.threads)
     x, name = load_data()
     n = x.shape[0] * args.epochs
@@ -186,10 +194,9 @@ def main() -> None:
     print(f"{'all-reduce, ms/step':<28} {result['allreduce_ms_per_step']:>12.3f}  ({numel} float32)")
     print(f"{'all-reduce share of a step':<28} {result['allreduce_share_of_2_process_step']:>12.1%}")
     print(f"load average (1 min) over the runs: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
-    if args.json:
-        from pyro_vae._io import atomic_write_json
-
-        atomic_write_json(args.json, result)
+    result["ratios"] = {"2 processes / 1, points per second": result["ratio_2_over_1"]}
+    result["environment"] = environment()
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

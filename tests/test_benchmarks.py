@@ -63,3 +63,59 @@ def test_estimator_step_times_each_estimator(tmp_path):
     result = _run("estimator_step", "--steps", "2", "--warmup", "1", "--particles", "2", tmp_path=tmp_path)
     assert {"VIMCO pyro_vae", "Gumbel-softmax pyro_vae", "REINFORCE pyro_vae"} <= set(result["ratios"])
     assert _finite_positive(result["ratios"])
+
+
+def _run_all():
+    """``benchmarks/run_all.py`` as a module."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return run_all
+
+
+_SCRIPTS = [p.stem for p in _run_all().discover()]
+
+
+@pytest.mark.parametrize("script", _SCRIPTS)
+def test_every_benchmark_takes_run_alls_options(script):
+    """``benchmarks/run_all.py`` runs each script as ``<script> --json - --quick``: every one
+    must take both (a script that does not is reported as failed there)."""
+    shown = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert "--quick" in shown and "--json" in shown, shown
+
+
+def test_run_all_classifies_outcomes_and_exits_1_when_one_failed(tmp_path):
+    """A script that rejects the options (as five did before they took them) is ``failed``,
+    one that prints ``{"skipped": ...}`` is ``skipped``, and the command's exit status is 1
+    only when one failed."""
+    run_all = _run_all()
+    rejecting = tmp_path / "rejecting.py"
+    rejecting.write_text("import argparse\nargparse.ArgumentParser().parse_args()\n")
+    skipping = tmp_path / "skipping.py"
+    skipping.write_text('import json\nprint("figures")\nprint(json.dumps({"skipped": "no GPU"}))\n')
+    failed = run_all.run_one(rejecting, full=False, timeout=60)
+    skipped = run_all.run_one(skipping, full=False, timeout=60)
+    assert failed["status"] == "failed" and "unrecognized arguments" in failed["reason"]
+    assert skipped["status"] == "skipped" and skipped["reason"] == "no GPU"
+    assert run_all.exit_status({"benchmarks": {"a": skipped, "b": failed}}) == 1
+    assert run_all.exit_status({"benchmarks": {"a": skipped}}) == 0
+
+
+@pytest.mark.slow
+def test_run_all_writes_one_json_of_the_benchmarks_it_ran(tmp_path):
+    out = tmp_path / "all.json"
+    command = [sys.executable, str(BENCHMARKS / "run_all.py"), "--out", str(out), "--only", "gpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert list(report["benchmarks"]) == ["gpu"]
+    assert report["benchmarks"]["gpu"]["status"] in ("ok", "skipped")  # skipped without a GPU
+    assert report["mode"] == "quick" and "loadavg" in report["environment"]
