@@ -283,6 +283,12 @@ def main() -> None:
         out["digits"] = part_digits(args)
     out["load_average_end"] = os.getloadavg()
     out["environment"] = environment()
+    if "linear_gaussian" in out:  # the figures to compare between runs: AIS's error over L_K's, same time
+        out["ratios"] = {
+            f"|AIS error| / |L_K error|, T={row['steps']}": abs(row["ais_error"]) / abs(row["lk_error"])
+            for row in out["linear_gaussian"]
+            if row["lk_error"] != 0
+        }
     print(f"load average at the end {out['load_average_end'][0]:.2f}")
     emit(out, args.json)
 
