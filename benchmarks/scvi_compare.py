@@ -149,20 +149,18 @@ def main() -> None:
             ll, seconds = r["log_marginal"], r["train_seconds"]
             print(f"  seed {seed} {r['who']:>10}: log p(x) {ll:9.2f}  {seconds:6.1f} s")
     print(f"medians of {args.repeats} runs (load average {os.getloadavg()}):")
+    training: dict[str, float] = {}  # median training seconds, by who ran
     for who in ("pyro_vae", "scvi-tools"):
         mine = [r for r in runs if r["who"] == who]
         if mine:
             ll = statistics.median(r["log_marginal"] for r in mine)
-            seconds = statistics.median(r["train_seconds"] for r in mine)
+            training[who] = seconds = statistics.median(r["train_seconds"] for r in mine)
             print(f"  {who:>10}: held-out log p(x) {ll:9.2f} nats per cell, training {seconds:6.1f} s")
     from _common import emit, environment  # here: the child runs in scvi-tools' Python, without Pyro
 
     result: dict = {"runs": runs, "environment": environment()}
-    mine = {who: [r for r in runs if r["who"] == who] for who in ("pyro_vae", "scvi-tools")}
-    if mine["pyro_vae"] and mine["scvi-tools"]:
-        ratio = statistics.median(r["train_seconds"] for r in mine["pyro_vae"]) / statistics.median(
-            r["train_seconds"] for r in mine["scvi-tools"]
-        )
+    if len(training) == 2:
+        ratio = training["pyro_vae"] / training["scvi-tools"]
         result["ratios"] = {"training time, pyro_vae / scvi-tools": ratio}
     emit(result, args.json)
 

@@ -211,7 +211,7 @@ class CapturedLoss:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
         assert key is not None
         if not (captured.compiled or captured.note) and self._compile_due(key):
-            recaptured = self._cache.recapture(key, lambda: self._capture(model, guide, args, kwargs, key))
+            recaptured = self._cache.capture(key, lambda: self._capture(model, guide, args, kwargs, key))
             if recaptured is None:
                 return self.inner.loss_and_grads(model, guide, *args, **kwargs)
             captured = recaptured

@@ -166,19 +166,13 @@ class GraphCache:
             return None
         if len(self.graphs) + self._reserved() >= self.max_graphs:
             return None
-        made = capture()
-        if isinstance(made, str):
-            self.fallback_reason = made
-            self.graphs[key] = None
-            return None
-        self.graphs[key] = made
-        return made
+        return self.capture(key, capture)
 
-    def recapture(self, key: tuple, capture: Callable[[], CapturedGraph | str]) -> CapturedGraph | None:
-        """Structure ``key``'s graph captured once more by ``capture()`` (a later stage, such as
-        compiling, now due), replacing the one it had; ``None`` when the new capture is refused
-        (its check against the eager run failed, say): the structure then runs eagerly from
-        now on, as one refused at its first capture does."""
+    def capture(self, key: tuple, capture: Callable[[], CapturedGraph | str]) -> CapturedGraph | None:
+        """Structure ``key`` captured now by ``capture()``, replacing any graph it had (a later
+        stage, such as compiling, now due); ``None`` when the capture is refused (``capture()``
+        says why: its check against the eager run failed, say), and the structure then runs
+        eagerly from now on."""
         made = capture()
         if isinstance(made, str):
             self.fallback_reason = made

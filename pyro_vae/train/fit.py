@@ -570,8 +570,8 @@ def fit(
         kernels, in one process, with a compiler found), where it pays back, and then only the
         structures that have run :data:`~pyro_vae.train.step.FIT_COMPILE_AFTER` times (the
         full batches, not a smaller last one); shorter runs stay bitwise the eager step.
-        ``True`` compiles every structure at capture, and needs ``capture_after`` and ``matmul`` ``"auto"`` or
-        ``"aten"``. A resumed run replays (compiled) where the run it continues did.
+        ``True`` compiles every structure at capture, and needs ``capture_after`` and
+        ``matmul`` ``"auto"`` or ``"aten"``. A resumed run replays (compiled) where the run it continues did.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.

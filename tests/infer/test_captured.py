@@ -338,27 +338,38 @@ def test_a_graph_relying_on_a_prior_buffer_is_captured_anew_once_the_buffer_chan
         assert torch.equal(a, b)
 
 
+def _big_and_small():
+    """Batches of two structures: eight of 16 rows and two of 8."""
+    return [_x(seed=s) for s in range(8)], [_x(n=8, seed=10 + s) for s in range(2)]
+
+
+def _trained_on_two_structures(monkeypatch, *, compile_after):
+    """The eager steps and those of ``CapturedLoss(compile=True, capture_after=1,
+    compile_after=...)`` on the big batches (every step but two) and the small ones
+    (steps 5 and 10), a compiler taken as found: (eager, captured, the loss)."""
+    from pyro_vae.infer import captured as module
+
+    monkeypatch.setattr(module, "check_compile", lambda compile: None)
+    big, small = _big_and_small()
+    batches = big[:4] + small[:1] + big[4:] + small[1:]
+    loss = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=compile_after)
+    return _train(MeanFieldELBO(), batches), _train(loss, batches), loss
+
+
 def test_compile_after_compiles_only_the_structures_that_run_that_often(monkeypatch):
     """``compile_after=5``: the graph of a structure run every step is replayed uncompiled
     from its 2nd run and compiled (captured anew) at its 6th; one run twice is never
     compiled. A stand-in compiler that returns the graph itself keeps every step bitwise the
     eager one. The run counts go into ``capture_state``, so a loss continuing from it
     compiles a structure past ``compile_after`` at its first capture."""
-    from pyro_vae.infer import captured as module
-
     compiled = []
 
     def identity(fn, **options):
         compiled.append(fn)
         return fn
 
-    monkeypatch.setattr(module, "check_compile", lambda compile: None)
     monkeypatch.setattr(torch, "compile", identity)
-    big, small = [_x(seed=s) for s in range(8)], [_x(n=8, seed=10 + s) for s in range(2)]
-    batches = big[:4] + small[:1] + big[4:] + small[1:]
-    eager = _train(MeanFieldELBO(), batches)
-    loss = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=5)
-    got = _train(loss, batches)
+    eager, got, loss = _trained_on_two_structures(monkeypatch, compile_after=5)
     assert len(compiled) == 1 and loss.compiled and loss.compile_note == ""
     graphs = {tuple(key[4][1][1]): graph for key, graph in loss._graphs.items()}  # by batch shape
     assert graphs[(16, 6)].compiled and graphs[(16, 6)].replays == 8 - 5  # runs 6, 7, 8
@@ -371,6 +382,7 @@ def test_compile_after_compiles_only_the_structures_that_run_that_often(monkeypa
 
     resumed = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=5)
     resumed.load_capture_state(loss.capture_state())
+    big, small = _big_and_small()
     _train(resumed, big[:1] + small[:1])
     assert len(compiled) == 2  # the big batches' structure, compiled at once; the small not
     assert resumed.captured_steps == 2 and resumed.compiled
@@ -381,26 +393,15 @@ def test_compile_after_is_checked():
         CapturedLoss(MeanFieldELBO(), compile_after=0)
 
 
-def _every_step_of_two_structures():
-    big, small = [_x(seed=s) for s in range(8)], [_x(n=8, seed=10 + s) for s in range(2)]
-    return big[:4] + small[:1] + big[4:] + small[1:]
-
-
 def test_a_compile_that_fails_when_due_is_tried_once_and_the_checked_graph_replays(monkeypatch):
-    from pyro_vae.infer import captured as module
-
     tried = []
 
     def failing(fn, **options):
         tried.append(fn)
         raise RuntimeError("Inductor cannot compile this")
 
-    monkeypatch.setattr(module, "check_compile", lambda compile: None)
     monkeypatch.setattr(torch, "compile", failing)
-    batches = _every_step_of_two_structures()
-    eager = _train(MeanFieldELBO(), batches)
-    loss = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=2)
-    got = _train(loss, batches)
+    eager, got, loss = _trained_on_two_structures(monkeypatch, compile_after=2)
     assert len(tried) == 1 and not loss.compiled and "cannot compile" in loss.compile_note
     assert loss.captured_steps == 7 + 1
     assert eager[0] == got[0]
@@ -417,12 +418,8 @@ def test_a_recapture_refused_when_compiling_is_due_leaves_the_structure_eager(mo
     def refusing(*args, compile, **options):
         return refusal if compile else plain(*args, compile=compile, **options)
 
-    monkeypatch.setattr(module, "check_compile", lambda compile: None)
     monkeypatch.setattr(module, "capture_graph", refusing)
-    batches = _every_step_of_two_structures()
-    eager = _train(MeanFieldELBO(), batches)
-    loss = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1, compile_after=4)
-    got = _train(loss, batches)
+    eager, got, loss = _trained_on_two_structures(monkeypatch, compile_after=4)
     # the big batches: eager once, replayed at runs 2-4, refused at 5 and eager after
     assert loss.captured_steps == 3 + 1 and loss.fallback_reason == refusal
     assert sorted(loss.capture_state().values()) == [-1, 2]
