@@ -367,7 +367,7 @@ def _add_matmul(p: argparse.ArgumentParser, default: str) -> None:
         help="kernels of the captured graphs' float32 CPU matrix products: aten (PyTorch's BLAS, "
         "bitwise the eager computation), onednn (oneDNN's, equal to float rounding; a resumed "
         "training run then equals an uninterrupted one to float rounding only), auto (onednn on "
-        "CPUs other than Intel's, where MKL's float32 GEMM is slow)",
+        "CPUs other than Intel's with AVX-512, where MKL's float32 GEMM is slow)",
     )
 
 

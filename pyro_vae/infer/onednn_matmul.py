@@ -44,17 +44,25 @@ def cpu_vendor() -> str:
     return ""
 
 
+def cpu_capability() -> str:
+    """The widest vector instructions PyTorch's kernels use here (``"AVX512"``, ``"AVX2"``,
+    ``"DEFAULT"``, ...: :func:`torch.backends.cpu.get_cpu_capability`)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def resolve_matmul(matmul: str, *, compile: bool = False) -> str:
     """``matmul`` with ``"auto"`` resolved: ``"onednn"`` where oneDNN is available, nothing is
-    compiled and the CPU is not Intel's (MKL's float32 GEMM ran at half oneDNN's rate on an
-    AMD EPYC host, docs/benchmarks.md), else ``"aten"``. The choice depends only on the
-    machine and the build, so it is the same in every run on one machine."""
+    compiled, the CPU is not Intel's and it has AVX-512, else ``"aten"``. On an AMD EPYC host
+    with AVX-512, MKL's float32 GEMM ran at half oneDNN's rate; on an AMD EPYC host with AVX2
+    only, oneDNN's was the slower (the training step 0.98-1.01x the hand-written one on
+    oneDNN's kernels against 0.83-0.86x on MKL's; docs/benchmarks.md). The choice depends
+    only on the machine and the build, so it is the same in every run on one machine."""
     check_matmul(matmul, compile=compile)
     if matmul != "auto":
         return matmul
     if compile or not onednn_available() or cpu_vendor() in ("", "GenuineIntel"):
         return "aten"
-    return "onednn"
+    return "onednn" if cpu_capability().startswith("AVX512") else "aten"
 
 
 def check_matmul(matmul: str, *, compile: bool) -> None:

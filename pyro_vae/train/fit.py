@@ -552,8 +552,8 @@ def fit(
     :param matmul: the kernels of the captured graphs' float32 CPU matrix products (the step's
         and the tracked bound's): ``"aten"`` (PyTorch's BLAS, bitwise the eager step),
         ``"onednn"`` (oneDNN's: values and gradients equal to the eager step's to float
-        rounding, every check so) or ``"auto"``: oneDNN on CPUs other than Intel's, where
-        MKL's float32 GEMM ran at half oneDNN's rate (:mod:`pyro_vae.infer.onednn_matmul`;
+        rounding, every check so) or ``"auto"``: oneDNN on CPUs other than Intel's with
+        AVX-512, where MKL's float32 GEMM ran at half oneDNN's rate (:mod:`pyro_vae.infer.onednn_matmul`;
         ``result.matmul`` says which ran). Eager steps run PyTorch's kernels either way; a
         resumed run replays where the run it continues did (the checkpoint keeps how often
         each structure ran), so it ends bit for bit as the uninterrupted run. The default

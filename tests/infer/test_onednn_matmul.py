@@ -97,8 +97,11 @@ def test_options_are_checked_and_auto_depends_only_on_the_machine(monkeypatch):
     monkeypatch.setattr(onednn_matmul, "cpu_vendor", lambda: "")
     assert resolve_matmul("auto") == "aten"
     monkeypatch.setattr(onednn_matmul, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(onednn_matmul, "cpu_capability", lambda: "AVX512")
     assert resolve_matmul("auto") == ("onednn" if onednn_available() else "aten")
     assert resolve_matmul("auto", compile=True) == "aten"
+    monkeypatch.setattr(onednn_matmul, "cpu_capability", lambda: "AVX2")
+    assert resolve_matmul("auto") == "aten"  # oneDNN's GEMM was the slower on AVX2 (docs/benchmarks.md)
     monkeypatch.setattr(onednn_matmul, "onednn_available", lambda: False)
     with pytest.raises(InputError, match="no oneDNN"):
         resolve_matmul("onednn")
