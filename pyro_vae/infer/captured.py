@@ -88,8 +88,9 @@ class CapturedLoss:
     the same values and gradients as the eager step for the same random state (tested
     bitwise) run with Pyro's validation off, as :func:`~pyro_vae.train.fit`'s loop runs it
     (with validation on, Pyro evaluates some densities in another order: equal to float
-    rounding). With ``compile=True`` the checked graph is then compiled by ``torch.compile``
-    (TorchInductor, with PyTorch's own random operations kept, so draws are unchanged) and
+    rounding). With ``compile=True`` the checked graph is then compiled by TorchInductor, without
+    TorchDynamo (:func:`~pyro_vae.infer.graph_compile.compile_graph`; PyTorch's own random
+    operations kept, so draws are unchanged) and
     the compiled graph kept when its values and gradients equal the checked graph's to float
     rounding (tested), else the checked graph (:attr:`compile_note` says why); compiling
     takes seconds a structure once (for the benchmark VAE 27 s with TorchInductor's cache cold,
@@ -122,7 +123,8 @@ class CapturedLoss:
     state of their own (baselines updated in Python) are refused (:func:`capturable`).
 
     :param loss: the loss to run (``inner``); ``loss`` and ``differentiable_loss`` stay eager.
-    :param compile: also compile each captured graph with ``torch.compile``.
+    :param compile: also compile each captured graph with TorchInductor
+        (:func:`~pyro_vae.infer.graph_compile.compile_graph`).
     :param capture_after: eager runs of a structure before it is captured (at least 1).
     :param compile_after: with ``compile=True``, runs of a structure before its graph is
         compiled: ``None`` (the default) compiles it at capture; a larger count replays the

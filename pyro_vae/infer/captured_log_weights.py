@@ -82,7 +82,8 @@ class CapturedLogWeights:
     :param max_graphs: structures captured at most (an evaluation over several K, or over data
         whose last chunk is shorter, meets several; a graph refers to the tensors it reads and
         copies none).
-    :param compile: also compile each graph with TorchInductor (``torch.compile``, see
+    :param compile: also compile each graph with TorchInductor
+        (:func:`~pyro_vae.infer.graph_compile.compile_graph`, see
         :class:`~pyro_vae.infer.captured.CapturedLoss`; the compiled graph is checked against
         the bitwise-checked one at capture and its replays to float rounding, PyTorch's own
         random draws kept); ``None``: decided at the start of each call of a bound from its

@@ -21,6 +21,7 @@ from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import CaptureFallbackWarning
+from pyro_vae.infer.graph_compile import compile_graph
 from pyro_vae.infer.graph_record import RecordRefused, drop_values, record_graph
 from pyro_vae.infer.graph_replay import replay_function
 from pyro_vae.infer.graph_simplify import SimplifiedGraph, attribute, simplify_graph
@@ -476,13 +477,13 @@ class _Checked(NamedTuple):
 
 
 def _compiled(module: fx.GraphModule, checked: _Checked) -> tuple[tuple[Callable, list[Any]] | None, str]:
-    """``module`` (the graph ``checked``) compiled by TorchInductor, with PyTorch's own random
-    operations kept (the same draws), as its replay and constants, when it agrees with the
-    checked graph to float rounding (:func:`within_rounding`); else ``None`` and why (the
+    """``module`` (the graph ``checked``) compiled by TorchInductor
+    (:func:`~pyro_vae.infer.graph_compile.compile_graph`: without TorchDynamo, PyTorch's own
+    random operations kept, the same draws), as its replay and constants, when it agrees with
+    the checked graph to float rounding (:func:`within_rounding`); else ``None`` and why (the
     checked graph is then kept)."""
     try:
-        _LazyGraphModule.force_recompile(module)  # Inductor compiles the module's forward
-        graph = torch.compile(module.forward, dynamic=False, options={"fallback_random": True})
+        graph = compile_graph(module, checked.tensors)
         agrees = checked.agrees(graph)
     except Exception as e:  # Inductor cannot compile it (an operator, a missing compiler)
         return None, f"not compiled: {type(e).__name__}: {e}"

@@ -45,7 +45,8 @@ def replay_function(module: fx.GraphModule) -> Replay:
     the output, with arguments holding nodes in containers other than lists and tuples, or
     with inputs or outputs structured by a pytree (``make_fx`` of a function taking a dict)
     replay through ``module.forward``. For
-    ``torch.compile``, which traces operator overloads, use the module itself.
+    Inductor, which traces operator overloads, use the module itself
+    (:func:`~pyro_vae.infer.graph_compile.compile_graph`).
     """
     try:
         return _generate(module)

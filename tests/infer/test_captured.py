@@ -6,7 +6,7 @@ import torch
 
 from pyro_vae.errors import CaptureFallbackWarning, InputError
 from pyro_vae.estimators import VIMCO
-from pyro_vae.infer import MeanFieldELBO
+from pyro_vae.infer import MeanFieldELBO, graph_capture
 from pyro_vae.infer.captured import CapturedLoss
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
@@ -105,17 +105,17 @@ def test_compiled_graph_equals_eager_to_float_rounding():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _off_by_a_percent(fn, **options):
-    """A stand-in for ``torch.compile`` whose "compiled" graph is 1% off (a wrong kernel)."""
+def _off_by_a_percent(module, inputs):
+    """A stand-in for Inductor (``compile_graph``) whose "compiled" graph is 1% off (a wrong kernel)."""
 
     def run(*args):
-        objective, surrogate = fn(*args)
+        objective, surrogate = module(*args)
         return objective * 1.01, surrogate * 1.01
 
     return run
 
 
-def _failing(fn, **options):
+def _failing(module, inputs):
     raise RuntimeError("Inductor cannot compile this")
 
 
@@ -127,7 +127,7 @@ def test_a_compiled_graph_that_fails_or_disagrees_leaves_the_checked_graph(monke
     and replayed bitwise, when the compiled one cannot be made or is off beyond rounding."""
     batches = [_x(seed=s) for s in range(4)]
     eager = _train(MeanFieldELBO(), batches)
-    monkeypatch.setattr(torch, "compile", compiler)
+    monkeypatch.setattr(graph_capture, "compile_graph", compiler)
     captured_loss = CapturedLoss(MeanFieldELBO(), compile=True)
     captured = _train(captured_loss, batches)
     assert captured_loss.captured_steps == 3 and not captured_loss.compiled
@@ -364,11 +364,11 @@ def test_compile_after_compiles_only_the_structures_that_run_that_often(monkeypa
     compiles a structure past ``compile_after`` at its first capture."""
     compiled = []
 
-    def identity(fn, **options):
-        compiled.append(fn)
-        return fn
+    def identity(module, inputs):
+        compiled.append(module)
+        return module
 
-    monkeypatch.setattr(torch, "compile", identity)
+    monkeypatch.setattr(graph_capture, "compile_graph", identity)
     eager, got, loss = _trained_on_two_structures(monkeypatch, compile_after=5)
     assert len(compiled) == 1 and loss.compiled and loss.compile_note == ""
     graphs = {tuple(key[4][1][1]): graph for key, graph in loss._graphs.items()}  # by batch shape
@@ -396,11 +396,11 @@ def test_compile_after_is_checked():
 def test_a_compile_that_fails_when_due_is_tried_once_and_the_checked_graph_replays(monkeypatch):
     tried = []
 
-    def failing(fn, **options):
-        tried.append(fn)
+    def failing(module, inputs):
+        tried.append(module)
         raise RuntimeError("Inductor cannot compile this")
 
-    monkeypatch.setattr(torch, "compile", failing)
+    monkeypatch.setattr(graph_capture, "compile_graph", failing)
     eager, got, loss = _trained_on_two_structures(monkeypatch, compile_after=2)
     assert len(tried) == 1 and not loss.compiled and "cannot compile" in loss.compile_note
     assert loss.captured_steps == 7 + 1
