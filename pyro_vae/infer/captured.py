@@ -93,8 +93,8 @@ class CapturedLoss:
     operations kept, so draws are unchanged) and
     the compiled graph kept when its values and gradients equal the checked graph's to float
     rounding (tested), else the checked graph (:attr:`compile_note` says why); compiling
-    takes seconds a structure once (for the benchmark VAE 27 s with TorchInductor's cache cold,
-    about 3 s warm), for long training runs; ``compile_after`` compiles only the structures that
+    takes seconds a structure once (for the benchmark VAE 16.5-27 s with TorchInductor's cache
+    cold, 3-7 s warm), for long training runs; ``compile_after`` compiles only the structures that
     run often.
 
     A graph is kept per *structure*: the programs (their identity), the shapes, dtypes and
