@@ -224,8 +224,10 @@ class CapturedLoss:
         result = self._cache.replay(key, captured, tensors_of(args, kwargs), eager, value=_objective)
         if result is None:
             return self.inner.loss_and_grads(model, guide, *args, **kwargs)
-        objective, surrogate = result
-        if surrogate.requires_grad:
+        objective, surrogate = result[0], result[1]
+        if len(result) > 2:  # compiled with its gradients (graph_compile.joint_graph)
+            result[2].accumulate()
+        elif surrogate.requires_grad:
             # (-surrogate).backward() without the negation's two operations: the same
             # gradients (the negation's backward hands on exactly -1), kept with the graph
             if captured.info is None:
@@ -319,6 +321,8 @@ class CapturedLoss:
             compile=self._compile_due(key),
             comparable=_objective_and_gradients,
             matmul=self.matmul,
+            differentiate=1,  # a compiled step: the surrogate's gradients with its forward,
+            grad_output=-1.0,  # of the negated surrogate, as the replay's backward below
         )
 
 
@@ -351,12 +355,16 @@ def _with_gradients(
 ) -> list[torch.Tensor]:
     """The objective and the gradients of the negated surrogate with respect to ``leaves``
     (NaN for a leaf it does not reach), without touching any ``.grad``."""
-    objective, surrogate = result
-    if not leaves or not surrogate.requires_grad:
-        return [objective.detach(), *(torch.full_like(leaf, torch.nan) for leaf in leaves)]
-    grads = torch.autograd.grad(-surrogate, leaves, allow_unused=True)
-    unreached = [torch.full_like(leaf, torch.nan) for leaf in leaves]
-    return [objective.detach(), *(u if g is None else g for g, u in zip(grads, unreached, strict=True))]
+    objective, surrogate = result[0], result[1]
+    grads: list[torch.Tensor | None]
+    if len(result) > 2:  # compiled with its gradients (graph_compile.joint_graph)
+        grads = [result[2].of(leaf) for leaf in leaves]
+    elif leaves and surrogate.requires_grad:
+        grads = list(torch.autograd.grad(-surrogate, leaves, allow_unused=True))
+    else:
+        grads = [None] * len(leaves)
+    pairs = zip(grads, leaves, strict=True)
+    return [objective.detach(), *(torch.full_like(leaf, torch.nan) if g is None else g for g, leaf in pairs)]
 
 
 def _leaves_of(surrogate: torch.Tensor) -> list[torch.Tensor]:

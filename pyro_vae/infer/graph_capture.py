@@ -21,7 +21,7 @@ from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from pyro_vae._checks import check_positive_int
 from pyro_vae.errors import CaptureFallbackWarning
-from pyro_vae.infer.graph_compile import compile_graph
+from pyro_vae.infer.graph_compile import compile_graph, joint_graph
 from pyro_vae.infer.graph_record import RecordRefused, drop_values, record_graph
 from pyro_vae.infer.graph_replay import replay_function
 from pyro_vae.infer.graph_simplify import SimplifiedGraph, attribute, simplify_graph
@@ -255,6 +255,8 @@ def capture_graph(
     comparable: Comparable,
     info: Any = None,
     matmul: str = "aten",
+    differentiate: int | None = None,
+    grad_output: float = 1.0,
 ) -> CapturedGraph | str:
     """``run(*tensors)``'s ATen operations, recorded from an eager run
     (:func:`~pyro_vae.infer.graph_record.record_graph`) and simplified
@@ -305,7 +307,7 @@ def capture_graph(
             kernels, compiled, note = "aten", False, ""
             checked = _Checked(values, tensors, state, devices, got)
             if compile and not differs:
-                fast, note = _compiled(simplified.module, checked)
+                fast, note = _compiled(simplified.module, checked, differentiate, grad_output)
                 if fast is not None:
                     (graph, read), compiled = fast, True
             elif matmul == "onednn" and not differs:
@@ -476,14 +478,26 @@ class _Checked(NamedTuple):
         return all(within_rounding(g, r, rtol=rtol) for g, r in zip(got, self.got, strict=True))
 
 
-def _compiled(module: fx.GraphModule, checked: _Checked) -> tuple[tuple[Callable, list[Any]] | None, str]:
+def _compiled(
+    module: fx.GraphModule, checked: _Checked, differentiate: int | None, grad_output: float
+) -> tuple[tuple[Callable, list[Any]] | None, str]:
     """``module`` (the graph ``checked``) compiled by TorchInductor
     (:func:`~pyro_vae.infer.graph_compile.compile_graph`: without TorchDynamo, PyTorch's own
     random operations kept, the same draws), as its replay and constants, when it agrees with
     the checked graph to float rounding (:func:`within_rounding`); else ``None`` and why (the
-    checked graph is then kept)."""
+    checked graph is then kept). With ``differentiate``, the graph compiled is the joint one
+    of the outputs and the gradients of ``grad_output`` times output ``differentiate``
+    (:func:`~pyro_vae.infer.graph_compile.joint_graph`), where there is one: its replay
+    returns the outputs and their :class:`~pyro_vae.infer.graph_compile.Gradients`."""
     try:
-        graph = compile_graph(module, checked.tensors)
+        joint = None
+        if differentiate is not None:
+            joint = joint_graph(module, checked.tensors, differentiate=differentiate, grad_output=grad_output)
+        if joint is None:
+            graph = compile_graph(module, checked.tensors)
+        else:
+            with torch.no_grad():
+                graph = joint.runner(compile_graph(joint.module, [*checked.tensors, *joint.constants]))
         agrees = checked.agrees(graph)
     except Exception as e:  # Inductor cannot compile it (an operator, a missing compiler)
         return None, f"not compiled: {type(e).__name__}: {e}"

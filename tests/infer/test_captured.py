@@ -109,8 +109,8 @@ def _off_by_a_percent(module, inputs):
     """A stand-in for Inductor (``compile_graph``) whose "compiled" graph is 1% off (a wrong kernel)."""
 
     def run(*args):
-        objective, surrogate = module(*args)
-        return objective * 1.01, surrogate * 1.01
+        objective, *rest = module(*args)  # the outputs, then (a joint graph) the gradients
+        return objective * 1.01, *rest
 
     return run
 
@@ -371,6 +371,9 @@ def test_compile_after_compiles_only_the_structures_that_run_that_often(monkeypa
     monkeypatch.setattr(graph_capture, "compile_graph", identity)
     eager, got, loss = _trained_on_two_structures(monkeypatch, compile_after=5)
     assert len(compiled) == 1 and loss.compiled and loss.compile_note == ""
+    # the graph compiled is the joint one: objective and surrogate, then the gradients
+    outputs = next(n for n in compiled[0].graph.nodes if n.op == "output").args[0]
+    assert len(outputs) == 2 + len(list(pyro.get_param_store().values()))
     graphs = {tuple(key[4][1][1]): graph for key, graph in loss._graphs.items()}  # by batch shape
     assert graphs[(16, 6)].compiled and graphs[(16, 6)].replays == 8 - 5  # runs 6, 7, 8
     assert graphs[(8, 6)].compiled is False and graphs[(8, 6)].replays == 1

@@ -8,7 +8,7 @@ from torch import nn
 
 from pyro_vae.infer.captured import compiler_found
 from pyro_vae.infer.graph_capture import within_rounding
-from pyro_vae.infer.graph_compile import compile_graph, lift_constants
+from pyro_vae.infer.graph_compile import Gradients, compile_graph, joint_graph, lift_constants
 from pyro_vae.infer.graph_record import record_graph
 from pyro_vae.infer.graph_simplify import attribute
 
@@ -116,3 +116,100 @@ def test_where_the_cpp_wrapper_fails_the_python_wrapper_is_tried(monkeypatch):
     torch.manual_seed(3)
     expected = run(x)
     assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
+def _eager_gradients(run, x, layer, norm, start, seed, scale=-1.0):
+    """The program's outputs, ``scale`` times its value's gradients and the BatchNorm
+    statistics after, by autograd."""
+    _restore(norm, start)
+    torch.manual_seed(seed)
+    value, noise = run(x)
+    grads = torch.autograd.grad(
+        value, list(layer.parameters()) + list(norm.parameters()), grad_outputs=torch.tensor(scale)
+    )
+    return value.detach(), noise, list(grads), _stats(norm)
+
+
+def test_the_joint_graph_gives_the_outputs_and_gradients_bitwise_without_autograd():
+    """Traced forward and backward together, then run eagerly: the eager run's value, draw,
+    gradients (of -1 times the value, as a loss's surrogate is differentiated) and BatchNorm
+    update, bit for bit; the replay builds no autograd graph."""
+    layer, norm, run = _program()
+    x = torch.randn(8, 5)
+    graph = record_graph(run, [x])
+    start = _stats(norm)
+    joint = joint_graph(graph, [x], differentiate=0, grad_output=-1.0)
+    assert joint is not None and joint.outputs == 2
+    leaves = list(layer.parameters()) + list(norm.parameters())
+    assert {id(t) for t in joint.leaves} == {id(t) for t in leaves}
+    value, noise, grads, stats = _eager_gradients(run, x, layer, norm, start, seed=4)
+    _restore(norm, start)
+    torch.manual_seed(4)
+    got_value, got_noise, gradients = joint.runner(joint.module.forward)(x)
+    assert not got_value.requires_grad and isinstance(gradients, Gradients)
+    assert torch.equal(got_value, value) and torch.equal(got_noise, noise)
+    for leaf, expected in zip(leaves, grads, strict=True):
+        assert torch.equal(gradients.of(leaf), expected)
+    assert all(torch.equal(g, e) for g, e in zip(_stats(norm), stats, strict=True))
+    assert gradients.of(torch.zeros(1)) is None
+
+
+def test_there_is_no_joint_graph_without_gradients_to_take():
+    layer, norm, run = _program()
+    x = torch.randn(8, 5)
+    graph = record_graph(run, [x])
+    with torch.no_grad():
+        assert joint_graph(graph, [x], differentiate=0, grad_output=1.0) is None
+    wanted = x.clone().requires_grad_()
+    assert joint_graph(graph, [wanted], differentiate=0, grad_output=1.0) is None  # an input's gradient
+    for p in [*layer.parameters(), *norm.parameters()]:
+        p.requires_grad_(False)
+    assert joint_graph(graph, [x], differentiate=0, grad_output=1.0) is None
+
+
+def test_gradients_accumulate_as_backward_does_and_run_the_leaves_hooks():
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+    b.grad = torch.ones(2)
+    ga, gb = torch.arange(3.0), torch.full((2,), 2.0)
+    Gradients([a, b], [ga, gb]).accumulate()
+    assert a.grad is ga  # taken, as autograd takes a fresh gradient
+    assert torch.equal(b.grad, torch.full((2,), 3.0))  # added
+    hooked = torch.zeros(2, requires_grad=True)
+    seen = []
+    hooked.register_hook(lambda g: g * 10)
+    hooked.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.clone()))
+    Gradients([hooked], [torch.ones(2)]).accumulate()
+    assert torch.equal(hooked.grad, torch.full((2,), 10.0)) and len(seen) == 1
+
+
+def test_under_torch_distributed_gradients_go_through_the_autograd_engine(monkeypatch):
+    """DistributedDataParallel all-reduces from hooks on the gradient accumulators, which
+    Python cannot list: the engine runs them."""
+    from pyro_vae.infer import graph_compile
+
+    monkeypatch.setattr(graph_compile, "_distributed", lambda: True)
+    a = torch.zeros(3, requires_grad=True)
+    ga = torch.arange(3.0)
+    Gradients([a], [ga]).accumulate()
+    assert torch.equal(a.grad, ga) and a.grad is not ga  # the engine's copy
+
+
+@pytest.mark.skipif(not compiler_found(), reason="TorchInductor needs a C++ compiler")
+def test_the_compiled_joint_graph_agrees_with_autograd_to_rounding():
+    layer, norm, run = _program()
+    x = torch.randn(8, 5)
+    graph = record_graph(run, [x])
+    start = _stats(norm)
+    joint = joint_graph(graph, [x], differentiate=0, grad_output=-1.0)
+    with torch.no_grad():
+        compiled = joint.runner(compile_graph(joint.module, [x, *joint.constants]))
+    value, noise, grads, stats = _eager_gradients(run, x, layer, norm, start, seed=5)
+    _restore(norm, start)
+    torch.manual_seed(5)
+    got_value, got_noise, gradients = compiled(x)
+    assert torch.equal(got_noise, noise) and within_rounding(got_value, value)
+    leaves = list(layer.parameters()) + list(norm.parameters())
+    for leaf, expected in zip(leaves, grads, strict=True):
+        assert within_rounding(gradients.of(leaf), expected)
+    for got, expected in zip(_stats(norm), stats, strict=True):
+        assert within_rounding(got.double(), expected.double())
