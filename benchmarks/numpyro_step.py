@@ -82,7 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time every path alone in a process of its own instead, ROUNDS rounds of one process "
         "per path in alternating order (no thread pool competes with another)",
     )
-    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one path: --separate's worker
+    # one path: --separate's worker. Not "--only": TorchInductor takes the argument after an
+    # "--only" in sys.argv as its benchmark's name and writes it unescaped into the Python
+    # of the graphs it compiles (a path name with an apostrophe broke the compiled step)
+    parser.add_argument("--path", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--json", default=None, help="also write the results as JSON to this file ('-': stdout)"
     )
@@ -239,10 +242,10 @@ def main(argv: list[str] | None = None) -> dict:
     x = (torch.rand(B, D) < 0.3).float()
     # One private parameter store for the whole run (the Pyro paths use distinct names).
     with pyro.get_param_store().scope(), pyro.validation_enabled(False):
-        steps, compile_s, initial = build_steps(x, (args.only,) if args.only else PATHS)
+        steps, compile_s, initial = build_steps(x, (args.path,) if args.path else PATHS)
         times = interleave(steps, steps=args.steps, warmup=args.warmup)
-    if args.only:
-        result = {"path": args.only, "median_s": statistics.median(times[args.only])}
+    if args.path:
+        result = {"path": args.path, "median_s": statistics.median(times[args.path])}
         emit(result, args.json)
         return result
     rows = ratio_table(times, BASELINE)
@@ -268,13 +271,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def separate(args: argparse.Namespace) -> dict:
-    """Every path alone in a process of its own (``--only``), ``args.separate`` rounds, the order
+    """Every path alone in a process of its own (``--path``), ``args.separate`` rounds, the order
     of the processes reversed every other round: the issue's way of comparing with NumPyro,
     where XLA's thread pool and torch's threads never share the machine."""
     medians: dict[str, list[float]] = {name: [] for name in PATHS}
     for r in range(args.separate):
         for name in PATHS if r % 2 == 0 else PATHS[::-1]:
-            command = [sys.executable, __file__, "--only", name, "--steps", str(args.steps)]
+            command = [sys.executable, __file__, "--path", name, "--steps", str(args.steps)]
             command += ["--warmup", str(args.warmup), "--json", "-"]
             if args.threads is not None:
                 command += ["--threads", str(args.threads)]

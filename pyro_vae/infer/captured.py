@@ -90,10 +90,12 @@ class CapturedLoss:
     (with validation on, Pyro evaluates some densities in another order: equal to float
     rounding). With ``compile=True`` the checked graph is then compiled by TorchInductor, without
     TorchDynamo (:func:`~pyro_vae.infer.graph_compile.compile_graph`; PyTorch's own random
-    operations kept, so draws are unchanged) and
+    operations kept, so draws are unchanged), together with its backward pass as one graph
+    run without the autograd engine (:func:`~pyro_vae.infer.graph_compile.joint_graph`; the
+    gradients go into ``.grad`` as ``backward()`` puts them), and
     the compiled graph kept when its values and gradients equal the checked graph's to float
     rounding (tested), else the checked graph (:attr:`compile_note` says why); compiling
-    takes seconds a structure once (for the benchmark VAE 16.5-27 s with TorchInductor's cache
+    takes seconds a structure once (for the benchmark VAE 13-27 s with TorchInductor's cache
     cold, 3-7 s warm), for long training runs; ``compile_after`` compiles only the structures that
     run often.
 
