@@ -109,7 +109,8 @@ class Gradients:
 
     def accumulate(self) -> None:
         """Into the leaves' ``.grad`` as ``backward()`` puts them: a leaf without a gradient
-        takes this one, one with a gradient adds it. Through the autograd engine instead
+        takes this one (copied to the leaf's strides where they differ), one with a
+        gradient adds it. Through the autograd engine instead
         (``torch.autograd.backward`` of the leaves, which runs their hooks, at the cost of a
         copy of each gradient) where a leaf has hooks of its own (``register_hook``,
         ``register_post_accumulate_grad_hook``) or ``torch.distributed`` is initialized
@@ -123,7 +124,9 @@ class Gradients:
         with torch.no_grad():
             for leaf, value in zip(self.leaves, self.values, strict=True):
                 if leaf.grad is None:
-                    leaf.grad = value
+                    # autograd's layout contract: a gradient strided as its parameter
+                    same = value.stride() == leaf.stride()
+                    leaf.grad = value if same else torch.empty_like(leaf).copy_(value)
                 else:
                     leaf.grad.add_(value)
 

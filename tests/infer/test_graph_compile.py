@@ -174,6 +174,10 @@ def test_gradients_accumulate_as_backward_does_and_run_the_leaves_hooks():
     Gradients([a, b], [ga, gb]).accumulate()
     assert a.grad is ga  # taken, as autograd takes a fresh gradient
     assert torch.equal(b.grad, torch.full((2,), 3.0))  # added
+    transposed = torch.zeros(3, 2).t().detach().requires_grad_()  # a leaf strided (1, 2)
+    gt = torch.arange(6.0).reshape(2, 3)
+    Gradients([transposed], [gt]).accumulate()
+    assert transposed.grad.stride() == transposed.stride() and torch.equal(transposed.grad, gt)
     hooked = torch.zeros(2, requires_grad=True)
     seen = []
     hooked.register_hook(lambda g: g * 10)
