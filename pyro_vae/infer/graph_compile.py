@@ -78,10 +78,10 @@ def compile_graph(module: fx.GraphModule, inputs: list[torch.Tensor]) -> Callabl
     lifted, constants = lift_constants(module)
     example = [*inputs, *constants]
     try:
-        with config.patch(fallback_random=True, cpp_wrapper=True):
+        with _cached(), config.patch(fallback_random=True, cpp_wrapper=True):
             compiled = compile_fx(lifted, example)
     except Exception:  # any failure of the C++ wrapper: Inductor's Python one
-        with config.patch(fallback_random=True):
+        with _cached(), config.patch(fallback_random=True):
             compiled = compile_fx(lifted, example)
 
     def run(*tensors: torch.Tensor) -> Any:
@@ -129,6 +129,17 @@ class Gradients:
                     leaf.grad = value if same else torch.empty_like(leaf).copy_(value)
                 else:
                     leaf.grad.add_(value)
+
+
+def _cached() -> Any:
+    """A tracing context whose fake-tensor mode has a shape environment: without one (as
+    when Inductor is called directly, not from TorchDynamo) AOTAutograd's and Inductor's
+    on-disk caches are bypassed ("No shape env") and every compile generates its code anew."""
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    return tracing(TracingContext(FakeTensorMode(shape_env=ShapeEnv())))
 
 
 def _distributed() -> bool:

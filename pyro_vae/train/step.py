@@ -21,7 +21,7 @@ COMPILE_STEPS = 50_000
 docs/benchmarks.md compiling the benchmark VAE's step took 27 s the first time on the machine
 (TorchInductor's cache cold) and 2.9-3.2 s in later processes, and saved 0.4-0.8 ms of its
 5.5-7.7 ms step; on the AMD EPYC host (AVX2), compiled as one graph of the forward and
-backward passes, 13.4 s cold and 6.4-6.8 s warm, saving about 1.3 ms of a 6.1-7.9 ms step:
+backward passes, 12.4-13.4 s cold and 3.8-4.2 s warm, saving about 1.3 ms of a 6.1-7.9 ms step:
 a run this long pays back even a cold compile (at 0.54 ms a step), a short one would not.
 Only the structures run :data:`FIT_COMPILE_AFTER` times are compiled."""
 

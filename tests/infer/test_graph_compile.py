@@ -217,3 +217,21 @@ def test_the_compiled_joint_graph_agrees_with_autograd_to_rounding():
         assert within_rounding(gradients.of(leaf), expected)
     for got, expected in zip(_stats(norm), stats, strict=True):
         assert within_rounding(got.double(), expected.double())
+
+
+@pytest.mark.skipif(not compiler_found(), reason="TorchInductor needs a C++ compiler")
+def test_a_second_compile_of_a_graph_is_served_by_inductors_caches():
+    """Called directly, Inductor bypassed its on-disk caches ("No shape env") and generated
+    every compile's code anew; compile_graph gives it a shape environment."""
+    from torch._dynamo.utils import counters
+
+    layer = nn.Linear(4, 3)
+    graph = record_graph(lambda x: torch.tanh(layer(x)).sum(), [torch.randn(2, 4)])
+    compile_graph(graph, [torch.randn(2, 4)])
+    hits = counters["inductor"]["fxgraph_cache_hit"]
+    bypassed = counters["inductor"]["fxgraph_cache_bypass"]
+    compiled = compile_graph(graph, [torch.randn(2, 4)])
+    assert counters["inductor"]["fxgraph_cache_hit"] > hits  # a forward and a backward graph
+    assert counters["inductor"]["fxgraph_cache_bypass"] == bypassed
+    x = torch.randn(2, 4)
+    assert within_rounding(compiled(x), torch.tanh(layer(x)).sum())
