@@ -71,7 +71,9 @@ def compile_graph(module: fx.GraphModule, inputs: list[torch.Tensor]) -> Callabl
     The kernels are called from a C++ wrapper (Inductor's ``cpp_wrapper``) rather than from
     generated Python: 0.09-0.18 ms a training step less on the benchmark VAE
     (docs/benchmarks.md). Where that cannot be built the Python wrapper is tried; raises
-    what Inductor raises when neither can (an operator it does not know, no C++ compiler)."""
+    what Inductor raises when neither can (an operator it does not know, no C++ compiler).
+    Inductor's and AOTAutograd's on-disk caches serve a later compile of the same graph, in
+    this process or another (:func:`_cached`)."""
     from torch._inductor import config
     from torch._inductor.compile_fx import compile_fx
 
