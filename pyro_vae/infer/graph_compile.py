@@ -182,8 +182,10 @@ def joint_graph(
     1 ms off the compiled forward under autograd (docs/benchmarks.md).
 
     ``None`` when there is nothing to differentiate (grad mode off, no constant requiring a
-    gradient) or an input requires a gradient (its gradient would belong to a tensor of
-    the call, not of the graph): compile the forward alone then (:func:`compile_graph`).
+    gradient), an input requires a gradient (its gradient would belong to a tensor of the
+    call, not of the graph) or a constant requiring a gradient is not a leaf (a tensor the
+    program closes over, computed from parameters outside it: ``backward()`` would carry
+    its gradient on to them): compile the forward alone then (:func:`compile_graph`).
     The trace runs the graph, so call it where its draws and buffer updates are undone."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -191,8 +193,8 @@ def joint_graph(
         return None
     lifted, constants = lift_constants(module)
     wrt = [i for i, c in enumerate(constants) if c.requires_grad]
-    if not wrt:
-        return None
+    if not wrt or any(constants[i].grad_fn is not None for i in wrt):
+        return None  # nothing to differentiate, or a constant whose gradient flows on past it
     count = len(inputs)
     reached: list[int] = []
 

@@ -165,6 +165,10 @@ def test_there_is_no_joint_graph_without_gradients_to_take():
     for p in [*layer.parameters(), *norm.parameters()]:
         p.requires_grad_(False)
     assert joint_graph(graph, [x], differentiate=0, grad_output=1.0) is None
+    root = torch.ones(3, requires_grad=True)
+    derived = root * 2  # a constant with a history: its gradient flows on to `root`
+    closes_over = record_graph(lambda x: ((x * derived).sum(),), [torch.randn(3)])
+    assert joint_graph(closes_over, [torch.randn(3)], differentiate=0, grad_output=1.0) is None
 
 
 def test_gradients_accumulate_as_backward_does_and_run_the_leaves_hooks():
