@@ -94,6 +94,11 @@ class CapturedGraph:
     """Whether the replay is the graph compiled by TorchInductor."""
     note: str = ""
     """Why a faster form asked for was not kept (a compile that failed or disagreed)."""
+    grad_flags: tuple[bool, ...] = ()
+    """The parameters' ``requires_grad`` at capture (:meth:`current`)."""
+
+    def __post_init__(self) -> None:
+        self.grad_flags = tuple(t.requires_grad for t in self.param_tensors)
 
     @property
     def exact(self) -> bool:
@@ -105,13 +110,16 @@ class CapturedGraph:
         """Whether the parameter store and the modules that ran still hold the tensors the
         graph reads (a parameter replaced by another tensor, or deleted, needs a new graph:
         ``pyro.module`` keeps the store's tensor when a module's parameter is replaced, so the
-        store alone would not tell) and the constants whose values the graph's
-        simplification relied on are unchanged."""
+        store alone would not tell), that each still requires a gradient as it did (a graph
+        compiled with its gradients, :func:`~pyro_vae.infer.graph_compile.joint_graph`, has
+        one for each parameter that did, and none for the others), and that the constants
+        whose values the graph's simplification relied on are unchanged."""
         store = pyro.get_param_store().named_parameters().mapping
         same = all(map(operator.is_, map(store.get, self.param_names), self.param_tensors))
+        flags = tuple(t.requires_grad for t in self.param_tensors) == self.grad_flags
         dicts, names, tensors = self.slots
         held = all(map(operator.is_, map(dict.get, dicts, names), tensors))
-        return same and held and self.simplified.current()
+        return same and flags and held and self.simplified.current()
 
     def due(self) -> bool:
         """Whether this replay is checked: the 1st, 2nd, 4th, 8th, ... and any asked for."""

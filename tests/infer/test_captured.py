@@ -429,3 +429,37 @@ def test_a_recapture_refused_when_compiling_is_due_leaves_the_structure_eager(mo
     assert eager[0] == got[0]
     for a, b in zip(eager[1], got[1], strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:.*was not registered in the param store")  # pyro.module, frozen
+def test_a_parameter_frozen_or_unfrozen_after_a_compile_is_trained_as_eagerly(monkeypatch):
+    """A graph compiled with its gradients has one for each parameter that required one at
+    capture: freezing a parameter (or unfreezing it) makes the graph stale, so the step runs
+    eagerly, as autograd would, and the structure is captured anew."""
+    from pyro_vae.infer import captured as module
+
+    monkeypatch.setattr(module, "check_compile", lambda compile: None)
+    monkeypatch.setattr(graph_capture, "compile_graph", lambda graph, inputs: graph)
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    vae = VAE(Bernoulli(6), latent_dim=2, hidden=(5,), name="frozen")
+    loss = CapturedLoss(MeanFieldELBO(), compile=True, capture_after=1)
+    x = _x()
+    params = dict(pyro.get_param_store().named_parameters())
+    for _ in range(3):
+        loss.loss_and_grads(vae.model, vae.guide, x, num_data=64)
+        params = dict(pyro.get_param_store().named_parameters())
+        for p in params.values():
+            p.grad = None
+    assert loss.compiled and loss.captured_steps == 2
+    name, frozen = next(iter(params.items()))
+    frozen.requires_grad_(False)
+    for step in range(3):  # eager, then captured anew, then replayed
+        loss.loss_and_grads(vae.model, vae.guide, x, num_data=64)
+        assert frozen.grad is None, (name, step)
+        assert all(p.grad is not None for n, p in params.items() if n != name)
+        for p in params.values():
+            p.grad = None
+    frozen.requires_grad_(True)
+    loss.loss_and_grads(vae.model, vae.guide, x, num_data=64)
+    assert frozen.grad is not None
