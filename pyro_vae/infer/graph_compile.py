@@ -37,7 +37,7 @@ def lift_constants(module: fx.GraphModule) -> tuple[fx.GraphModule, list[torch.T
     ``module(*inputs)``. Attributes that are not tensors stay attributes."""
     graph = fx.Graph()
     graph.output(graph.graph_copy(module.graph, {}))
-    last = [n for n in graph.nodes if n.op == "placeholder"][-1:]
+    last = next((n for n in reversed(graph.nodes) if n.op == "placeholder"), None)
     tensors: list[torch.Tensor] = []
     for node in list(graph.nodes):
         if node.op != "get_attr":
@@ -45,12 +45,10 @@ def lift_constants(module: fx.GraphModule) -> tuple[fx.GraphModule, list[torch.T
         value = attribute(module, str(node.target))
         if not isinstance(value, torch.Tensor):
             continue
-        where = graph.inserting_after(last[0]) if last else graph.inserting_before(next(iter(graph.nodes)))
-        with where:
-            placeholder = graph.placeholder(f"_constant_{len(tensors)}")
-        node.replace_all_uses_with(placeholder)
+        with graph.inserting_after(last):  # None: at the graph's beginning
+            last = graph.placeholder(f"_constant_{len(tensors)}")
+        node.replace_all_uses_with(last)
         graph.erase_node(node)
-        last = [placeholder]
         tensors.append(value)
     for node in graph.nodes:
         # the recorded run's values: the copy must not keep them alive (Inductor traces the
@@ -197,10 +195,14 @@ def joint_graph(
         return None  # nothing to differentiate, or a constant whose gradient flows on past it
     count = len(inputs)
     reached: list[int] = []
+    n_outputs: list[int] = []
 
     def joint(*values: torch.Tensor) -> tuple:
         outputs = lifted.forward(*values)
-        target = outputs[differentiate]
+        target = outputs[differentiate] if isinstance(outputs, (tuple, list)) else None
+        if target is None or not target.requires_grad:
+            raise _NothingToDifferentiate
+        n_outputs[:] = [len(outputs)]
         grads = torch.autograd.grad(
             target,
             [values[count + i] for i in wrt],
@@ -210,11 +212,15 @@ def joint_graph(
         reached[:] = [i for i, g in zip(wrt, grads, strict=True) if g is not None]
         return (*(o.detach() for o in outputs), *(g for g in grads if g is not None))
 
-    outputs = lifted.forward(*inputs, *constants)
-    if not isinstance(outputs, (tuple, list)) or not outputs[differentiate].requires_grad:
+    try:
+        traced = make_fx(joint)(*inputs, *constants)
+    except _NothingToDifferentiate:
         return None
-    traced = make_fx(joint)(*inputs, *constants)
     for node in traced.graph.nodes:
         node.meta.pop("val", None)  # fake tensors of the trace, each of its own mode
         node.meta.pop("tensor_meta", None)
-    return JointGraph(traced, constants, [constants[i] for i in reached], len(outputs))
+    return JointGraph(traced, constants, [constants[i] for i in reached], n_outputs[0])
+
+
+class _NothingToDifferentiate(Exception):
+    """The traced output is not a tuple, or the one to differentiate needs no gradient."""
