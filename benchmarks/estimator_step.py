@@ -27,7 +27,7 @@ from torch.distributions import OneHotCategorical
 from torch.nn import functional as F
 
 from pyro_vae.estimators import VIMCO, RelaxedELBO, ScoreFunctionELBO, leave_one_out_bounds
-from pyro_vae.infer.onednn_matmul import onednn_available
+from pyro_vae.infer.onednn_matmul import onednn_available, resolve_matmul
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import CategoricalLatent, DiscreteVAE
 from pyro_vae.networks import mlp
@@ -86,11 +86,12 @@ def hand_step(loss: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> C
     return step
 
 
-def pyro_vae_step(x: torch.Tensor, loss: object, name: str, *, matmul: str = "aten") -> Callable[[], None]:
+def pyro_vae_step(x: torch.Tensor, loss: object, name: str, *, matmul: str = "auto") -> Callable[[], None]:
     """The step :func:`pyro_vae.train.fit` runs by default with ``loss``: its optimizer and its
     step loss (captured once the structure has run ``FIT_CAPTURE_AFTER`` times, for the losses
-    that allow it; Pyro's ``Trace_ELBO`` stays eager); with ``matmul="onednn"`` the captured
-    graph's matrix products on oneDNN's kernels (``fit(matmul="onednn")``)."""
+    that allow it; Pyro's ``Trace_ELBO`` stays eager), its products on the machine's kernels
+    (``matmul="auto"``); with ``matmul="aten"`` or ``"onednn"`` the captured graph's products on
+    PyTorch's or oneDNN's kernels."""
     vae = DiscreteVAE(Bernoulli(D), CategoricalLatent(L, C), hidden=HIDDEN, name=name)
     kwargs = {"num_data": N}
     loss.loss(vae.model, vae.guide, x, **kwargs)  # type: ignore[attr-defined]
@@ -135,15 +136,17 @@ def main(argv: list[str] | None = None) -> dict:
             ("REINFORCE", "pyro_vae"): pyro_vae_step(x, ScoreFunctionELBO(), "score"),
             ("REINFORCE", "Pyro Trace_ELBO"): pyro_vae_step(x, Trace_ELBO(), "trace"),
         }
-        if onednn_available():
-            paths[("VIMCO", "oneDNN")] = pyro_vae_step(x, VIMCO(num_particles=k), "vimco1", matmul="onednn")
-            paths[("Gumbel-softmax", "oneDNN")] = pyro_vae_step(
-                x, RelaxedELBO(temperature=TAU), "gumbel1", matmul="onednn"
+        if onednn_available():  # the kernels the default did not pick, for comparison
+            other = "aten" if resolve_matmul("auto") == "onednn" else "onednn"
+            name = f"matmul={other!r}"
+            paths[("VIMCO", name)] = pyro_vae_step(x, VIMCO(num_particles=k), "vimco1", matmul=other)
+            paths[("Gumbel-softmax", name)] = pyro_vae_step(
+                x, RelaxedELBO(temperature=TAU), "gumbel1", matmul=other
             )
-            paths[("REINFORCE", "oneDNN")] = pyro_vae_step(x, ScoreFunctionELBO(), "score1", matmul="onednn")
+            paths[("REINFORCE", name)] = pyro_vae_step(x, ScoreFunctionELBO(), "score1", matmul=other)
         times = interleave(paths, steps=args.steps, warmup=args.warmup)
     rows = []
-    print(f"{'estimator':<16} {'path':<16} {'median ms/step':>15} {'IQR ms':>15} {'ratio':>7}")
+    print(f"{'estimator':<16} {'path':<17} {'median ms/step':>15} {'IQR ms':>15} {'ratio':>7}")
     for (estimator, path), t in times.items():
         base = statistics.median(times[(estimator, "hand-written")])
         q = statistics.quantiles(t, n=4)
@@ -159,16 +162,18 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
         iqr = f"{q[0] * 1e3:.2f}-{q[2] * 1e3:.2f}"
-        print(f"{estimator:<16} {path:<16} {med * 1e3:>15.3f} {iqr:>15} {med / base:>7.3f}")
+        print(f"{estimator:<16} {path:<17} {med * 1e3:>15.3f} {iqr:>15} {med / base:>7.3f}")
     env = environment()
     print(
         f"torch {torch.__version__}, {env['torch_threads']} threads, K={k}, "
-        f"{args.steps} interleaved steps each, load {env['loadavg']}"
+        f"{args.steps} interleaved steps each, matmul='auto' is {resolve_matmul('auto')!r} here, "
+        f"load {env['loadavg']}"
     )
     result = {
         "benchmark": "estimator_step",
         "steps": args.steps,
         "particles": k,
+        "matmul": resolve_matmul("auto"),
         "environment": env,
         "ratios": {f"{r['estimator']} {r['path']}": r["ratio"] for r in rows if r["path"] != "hand-written"},
         "results": rows,

@@ -7,7 +7,8 @@ and the peak resident memory of a separate process evaluating K=--memory-k (to s
 chunking bounds it). The decoder's rate is given as a fraction of the two multiplies' rate alone
 by ``torch.mm`` ("of sgemm") and by the fastest kernel measured, ``torch.mm`` or oneDNN's
 ("of fastest"); a path keeps a capture on oneDNN's kernels (``matmul="onednn"``), and a last
-one a compiled capture (``compile=True``): what a bound's default builds for an evaluation
+one a compiled capture (``compile=True``, on the machine's kernels, ``matmul="auto"``; the
+bounds' default, which captures on them too): what a bound's default builds for an evaluation
 of at least ``COMPILE_CHUNKS`` chunks (10,000: L_5000 of 5,000 digits), timed once compiled;
 the compile itself is reported as its warm-up (``--no-compiled`` leaves it out).
 
@@ -33,7 +34,7 @@ from _common import emit, environment, set_threads
 from pyro_vae.bounds import iwae
 from pyro_vae.infer.captured import compiler_found
 from pyro_vae.infer.captured_log_weights import COMPILE_CHUNKS, CapturedLogWeights
-from pyro_vae.infer.onednn_matmul import onednn_available, onednn_linear
+from pyro_vae.infer.onednn_matmul import onednn_available, onednn_linear, resolve_matmul
 from pyro_vae.infer.per_datapoint import chunk_sizes, default_max_rows
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         paths["kept, matmul='onednn'"] = lambda: iwae(
             vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=kept_fast
         )
-    compiled = CapturedLogWeights(compile=True) if args.compiled and compiler_found() else None
+    compiled = CapturedLogWeights(compile=True, matmul="auto") if args.compiled and compiler_found() else None
     if compiled is not None:  # the default's graphs for an evaluation of COMPILE_CHUNKS chunks or more
         paths["kept, compiled"] = lambda: iwae(
             vae.model, vae.guide, x, num_particles=args.k, max_rows=max_rows, capture=compiled
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     env = environment()
     print(
         f"K={args.k}, {args.points} points, chunks of {data_chunk} points x {particle_chunk} particles, "
-        f"{env['torch_threads']} threads, {args.repeats} interleaved repeats, load {env['loadavg']}"
+        f"{env['torch_threads']} threads, {args.repeats} interleaved repeats, "
+        f"matmul='auto' is {resolve_matmul('auto')!r} here, load {env['loadavg']}"
     )
     print(
         f"kept capture's warm-up, two calls of 3 chunks: {warm_up[0]:.2f} s (the process's first capture, "

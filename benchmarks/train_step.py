@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_vae.infer import MeanFieldELBO
-from pyro_vae.infer.onednn_matmul import onednn_available, onednn_linear
+from pyro_vae.infer.onednn_matmul import onednn_available, onednn_linear, resolve_matmul
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import FusedAdam, train_step
@@ -68,15 +68,16 @@ def pyro_vae_step(
     name: str = "pyro_vae",
     capture: bool = True,
     compile: bool = False,
-    matmul: str = "aten",
+    matmul: str = "auto",
     planned: int = 1000,
 ) -> Callable[[], None]:
     """The step :func:`pyro_vae.train.fit` runs by default: validation off, its default
     optimizer, and its step loss (:func:`~pyro_vae.train.step.step_loss`: the step captured and
     replayed once the structure has run ``FIT_CAPTURE_AFTER`` times eagerly); with
     ``capture=False``, ``fit(capture_after=None)``'s eager step; with ``compile=True`` the
-    captured graph also compiled by TorchInductor (opt-in, a minute of compiling); with
-    ``matmul="onednn"`` the captured graph's matrix products on oneDNN's kernels; with
+    captured graph also compiled by TorchInductor (opt-in, a minute of compiling); its matrix
+    products on the machine's kernels (``matmul="auto"``, fit's default), or on PyTorch's
+    (``"aten"``) or oneDNN's (``"onednn"``); with
     ``planned`` steps of at least :data:`~pyro_vae.train.step.COMPILE_STEPS`, the step fit runs
     on a run that long (compiled, where a C++ compiler is found)."""
     vae = VAE(Bernoulli(D), latent_dim=K, hidden=(H,), name=name)
@@ -92,7 +93,6 @@ def pyro_vae_step(
         True if compile else None,
         steps=planned,
         capture_after=capture_after,
-        matmul=matmul,
         distributed=False,
     )
     step = step_loss(loss, capture_after=capture_after, matmul=matmul, compile=compiled)
@@ -211,8 +211,12 @@ def main(argv: list[str] | None = None) -> dict:
             "Pyro SVI Trace_ELBO": pyro_svi_step(x),
             "floor: matmuls + one Adam kernel": floor_step(x),
         }
-        if onednn_available():
-            steps["pyro_vae, matmul='onednn'"] = pyro_vae_step(x, name="onednn", matmul="onednn")
+        if onednn_available():  # the kernels the default did not pick, for comparison
+            other = "aten" if resolve_matmul("auto") == "onednn" else "onednn"
+            steps[f"pyro_vae, matmul={other!r}"] = pyro_vae_step(x, name="other", matmul=other)
+            steps[f"pyro_vae, matmul={other!r}, run of {COMPILE_STEPS:,} steps"] = pyro_vae_step(
+                x, name="long_other", matmul=other, planned=COMPILE_STEPS
+            )
             steps["floor, oneDNN matmuls"] = floor_step(x, onednn=True)
         if args.compile:
             steps["pyro_vae captured + compiled"] = pyro_vae_step(
@@ -223,11 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
     env = environment()
     print(
         f"torch {torch.__version__}, {env['torch_threads']} threads, {args.steps} interleaved steps each, "
-        f"load {env['loadavg']}"
+        f"matmul='auto' is {resolve_matmul('auto')!r} here, load {env['loadavg']}"
     )
     result = {
         "benchmark": "train_step",
         "steps": args.steps,
+        "matmul": resolve_matmul("auto"),
         "environment": env,
         "ratios": {r["path"]: r["ratio"] for r in rows},
         "results": rows,

@@ -364,10 +364,10 @@ def _add_matmul(p: argparse.ArgumentParser, default: str) -> None:
         "--matmul",
         choices=MATMUL_NAMES,
         default=default,
-        help="kernels of the captured graphs' float32 CPU matrix products: aten (PyTorch's BLAS, "
-        "bitwise the eager computation), onednn (oneDNN's, equal to float rounding; a resumed "
-        "training run then equals an uninterrupted one to float rounding only), auto (onednn on "
-        "CPUs other than Intel's with AVX-512, where MKL's float32 GEMM is slow)",
+        help="kernels of the captured (and compiled) graphs' float32 CPU matrix products: aten "
+        "(PyTorch's BLAS, bitwise the eager computation), onednn (oneDNN's, equal to float "
+        "rounding), auto (onednn on CPUs other than Intel's with AVX-512, where MKL's float32 "
+        f"GEMM is slow; else aten); default: {default}",
     )
 
 

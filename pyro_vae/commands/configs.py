@@ -142,7 +142,7 @@ class TrainConfig:
     capture: bool = True
     """The training step captured and replayed once its structure is known (``fit``'s
     ``capture_after``; bitwise the eager step with ``matmul="aten"``); ``False``: every step eager."""
-    matmul: str = "aten"
+    matmul: str = "auto"
     """The kernels of the captured step's matrix products (``fit``'s ``matmul``)."""
     compile: bool | None = None
     """The captured step also compiled by TorchInductor (``fit``'s ``compile``; ``None``: on
@@ -172,7 +172,7 @@ class TrainConfig:
         from pyro_vae._checks import check_nonnegative, check_positive, check_positive_int, check_widths
         from pyro_vae.infer.onednn_matmul import check_matmul
 
-        check_matmul(self.matmul, compile=bool(self.compile))
+        check_matmul(self.matmul)
         if self.compile:
             from pyro_vae.infer.captured import check_compile
 
@@ -298,7 +298,7 @@ class EvaluateConfig:
     ais_steps: int = 0
     """Annealing steps of the AIS row (``--ais STEPS``; 0: no AIS)."""
     ais_chains: int = 16
-    matmul: str = "aten"
+    matmul: str = "auto"
     """The kernels of the captured bounds' matrix products (``fit``'s ``matmul``)."""
     compile: bool | None = None
     """Compile the bounds' captured chunks (``None``: for a bound of at least
@@ -308,7 +308,7 @@ class EvaluateConfig:
         from pyro_vae._checks import check_positive_int
         from pyro_vae.infer.onednn_matmul import check_matmul
 
-        check_matmul(self.matmul, compile=bool(self.compile))
+        check_matmul(self.matmul)
         if self.compile:
             from pyro_vae.infer.captured import check_compile
 

@@ -162,7 +162,7 @@ class CapturedLoss:
         self.compile_after = capture_after if compile_after is None else max(compile_after, capture_after)
         self.inner = loss
         self.compile = compile
-        self.matmul = resolve_matmul(matmul, compile=compile)
+        self.matmul = resolve_matmul(matmul)
         self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
         self._module_lists: dict[int, tuple[Any, list[nn.Module]]] = {}
         self.captured_steps = 0

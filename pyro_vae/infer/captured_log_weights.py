@@ -113,7 +113,7 @@ class CapturedLogWeights:
             check_compile(True)
         self._cache = GraphCache(capture_after=capture_after, max_graphs=max_graphs)
         self.compile_option = compile
-        self.matmul = resolve_matmul(matmul, compile=bool(compile))
+        self.matmul = resolve_matmul(matmul)
         self.compile = bool(compile)
         self.min_chunks = min_chunks
         self._active = True
@@ -147,7 +147,7 @@ class CapturedLogWeights:
         self.check_next()
         self._active = chunks >= self.min_chunks
         if self.compile_option is None:
-            self.compile = compiles(chunks, matmul=self.matmul)
+            self.compile = compiles(chunks)
 
     def log_weight(
         self,
@@ -270,23 +270,25 @@ warm), under 1.5 s for another structure, and saved 2.2-2.4 ms of each 17 ms chu
 evaluation this long pays back even the first compile, a much shorter one would not."""
 
 
-def compiles(chunks: int, *, matmul: str = "aten") -> bool:
+def compiles(chunks: int) -> bool:
     """Whether ``compile=None`` compiles the graphs of a call of ``chunks`` chunks: at least
-    :data:`COMPILE_CHUNKS` of them, on PyTorch's kernels (``matmul="aten"``; Inductor chooses
-    its own), where a C++ compiler is found (:func:`~pyro_vae.infer.captured.compiler_found`).
+    :data:`COMPILE_CHUNKS` of them, where a C++ compiler is found
+    (:func:`~pyro_vae.infer.captured.compiler_found`), on the kernels ``matmul`` names.
     It depends only on the call and the machine, never on timings."""
-    return chunks >= COMPILE_CHUNKS and matmul == "aten" and compiler_found()
+    return chunks >= COMPILE_CHUNKS and compiler_found()
 
 
 def as_capture(capture: CapturedLogWeights | bool | None) -> CapturedLogWeights | None:
     """The bounds' ``capture=`` argument as an object: ``None`` (their default), a new one for
     this call that, in a call of at least :data:`AUTO_CAPTURE_CHUNKS` chunks, captures a chunk
     structure once it has run :data:`AUTO_CAPTURE_AFTER` times, and compiles it in a call of
-    at least :data:`COMPILE_CHUNKS` chunks (:func:`compiles`);
+    at least :data:`COMPILE_CHUNKS` chunks (:func:`compiles`), its products on the kernels
+    ``matmul="auto"`` picks for the machine (bitwise the eager chunks where that is
+    PyTorch's, to float rounding where it is oneDNN's);
     ``True``, a new one capturing after one chunk; ``False``, none (every chunk eager)."""
     if capture is None:
         return CapturedLogWeights(
-            capture_after=AUTO_CAPTURE_AFTER, min_chunks=AUTO_CAPTURE_CHUNKS, compile=None
+            capture_after=AUTO_CAPTURE_AFTER, min_chunks=AUTO_CAPTURE_CHUNKS, compile=None, matmul="auto"
         )
     if capture is True:
         return CapturedLogWeights()

@@ -275,8 +275,8 @@ def capture_graph(
     (:func:`_compiled`; else the checked graph is kept, and ``note`` says why). With ``matmul="onednn"``
     the graph checked bitwise is then copied with its float32 CPU matrix products on oneDNN's
     kernels (:func:`~pyro_vae.infer.onednn_matmul.use_onednn_matmul`), and the copy is kept
-    when it agrees with it (:func:`_on_onednn`); its later replays are checked to float
-    rounding.
+    when it agrees with it (:func:`_on_onednn`; compiled, Inductor's code calls those
+    products); its later replays are checked to float rounding.
 
     Tracing and the check run the program twice more: neither changes a later draw or a
     running statistic of the program's modules, and Pyro's validation is off in both."""
@@ -315,9 +315,11 @@ def capture_graph(
             kernels, compiled, note = "aten", False, ""
             checked = _Checked(values, tensors, state, devices, got)
             if compile and not differs:
-                fast, note = _compiled(simplified.module, checked, differentiate, grad_output)
+                fast, fast_kernels, note = _compiled(
+                    simplified.module, checked, differentiate, grad_output, matmul
+                )
                 if fast is not None:
-                    (graph, read), compiled = fast, True
+                    (graph, read), compiled, kernels = fast, True, fast_kernels
             elif matmul == "onednn" and not differs:
                 fast = _on_onednn(simplified.module, checked)
                 if fast is not None:
@@ -487,31 +489,57 @@ class _Checked(NamedTuple):
 
 
 def _compiled(
-    module: fx.GraphModule, checked: _Checked, differentiate: int | None, grad_output: float
-) -> tuple[tuple[Callable, list[Any]] | None, str]:
+    module: fx.GraphModule, checked: _Checked, differentiate: int | None, grad_output: float, matmul: str
+) -> tuple[tuple[Callable, list[Any]] | None, str, str]:
     """``module`` (the graph ``checked``) compiled by TorchInductor
     (:func:`~pyro_vae.infer.graph_compile.compile_graph`: without TorchDynamo, PyTorch's own
     random operations kept, the same draws), as its replay and constants, when it agrees with
     the checked graph to float rounding (:func:`within_rounding`); else ``None`` and why (the
-    checked graph is then kept). With ``differentiate``, the graph compiled is the joint one
-    of the outputs and the gradients of ``grad_output`` times output ``differentiate``
-    (:func:`~pyro_vae.infer.graph_compile.joint_graph`), where there is one: its replay
-    returns the outputs and their :class:`~pyro_vae.infer.graph_compile.Gradients`."""
-    try:
-        joint = None
-        if differentiate is not None:
-            joint = joint_graph(module, checked.tensors, differentiate=differentiate, grad_output=grad_output)
-        if joint is None:
-            graph = compile_graph(module, checked.tensors)
-        else:
-            with torch.no_grad():
-                graph = joint.runner(compile_graph(joint.module, [*checked.tensors, *joint.constants]))
-        agrees = checked.agrees(graph)
-    except Exception as e:  # Inductor cannot compile it (an operator, a missing compiler)
-        return None, f"not compiled: {type(e).__name__}: {e}"
-    if agrees:
-        return (graph, _constants(module)), ""
-    return None, "not compiled: the compiled graph disagreed with the checked one beyond float rounding"
+    checked graph is then kept); and the kernels of its products. With ``differentiate``, the
+    graph compiled is the joint one of the outputs and the gradients of ``grad_output`` times
+    output ``differentiate`` (:func:`~pyro_vae.infer.graph_compile.joint_graph`), where there
+    is one: its replay returns the outputs and their
+    :class:`~pyro_vae.infer.graph_compile.Gradients`.
+
+    With ``matmul="onednn"`` a copy of the graph with its float32 CPU products on oneDNN's
+    kernels (:func:`~pyro_vae.infer.onednn_matmul.use_onednn_matmul`, gradients included) is
+    compiled first, and accepted within :data:`KERNEL_RTOL`, as :func:`_on_onednn` accepts
+    it uncompiled; where it has no such product, or fails or disagrees, the graph on
+    PyTorch's kernels is compiled instead."""
+    notes: list[str] = []
+    for kernels in ("onednn", "aten") if matmul == "onednn" else ("aten",):
+        source, rtol = module, None
+        if kernels == "onednn":
+            source, rtol = _copy(module), KERNEL_RTOL
+            if not use_onednn_matmul(source, compiled=True):
+                continue
+        what = "not compiled on oneDNN's kernels" if kernels == "onednn" else "not compiled"
+        try:
+            joint = None
+            if differentiate is not None:
+                joint = joint_graph(
+                    source, checked.tensors, differentiate=differentiate, grad_output=grad_output
+                )
+            if joint is None:
+                graph = compile_graph(source, checked.tensors)
+            else:
+                with torch.no_grad():
+                    graph = joint.runner(compile_graph(joint.module, [*checked.tensors, *joint.constants]))
+            agrees = checked.agrees(graph, rtol=rtol)
+        except Exception as e:  # Inductor cannot compile it (an operator, a missing compiler)
+            notes.append(f"{what}: {type(e).__name__}: {e}")
+            continue
+        if agrees:
+            return (graph, _constants(module)), kernels, "; ".join(notes)
+        notes.append(f"{what}: the compiled graph disagreed with the checked one beyond float rounding")
+    return None, "aten", "; ".join(notes)
+
+
+def _copy(module: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``module``'s graph over the same attributes (rewritten without changing it)."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(module.graph, {}))
+    return _LazyGraphModule(module, graph)
 
 
 def _on_onednn(module: fx.GraphModule, checked: _Checked) -> tuple[Callable, list[Any]] | None:
@@ -524,9 +552,7 @@ def _on_onednn(module: fx.GraphModule, checked: _Checked) -> tuple[Callable, lis
     the graph itself; this check is of the kernels only, whose rounding the program's own
     arithmetic may amplify (VIMCO's leave-one-out differences of log-weights: 1.3-2.4e-4 of
     the gradients' scale at initialization), while a wrong product is off by order one."""
-    graph = fx.Graph()
-    graph.output(graph.graph_copy(module.graph, {}))
-    copy = _LazyGraphModule(module, graph)
+    copy = _copy(module)
     if not use_onednn_matmul(copy):
         return None
     replay = replay_function(copy)

@@ -479,7 +479,7 @@ def fit(
     track_log_marginal: int | None = None,
     track_every: int = 1,
     capture_after: int | None = FIT_CAPTURE_AFTER,
-    matmul: str = "aten",
+    matmul: str = "auto",
     compile: bool | None = None,
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by stochastic variational inference [1].
@@ -548,7 +548,8 @@ def fit(
         run this many times eagerly; the same draws, values and gradients as the eager step
         (tested bitwise), every replay that is a power of two and the first of every epoch
         checked against an eager run. ``None``: every step eager. Losses with state of their
-        own (baselines) and Pyro's ELBOs are always eager. Bitwise with ``matmul="aten"``.
+        own (baselines) and Pyro's ELBOs are always eager. Bitwise with ``matmul="aten"`` (and
+        with the default ``"auto"`` where it resolves so).
     :param matmul: the kernels of the captured graphs' float32 CPU matrix products (the step's
         and the tracked bound's): ``"aten"`` (PyTorch's BLAS, bitwise the eager step),
         ``"onednn"`` (oneDNN's: values and gradients equal to the eager step's to float
@@ -556,8 +557,11 @@ def fit(
         AVX-512, where MKL's float32 GEMM ran at half oneDNN's rate (:mod:`pyro_vae.infer.onednn_matmul`;
         ``result.matmul`` says which ran). Eager steps run PyTorch's kernels either way; a
         resumed run replays where the run it continues did (the checkpoint keeps how often
-        each structure ran), so it ends bit for bit as the uninterrupted run. The default
-        stays ``"aten"``, the one setting under which every step is bitwise the eager step.
+        each structure ran), so it ends bit for bit as the uninterrupted run. The default is
+        ``"auto"``: the same kernels in every run on one machine, the fastest measured for
+        it; on the AMD EPYC host with AVX-512 of docs/benchmarks.md it took the replayed step
+        from 0.88x to 0.70x the hand-written eager step, and the compiled one from 0.76x to
+        0.60x. Pass ``"aten"`` for steps bitwise the eager ones on every machine.
     :param compile: also compile each captured step graph with TorchInductor
         (:class:`~pyro_vae.infer.captured.CapturedLoss` ``compile=True``): its elementwise work
         fused, the step 0.74x the hand-written one against 0.80x uncompiled on the Intel host
@@ -566,12 +570,13 @@ def fit(
         uncompiled graph kept where they disagree; ``result.compiled`` says which ran).
         Compiling takes seconds for each structure, once, and needs a C++ compiler. ``None``
         (the default): compile on runs of at least
-        :data:`~pyro_vae.train.step.COMPILE_STEPS` planned steps (captured, on PyTorch's
-        kernels, in one process, with a compiler found), where it pays back, and then only the
-        structures that have run :data:`~pyro_vae.train.step.FIT_COMPILE_AFTER` times (the
-        full batches, not a smaller last one); shorter runs stay bitwise the eager step.
-        ``True`` compiles every structure at capture, and needs ``capture_after`` and
-        ``matmul`` ``"auto"`` or ``"aten"``. A resumed run replays (compiled) where the run it continues did.
+        :data:`~pyro_vae.train.step.COMPILE_STEPS` planned steps (captured, in one process,
+        with a compiler found), where it pays back, and then only the structures that have
+        run :data:`~pyro_vae.train.step.FIT_COMPILE_AFTER` times (the full batches, not a
+        smaller last one); shorter runs are replayed uncompiled. The compiled graph calls the
+        products on the kernels ``matmul`` names (with ``"onednn"``, oneDNN's, from the
+        compiled code). ``True`` compiles every structure at capture, and needs
+        ``capture_after``. A resumed run replays (compiled) where the run it continues did.
     :raises InputError: bad data or options, before anything runs.
     :raises NonFiniteLossError: a NaN/inf loss; parameters are not updated with it and the
         last checkpoint is left intact.
@@ -586,14 +591,13 @@ def fit(
         raise InputError("resume=True needs a checkpoint path")
     if compile and capture_after is None:
         raise InputError("compile=True compiles the captured step; capture_after=None captures nothing")
-    matmul = resolve_matmul(matmul, compile=bool(compile))
+    matmul = resolve_matmul(matmul)
     # the default compiles only the structures that run often; compile=True compiles at capture
     compile_after = FIT_COMPILE_AFTER if compile is None else None
     compile = resolve_compile(
         compile,
         steps=epochs * len(streams.schedule()),
         capture_after=capture_after,
-        matmul=matmul,
         distributed=bool(distributed),
     )
     tracker = None

@@ -36,16 +36,17 @@ compiling, and is replayed uncompiled instead."""
 
 
 def resolve_compile(
-    compile: bool | None, *, steps: int, capture_after: int | None, matmul: str, distributed: bool
+    compile: bool | None, *, steps: int, capture_after: int | None, distributed: bool
 ) -> bool:
     """``compile`` with ``None`` resolved: ``True`` for a run of at least :data:`COMPILE_STEPS`
-    planned ``steps`` whose step is captured (``capture_after``) on PyTorch's kernels
-    (``matmul="aten"``, resolved) in one process, where a C++ compiler is found; ``False``
-    otherwise. It depends only on the options and the machine, never on timings, so a run
+    planned ``steps`` whose step is captured (``capture_after``) in one process, where a C++
+    compiler is found; ``False`` otherwise. The compiled graph runs its matrix products on
+    the kernels the uncompiled one would (``matmul``: oneDNN's, called from the compiled
+    code, with ``"onednn"``). It depends only on the options and the machine, never on timings, so a run
     and its resumption decide alike."""
     if compile is not None:
         return compile
-    if capture_after is None or matmul != "aten" or distributed or steps < COMPILE_STEPS:
+    if capture_after is None or distributed or steps < COMPILE_STEPS:
         return False
     return compiler_found()
 

@@ -159,9 +159,12 @@ def test_value_dependent_programs_replaced_parameters_and_enclosing_handlers_run
 @pytest.mark.parametrize("bound", [iwae, elbo], ids=["iwae", "elbo"])
 def test_by_default_a_long_call_captures_a_structure_after_two_chunks_bitwise(bound, monkeypatch):
     """``capture=None``: a new capture for a call of at least AUTO_CAPTURE_CHUNKS chunks (12
-    here) that replays a structure once it has run AUTO_CAPTURE_AFTER (2) times: bitwise the
-    eager chunks; a shorter call (AUTO_CAPTURE_CHUNKS 13) captures nothing."""
+    here) that replays a structure once it has run AUTO_CAPTURE_AFTER (2) times on the
+    machine's kernels (``matmul="auto"``): bitwise the eager chunks where those are PyTorch's,
+    to rounding where they are oneDNN's; a shorter call (AUTO_CAPTURE_CHUNKS 13) captures
+    nothing."""
     from pyro_vae.infer import captured_log_weights as clw
+    from pyro_vae.infer.onednn_matmul import resolve_matmul
 
     made = _recording(monkeypatch)
     monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 12)
@@ -172,8 +175,13 @@ def test_by_default_a_long_call_captures_a_structure_after_two_chunks_bitwise(bo
     # the first chunk settles the plan (a structure of its own); of the other 11, 2 run eagerly
     assert capture._cache.capture_after == clw.AUTO_CAPTURE_AFTER == 2
     assert capture.captured_chunks == 11 - 2, capture.fallback_reason
-    assert torch.equal(eager.value, default.value)
-    assert torch.equal(eager.standard_error, default.standard_error)
+    assert capture.matmul == resolve_matmul("auto")
+    if capture.matmul == "aten":
+        assert torch.equal(eager.value, default.value)
+        assert torch.equal(eager.standard_error, default.standard_error)
+    else:
+        torch.testing.assert_close(default.value, eager.value, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(default.standard_error, eager.standard_error, rtol=1e-3, atol=1e-4)
     made.clear()
     monkeypatch.setattr(clw, "AUTO_CAPTURE_CHUNKS", 13)
     bound(vae.model, vae.guide, x, **options)  # 12 chunks: none captured
@@ -202,7 +210,6 @@ def test_a_long_call_compiles_by_default_only_where_it_pays_and_a_compiler_is_fo
     for module in (captured, clw):
         monkeypatch.setattr(module, "check_compile", lambda compile: None)  # a compiler, found
     assert compiles(COMPILE_CHUNKS) and not compiles(COMPILE_CHUNKS - 1)
-    assert not compiles(COMPILE_CHUNKS, matmul="onednn")  # Inductor chooses its own kernels
     capture = CapturedLogWeights(compile=None)
     capture.begin(COMPILE_CHUNKS)
     assert capture.compile

@@ -13,7 +13,13 @@ from pyro_vae.infer import MeanFieldELBO, onednn_matmul
 from pyro_vae.infer.captured import CapturedLoss
 from pyro_vae.infer.captured_log_weights import CapturedLogWeights
 from pyro_vae.infer.graph_capture import within_rounding
-from pyro_vae.infer.onednn_matmul import OneDNNLinear, onednn_available, resolve_matmul, use_onednn_matmul
+from pyro_vae.infer.onednn_matmul import (
+    LINEAR_OP,
+    OneDNNLinear,
+    onednn_available,
+    resolve_matmul,
+    use_onednn_matmul,
+)
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import fit, train_step
@@ -45,6 +51,30 @@ def test_the_linear_and_its_gradients_equal_pytorchs_to_rounding(bias):
 
 
 @needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_operator_and_its_registered_gradients_equal_pytorchs_to_rounding(bias):
+    """``LINEAR_OP``, what a compiled graph calls: the same product and gradients as
+    ``F.linear`` (its gradients are oneDNN products too), with strided (transposed) operands."""
+    x = torch.randn(70, 33, generator=_gen(0)).t().requires_grad_()  # a transposed view
+    w = torch.randn(50, 70, generator=_gen(1), requires_grad=True)
+    b = torch.randn(50, generator=_gen(2), requires_grad=True) if bias else None
+    g = torch.randn(33, 50, generator=_gen(3))
+    leaves = [x, w] + ([b] if bias else [])
+    ours, theirs = LINEAR_OP(x, w, b), torch.nn.functional.linear(x, w, b)
+    assert within_rounding(ours, theirs)
+    for a, c in zip(
+        torch.autograd.grad(ours, leaves, g), torch.autograd.grad(theirs, leaves, g), strict=True
+    ):
+        assert a is not None and within_rounding(a, c)
+    assert not within_rounding(LINEAR_OP(x, w.flip(0), b), theirs)
+    # traced (what AOTAutograd and Inductor see): the fake implementation's shape, and the
+    # backward's products the operator again
+    joint = make_fx(lambda x, w: torch.autograd.grad(LINEAR_OP(x, w, None).sum(), (x, w)))(x, w)
+    calls = [n for n in joint.graph.nodes if n.target is LINEAR_OP]
+    assert len(calls) == 3 and "aten.mm" not in joint.code
+
+
+@needs_onednn
 def test_only_the_inputs_that_need_a_gradient_get_one():
     x = torch.randn(8, 5, generator=_gen(0))  # data: no gradient
     w = torch.randn(3, 5, generator=_gen(1), requires_grad=True)
@@ -68,6 +98,10 @@ def test_the_rewrite_moves_every_float32_product_and_keeps_the_values():
     code = graph.code
     assert "onednn_linear" in code and "addmm" not in code and "aten.mm" not in code
     assert within_rounding(graph(x), expected)
+    _, _, for_inductor = _mlp_graph()
+    assert use_onednn_matmul(for_inductor, compiled=True) == 2
+    assert sum(n.target is LINEAR_OP for n in for_inductor.graph.nodes) == 2
+    assert within_rounding(for_inductor(x), expected)
 
 
 @needs_onednn
@@ -87,8 +121,6 @@ def test_the_rewrite_leaves_other_products_alone():
 def test_options_are_checked_and_auto_depends_only_on_the_machine(monkeypatch):
     with pytest.raises(InputError, match="matmul='fast'"):
         resolve_matmul("fast")
-    with pytest.raises(InputError, match="compile=True"):
-        CapturedLoss(MeanFieldELBO(), compile=True, matmul="onednn")
     with pytest.raises(InputError, match="matmul"):
         CapturedLogWeights(matmul="blas")
     assert resolve_matmul("aten") == "aten"
@@ -99,7 +131,6 @@ def test_options_are_checked_and_auto_depends_only_on_the_machine(monkeypatch):
     monkeypatch.setattr(onednn_matmul, "cpu_vendor", lambda: "AuthenticAMD")
     monkeypatch.setattr(onednn_matmul, "cpu_capability", lambda: "AVX512")
     assert resolve_matmul("auto") == ("onednn" if onednn_available() else "aten")
-    assert resolve_matmul("auto", compile=True) == "aten"
     monkeypatch.setattr(onednn_matmul, "cpu_capability", lambda: "AVX2")
     assert resolve_matmul("auto") == "aten"  # oneDNN's GEMM was the slower on AVX2 (docs/benchmarks.md)
     monkeypatch.setattr(onednn_matmul, "onednn_available", lambda: False)
@@ -162,7 +193,8 @@ def test_fit_says_which_kernels_its_replayed_steps_ran_on():
 
     assert run("onednn").matmul == "onednn"
     assert run("aten").matmul == "aten"
-    assert fit.__kwdefaults__["matmul"] == "aten"  # bitwise the eager step by default
+    assert fit.__kwdefaults__["matmul"] == "auto"  # the machine's fastest kernels by default
+    assert run("auto").matmul == resolve_matmul("auto")
 
 
 @needs_onednn
@@ -208,3 +240,96 @@ def test_a_graph_whose_kernels_disagree_keeps_pytorchs_and_stays_bitwise(monkeyp
     assert values == plain_values
     for a, b in zip(params, plain_params, strict=True):
         assert torch.equal(a, b)
+
+
+def _calls_the_operator(compiled):
+    """A stand-in for :func:`~pyro_vae.infer.graph_compile.compile_graph` that records whether
+    each graph it is given calls ``LINEAR_OP`` and compiles it for real."""
+    from pyro_vae.infer.graph_compile import compile_graph
+
+    def compile_and_record(module, inputs):
+        compiled.append(any(n.target is LINEAR_OP for n in module.graph.nodes))
+        return compile_graph(module, inputs)
+
+    return compile_and_record
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_a_compiled_step_on_onednn_calls_its_products_and_trains_as_the_eager_step(monkeypatch):
+    """``compile=True, matmul="onednn"``: the joint graph (forward and gradients) that Inductor
+    compiles calls oneDNN's products, forward and backward, and the steps' values and
+    parameters are the eager ones to rounding."""
+    from pyro_vae.infer import captured, graph_capture
+
+    if not captured.compiler_found():
+        pytest.skip("no C++ compiler for TorchInductor")
+    seen: list[bool] = []
+    monkeypatch.setattr(graph_capture, "compile_graph", _calls_the_operator(seen))
+    _, plain_values, plain_params = _train("aten")
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = VAE(Bernoulli(12), latent_dim=3, hidden=(16,), name="m")
+    loss = CapturedLoss(MeanFieldELBO(), capture_after=1, matmul="onednn", compile=True)
+    opt = torch.optim.Adam(vae.parameters(), lr=0.01)
+    torch.manual_seed(1)
+    with pyro.validation_enabled(False):
+        x, kwargs = (_x(),), {"num_data": 6000}
+        values = [train_step(loss, opt, vae.model, vae.guide, x, kwargs) for _ in range(8)]
+    assert seen == [True], loss.compile_note
+    assert loss.compiled and loss.kernels == "onednn" and loss.compile_note == ""
+    (graph,) = (g for g in loss._graphs.values() if g is not None)
+    assert not graph.exact
+    torch.testing.assert_close(torch.tensor(values), torch.tensor(plain_values), rtol=1e-5, atol=1e-3)
+    for a, b in zip(vae.parameters(), plain_params, strict=True):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-4, atol=1e-6)
+
+
+@needs_onednn
+def test_a_compiled_graph_on_onednn_that_fails_is_compiled_on_pytorchs_kernels(monkeypatch):
+    """Where Inductor cannot compile the graph that calls oneDNN's products, the graph on
+    PyTorch's kernels is compiled instead (here a stand-in that returns it uncompiled), and
+    ``compile_note`` says why."""
+    from pyro_vae.infer import captured, graph_capture
+
+    monkeypatch.setattr(captured, "check_compile", lambda compile: None)
+
+    def refuses_onednn(module, inputs):
+        if any(n.target is LINEAR_OP for n in module.graph.nodes):
+            raise RuntimeError("no kernel for pyro_vae::onednn_linear")
+        return module
+
+    monkeypatch.setattr(graph_capture, "compile_graph", refuses_onednn)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = VAE(Bernoulli(12), latent_dim=3, hidden=(16,), name="m")
+    loss = CapturedLoss(MeanFieldELBO(), capture_after=1, matmul="onednn", compile=True)
+    opt = torch.optim.Adam(vae.parameters(), lr=0.01)
+    with pyro.validation_enabled(False):
+        for _ in range(3):
+            train_step(loss, opt, vae.model, vae.guide, (_x(),), {"num_data": 6000})
+    assert loss.compiled and loss.kernels == "aten" and loss.captured_steps == 2
+    assert "not compiled on oneDNN's kernels: RuntimeError: no kernel" in loss.compile_note
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_compiled_evaluation_chunks_on_onednn_give_the_eager_bound_to_rounding(monkeypatch):
+    from pyro_vae.infer import captured, graph_capture
+
+    if not captured.compiler_found():
+        pytest.skip("no C++ compiler for TorchInductor")
+    seen: list[bool] = []
+    monkeypatch.setattr(graph_capture, "compile_graph", _calls_the_operator(seen))
+    torch.manual_seed(0)
+    vae, x = VAE(Bernoulli(12), latent_dim=3, hidden=(16,)), _x(12)
+    capture = CapturedLogWeights(matmul="onednn", compile=True)
+    with pyro.validation_enabled(False):
+        torch.manual_seed(1)
+        eager = iwae(vae.model, vae.guide, x, num_particles=16, max_rows=32)
+        torch.manual_seed(1)
+        fast = iwae(vae.model, vae.guide, x, num_particles=16, max_rows=32, capture=capture)
+    assert capture.compiled_graphs > 0 and all(seen), capture.fallback_reason
+    graphs = [g for g in capture._cache.graphs.values() if g is not None]
+    assert all(g.compiled and g.kernels == "onednn" for g in graphs)
+    torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-4)
