@@ -57,7 +57,9 @@ def elbo(
         least :data:`~pyro_vae.infer.captured_log_weights.AUTO_CAPTURE_CHUNKS` chunks, so
         only long evaluations capture, and compiled by TorchInductor in a call of at least
         :data:`~pyro_vae.infer.captured_log_weights.COMPILE_CHUNKS` chunks (log-weights then
-        equal to float rounding, not bitwise); ``True``: after one chunk; a
+        equal to float rounding, not bitwise), its products on the machine's kernels
+        (``matmul="auto"``: to float rounding too where those are oneDNN's); ``True``: after
+        one chunk; a
         :class:`~pyro_vae.infer.captured_log_weights.CapturedLogWeights` kept to reuse its
         graphs across calls; ``False``: every chunk eager (a program whose Python changes
         from chunk to chunk, which no check between two checked replays would see).
