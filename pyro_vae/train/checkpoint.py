@@ -9,7 +9,7 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae._io import atomic_torch_save
+from pyro_vae._io import BackgroundWrites, atomic_torch_save, torch_bytes
 from pyro_vae.errors import CheckpointError
 from pyro_vae.infer.particles import probing, record
 
@@ -17,9 +17,17 @@ FORMAT = "pyro_vae.checkpoint"
 VERSION = 1
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (see :func:`pyro_vae.train.fit`) to ``path`` via a temp file and rename."""
-    return atomic_torch_save(path, {"format": FORMAT, "version": VERSION, **state})
+def save_checkpoint(
+    path: str | Path, state: dict[str, Any], *, writes: BackgroundWrites | None = None
+) -> Path:
+    """Write ``state`` (see :func:`pyro_vae.train.fit`) to ``path`` via a temp file and rename;
+    with ``writes``, ``state`` is serialized now and written in the background
+    (:class:`~pyro_vae._io.BackgroundWrites`: ``writes.wait()`` until it is on disk)."""
+    saved = {"format": FORMAT, "version": VERSION, **state}
+    if writes is None:
+        return atomic_torch_save(path, saved)
+    writes.submit(path, torch_bytes(saved))
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, *, map_location: torch.device | str | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae._checks import as_tensors, check_positive, check_positive_int
+from pyro_vae._io import BackgroundWrites
 from pyro_vae.errors import InputError, NonFiniteLossError, TrainingInterrupted
 from pyro_vae.infer.captured import CapturedLoss, capturable
 from pyro_vae.infer.captured_log_weights import CapturedLogWeights
@@ -227,6 +228,7 @@ def _run_epoch(
     kl_warmup: KLWarmup | None,
     transform: Callable | None,
     checkpoint: str | Path | None,
+    writes: BackgroundWrites | None = None,
     bar: Any,
     stop: GracefulStop,
     group: DataParallel | None = None,
@@ -269,6 +271,8 @@ def _run_epoch(
             before_step=group.reducer(rows, total, stop) if group is not None else None,
         )
         if not math.isfinite(value):
+            if writes is not None:
+                writes.wait(raise_error=False)  # the last checkpoint on disk before it is named
             kept = (
                 f"; the last checkpoint {checkpoint} is unchanged"
                 if checkpoint is not None and Path(checkpoint).exists()
@@ -334,9 +338,10 @@ def _stopped(
     cuda: bool,
     group: DataParallel | None = None,
     step: Any = None,
+    writes: BackgroundWrites | None = None,
 ) -> None:
     """Write the checkpoint of a run stopped by a signal mid-epoch and raise
-    :class:`~pyro_vae.errors.TrainingInterrupted` saying how to go on."""
+    :class:`~pyro_vae.errors.TrainingInterrupted` saying how to go on (once it is on disk)."""
     where = f"{stop.name} at epoch {state.epoch + 1}, step {state.step}"
     if checkpoint is None:
         raise TrainingInterrupted(
@@ -344,7 +349,9 @@ def _stopped(
             epoch=state.epoch,
             step=state.step,
         )
-    _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group, step=step)
+    _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group, step=step, writes=writes)
+    if writes is not None:
+        writes.wait()
     raise TrainingInterrupted(
         f"stopped on {where}; checkpoint written to {checkpoint}: resume with resume=True "
         "(pyro-vae train --out RUN_DIR --resume)",
@@ -373,7 +380,9 @@ def _train(
     group: DataParallel | None = None,
     tracker: LogMarginalTracker | None = None,
 ) -> None:
-    """Epochs until ``epochs``: train, record the metrics, checkpoint atomically."""
+    """Epochs until ``epochs``: train, record the metrics, checkpoint atomically (each
+    checkpoint serialized at the end of its epoch and written while the next one trains,
+    :class:`~pyro_vae._io.BackgroundWrites`; the last is on disk when this returns or raises)."""
     model, guide, val = program
     step = bound[0][0].loss
     bar = tqdm(
@@ -384,7 +393,7 @@ def _train(
         dynamic_ncols=True,
         mininterval=0.5,
     )
-    with bar, pyro.validation_enabled(False), GracefulStop() as stop:
+    with bar, pyro.validation_enabled(False), GracefulStop() as stop, BackgroundWrites() as writes:
         stop = group.agreed(stop) if group is not None else stop  # all ranks stop at one step
         while state.epoch < epochs:
             tic = time.perf_counter()
@@ -400,12 +409,24 @@ def _train(
                 kl_warmup=kl_warmup,
                 transform=transform,
                 checkpoint=checkpoint,
+                writes=writes,
                 bar=bar,
                 stop=stop,
                 group=group,
             )
             if objective is None:
-                _stopped(state, stop, checkpoint, params, opt, losses, cuda=cuda, group=group, step=step)
+                _stopped(
+                    state,
+                    stop,
+                    checkpoint,
+                    params,
+                    opt,
+                    losses,
+                    cuda=cuda,
+                    group=group,
+                    step=step,
+                    writes=writes,
+                )
             record = {
                 "epoch": state.epoch + 1,
                 "step": state.step,
@@ -424,7 +445,9 @@ def _train(
             state.epoch += 1
             bar.set_postfix(epoch=state.epoch, val_elbo=f"{record['val_elbo']:.3f}", refresh=False)
             if checkpoint is not None:
-                _save(checkpoint, state, params, opt, losses, cuda=cuda, group=group, step=step)
+                _save(
+                    checkpoint, state, params, opt, losses, cuda=cuda, group=group, step=step, writes=writes
+                )
 
 
 def _save(
@@ -437,19 +460,21 @@ def _save(
     cuda: bool,
     group: DataParallel | None,
     step: Any = None,
+    writes: BackgroundWrites | None = None,
 ) -> None:
     """The checkpoint, written atomically (with ``step``'s capture state, when it is a
-    :class:`~pyro_vae.infer.captured.CapturedLoss`); in a distributed run by rank 0 alone, with every
-    rank's random number generator, while the others wait."""
+    :class:`~pyro_vae.infer.captured.CapturedLoss`; in the background with ``writes``); in a
+    distributed run by rank 0 alone, with every rank's random number generator, while the
+    others wait."""
     saved = state.to_checkpoint(params, opt, losses, cuda=cuda)
     if isinstance(step, CapturedLoss):
         saved["capture_state"] = step.capture_state()
     if group is None:
-        save_checkpoint(checkpoint, saved)
+        save_checkpoint(checkpoint, saved, writes=writes)
         return
     saved["rank_rng"] = group.gather_rng()
     if group.main:
-        save_checkpoint(checkpoint, saved)
+        save_checkpoint(checkpoint, saved, writes=writes)
     group.barrier()
 
 
