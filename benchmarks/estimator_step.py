@@ -8,7 +8,10 @@ categorical KL; REINFORCE without baseline). Steps are interleaved in one proces
 machine noise hits all paths alike; we report medians and ratios.
 
     python benchmarks/estimator_step.py [--steps 200] [--particles 5] [--quick] [--threads N]
-        [--json out.json]
+        [--no-long] [--json out.json]
+
+The "long run" rows are fit's step on a run of ``COMPILE_STEPS`` (50,000) steps or more:
+compiled by TorchInductor where a C++ compiler is found, a few seconds each before the timing.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from pyro_vae.models import CategoricalLatent, DiscreteVAE
 from pyro_vae.networks import mlp
 from pyro_vae.train import train_step
 from pyro_vae.train.optimizers import default_optimizer
-from pyro_vae.train.step import FIT_CAPTURE_AFTER, step_loss
+from pyro_vae.train.step import COMPILE_STEPS, FIT_CAPTURE_AFTER, resolve_compile, step_loss
 
 D, HIDDEN, L, C, B, N, LR, TAU = 784, (512, 256), 20, 10, 100, 60000, 1e-3, 0.5
+LONG = "long run"
+"""The path of fit's step on a run of ``COMPILE_STEPS`` steps or more (compiled)."""
 
 
 class HandCategoricalVAE(nn.Module):
@@ -86,23 +91,33 @@ def hand_step(loss: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> C
     return step
 
 
-def pyro_vae_step(x: torch.Tensor, loss: object, name: str, *, matmul: str = "auto") -> Callable[[], None]:
+def pyro_vae_step(
+    x: torch.Tensor, loss: object, name: str, *, matmul: str = "auto", planned: int = 1000
+) -> Callable[[], None]:
     """The step :func:`pyro_vae.train.fit` runs by default with ``loss``: its optimizer and its
     step loss (captured once the structure has run ``FIT_CAPTURE_AFTER`` times, for the losses
     that allow it; Pyro's ``Trace_ELBO`` stays eager), its products on the machine's kernels
     (``matmul="auto"``); with ``matmul="aten"`` or ``"onednn"`` the captured graph's products on
-    PyTorch's or oneDNN's kernels."""
+    PyTorch's or oneDNN's kernels; with ``planned`` steps of at least
+    :data:`~pyro_vae.train.step.COMPILE_STEPS`, the step fit runs on a run that long (compiled
+    at capture here, where a C++ compiler is found: fit compiles it after
+    ``FIT_COMPILE_AFTER`` runs, the same graph)."""
     vae = DiscreteVAE(Bernoulli(D), CategoricalLatent(L, C), hidden=HIDDEN, name=name)
     kwargs = {"num_data": N}
     loss.loss(vae.model, vae.guide, x, **kwargs)  # type: ignore[attr-defined]
     params = [p for n, p in pyro.get_param_store().named_parameters() if n.startswith(f"{name}_")]
     opt = default_optimizer(params, lr=LR)  # fit's default
-    step = step_loss(loss, matmul=matmul)
+    compiled = resolve_compile(None, steps=planned, capture_after=FIT_CAPTURE_AFTER, distributed=False)
+    step = step_loss(loss, matmul=matmul, compile=compiled)
     if step is not loss:
         for _ in range(FIT_CAPTURE_AFTER + 1):  # the eager steps, then the capture
             train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
         if not step.captured_steps:
             raise RuntimeError(f"the step was not captured: {step.fallback_reason}")
+        if compiled and not step.compiled:
+            raise RuntimeError(f"the step was not compiled: {step.compile_note}")
+        if compiled and step.compile_note:  # compiled, not on the kernels asked for
+            print(f"{name}: {step.compile_note}")
     return lambda: train_step(step, opt, vae.model, vae.guide, (x,), kwargs)
 
 
@@ -116,11 +131,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="40 steps, 5 warm-up (for run_all.py)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument(
+        "--long",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"also time fit's step on a run of {COMPILE_STEPS:,} steps (compiled where a C++ compiler "
+        "is found; seconds of compiling each); default: yes, but not with --quick",
+    )
+    parser.add_argument(
         "--json", default=None, help="also write the results as JSON to this file ('-': stdout)"
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 40, 5
+    if args.long is None:
+        args.long = not args.quick
     set_threads(args.threads)
     torch.manual_seed(0)
     x = (torch.rand(B, D) < 0.3).float()
@@ -136,6 +160,14 @@ def main(argv: list[str] | None = None) -> dict:
             ("REINFORCE", "pyro_vae"): pyro_vae_step(x, ScoreFunctionELBO(), "score"),
             ("REINFORCE", "Pyro Trace_ELBO"): pyro_vae_step(x, Trace_ELBO(), "trace"),
         }
+        if args.long:  # fit's default on a run of COMPILE_STEPS steps or more: compiled
+            paths[("VIMCO", LONG)] = pyro_vae_step(x, VIMCO(num_particles=k), "vimco2", planned=COMPILE_STEPS)
+            paths[("Gumbel-softmax", LONG)] = pyro_vae_step(
+                x, RelaxedELBO(temperature=TAU), "gumbel2", planned=COMPILE_STEPS
+            )
+            paths[("REINFORCE", LONG)] = pyro_vae_step(
+                x, ScoreFunctionELBO(), "score2", planned=COMPILE_STEPS
+            )
         if onednn_available():  # the kernels the default did not pick, for comparison
             other = "aten" if resolve_matmul("auto") == "onednn" else "onednn"
             name = f"matmul={other!r}"
