@@ -129,15 +129,17 @@ class BackgroundWrites:
         self._thread = threading.Thread(target=write, name="pyro_vae-atomic-write")
         self._thread.start()
 
-    def wait(self, *, raise_error: bool = True) -> None:
-        """Until the pending write is on disk (renamed); raise its error unless ``raise_error``
-        is false (an exception of the caller's own is on its way)."""
+    def wait(self, *, raise_error: bool = True) -> BaseException | None:
+        """Until the pending write is on disk (renamed); raise its error, or with
+        ``raise_error=False`` (an exception of the caller's own is on its way) return it
+        (``None``: every write landed)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         error, self._error = self._error, None
         if error is not None and raise_error:
             raise error
+        return error
 
 
 def make_output_dir(path: str | Path, *, what: str = "output directory") -> Path:

@@ -367,7 +367,7 @@ def _add_matmul(p: argparse.ArgumentParser, default: str) -> None:
         help="kernels of the captured (and compiled) graphs' float32 CPU matrix products: aten "
         "(PyTorch's BLAS, bitwise the eager computation), onednn (oneDNN's, equal to float "
         "rounding), auto (onednn on CPUs other than Intel's with AVX-512, where MKL's float32 "
-        f"GEMM is slow; else aten); default: {default}",
+        "GEMM is slow; else aten)",
     )
 
 

@@ -239,6 +239,23 @@ def test_no_capture_makes_every_training_step_eager(tmp_path):
     assert '"capture": false' in (out / "config.json").read_text()
 
 
+def test_a_run_saves_the_kernels_auto_resolved_to_and_an_older_run_resumes_on_pytorchs(tmp_path):
+    """``--matmul auto`` (the default) is saved as the kernels it resolves to here, so a resume
+    (on any machine) replays on the kernels the run ran on; a run directory written before
+    the default became ``"auto"`` has no ``matmul`` and ran PyTorch's: it resumes on them."""
+    from pyro_vae.commands.train import read_config
+    from pyro_vae.infer.onednn_matmul import resolve_matmul
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", *TINY]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["matmul"] == resolve_matmul("auto") != "auto"
+    del saved["matmul"]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert read_config(out).matmul == "aten"
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+
+
 @pytest.mark.slow
 def test_evaluate_prints_ordered_bounds_and_writes_results(tmp_path, capsys):
     out = tmp_path / "run"

@@ -51,8 +51,8 @@ def elbo(
     ``num_particles``.
 
     :param capture: replay the chunks' log-weights from captured graphs: the same random draws
-        and values (bitwise, unless compiled), less Python per chunk. ``None`` (the default): a chunk
-        structure is captured once it has run
+        and values (bitwise on PyTorch's kernels, uncompiled), less Python per chunk. ``None``
+        (the default): a chunk structure is captured once it has run
         :data:`~pyro_vae.infer.captured_log_weights.AUTO_CAPTURE_AFTER` times in a call of at
         least :data:`~pyro_vae.infer.captured_log_weights.AUTO_CAPTURE_CHUNKS` chunks, so
         only long evaluations capture, and compiled by TorchInductor in a call of at least

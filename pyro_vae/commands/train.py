@@ -40,6 +40,7 @@ from pyro_vae.data import (
     split,
 )
 from pyro_vae.errors import InputError
+from pyro_vae.infer.onednn_matmul import resolve_matmul
 from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train import Distributed, FitResult, KLWarmup, fit, rate_distortion
@@ -79,6 +80,8 @@ def read_config(run_dir: str | Path) -> TrainConfig:
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON: {e}") from e
     obj.pop("pyro_vae_version", None)
+    # a run written before the default became "auto" ran PyTorch's kernels: resumed on them
+    obj.setdefault("matmul", "aten")
     return TrainConfig.from_json(obj)
 
 
@@ -211,6 +214,8 @@ def _train_run(
         raise InputError(
             f"run directory {run_dir} already exists and is not empty; choose another --out, or --resume it"
         )
+    else:  # the kernels this machine resolves "auto" to, saved: a resume runs on them anywhere
+        config = dataclasses.replace(config, matmul=resolve_matmul(config.matmul))
     splits, model = prepare(config)
     splits = Splits(train=splits.train.to(device), val=splits.val.to(device), test=splits.test.to(device))
     model.to(device)

@@ -94,7 +94,8 @@ class CapturedLoss:
     run without the autograd engine (:func:`~pyro_vae.infer.graph_compile.joint_graph`; the
     gradients go into ``.grad`` as ``backward()`` puts them), and
     the compiled graph kept when its values and gradients equal the checked graph's to float
-    rounding (tested), else the checked graph (:attr:`compile_note` says why); compiling
+    rounding (tested), else the checked graph (:attr:`compile_note` says why; with
+    ``matmul="onednn"``, first the graph on oneDNN's products, then on PyTorch's); compiling
     takes seconds a structure once (for the benchmark VAE 13-27 s with TorchInductor's cache
     cold, 3-7 s warm), for long training runs; ``compile_after`` compiles only the structures that
     run often.
@@ -195,7 +196,8 @@ class CapturedLoss:
 
     @property
     def compile_note(self) -> str:
-        """Why a graph was kept uncompiled under ``compile=True`` (``""``: none was)."""
+        """Why a graph was kept uncompiled under ``compile=True``, or compiled on PyTorch's
+        kernels rather than oneDNN's asked for (``""``: neither happened)."""
         return next((g.note for g in self._cache.graphs.values() if g is not None and g.note), "")
 
     @property

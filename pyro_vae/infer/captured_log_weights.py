@@ -253,7 +253,8 @@ AUTO_CAPTURE_CHUNKS = 200
 runs every chunk eagerly). A capture costs 0.08-0.16 s a call and saves about 1.5 ms a chunk
 for the 784-400-50 VAE on the Intel host of docs/benchmarks.md (paid back after about a
 hundred chunks), so a call this long gains, and a shorter one is never slower than eager. The
-values are the same either way, bitwise."""
+values are the same either way: bitwise on PyTorch's kernels, to float rounding where the
+machine's (``matmul="auto"``) are oneDNN's."""
 
 AUTO_CAPTURE_AFTER = 2
 """Eager runs of a chunk structure before the default (``capture=None``) captures it: the

@@ -276,7 +276,8 @@ def capture_graph(
     the graph checked bitwise is then copied with its float32 CPU matrix products on oneDNN's
     kernels (:func:`~pyro_vae.infer.onednn_matmul.use_onednn_matmul`), and the copy is kept
     when it agrees with it (:func:`_on_onednn`; compiled, Inductor's code calls those
-    products); its later replays are checked to float rounding.
+    products, and a graph that cannot be compiled is kept uncompiled on them); its later
+    replays are checked to float rounding.
 
     Tracing and the check run the program twice more: neither changes a later draw or a
     running statistic of the program's modules, and Pyro's validation is off in both."""
@@ -320,7 +321,7 @@ def capture_graph(
                 )
                 if fast is not None:
                     (graph, read), compiled, kernels = fast, True, fast_kernels
-            elif matmul == "onednn" and not differs:
+            if matmul == "onednn" and not (differs or compiled):  # uncompiled, or the compile failed
                 fast = _on_onednn(simplified.module, checked)
                 if fast is not None:
                     (graph, read), kernels = fast, "onednn"
@@ -505,13 +506,14 @@ def _compiled(
     kernels (:func:`~pyro_vae.infer.onednn_matmul.use_onednn_matmul`, gradients included) is
     compiled first, and accepted within :data:`KERNEL_RTOL`, as :func:`_on_onednn` accepts
     it uncompiled; where it has no such product, or fails or disagrees, the graph on
-    PyTorch's kernels is compiled instead."""
+    PyTorch's kernels is compiled instead (and where that fails too, :func:`capture_graph`
+    keeps the uncompiled graph on oneDNN's kernels, :func:`_on_onednn`)."""
     notes: list[str] = []
     for kernels in ("onednn", "aten") if matmul == "onednn" else ("aten",):
         source, rtol = module, None
         if kernels == "onednn":
-            source, rtol = _copy(module), KERNEL_RTOL
-            if not use_onednn_matmul(source, compiled=True):
+            source, rtol = _onednn_copy(module, compiled=True), KERNEL_RTOL
+            if source is None:
                 continue
         what = "not compiled on oneDNN's kernels" if kernels == "onednn" else "not compiled"
         try:
@@ -535,11 +537,15 @@ def _compiled(
     return None, "aten", "; ".join(notes)
 
 
-def _copy(module: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``module``'s graph over the same attributes (rewritten without changing it)."""
+def _onednn_copy(module: fx.GraphModule, *, compiled: bool) -> fx.GraphModule | None:
+    """A copy of ``module``'s graph over the same attributes with its float32 CPU products on
+    oneDNN's kernels (:func:`~pyro_vae.infer.onednn_matmul.use_onednn_matmul`: with
+    ``compiled``, the operator Inductor calls), ``module`` unchanged; ``None`` when it has no
+    such product."""
     graph = fx.Graph()
     graph.output(graph.graph_copy(module.graph, {}))
-    return _LazyGraphModule(module, graph)
+    copy = _LazyGraphModule(module, graph)
+    return copy if use_onednn_matmul(copy, compiled=compiled) else None
 
 
 def _on_onednn(module: fx.GraphModule, checked: _Checked) -> tuple[Callable, list[Any]] | None:
@@ -552,8 +558,8 @@ def _on_onednn(module: fx.GraphModule, checked: _Checked) -> tuple[Callable, lis
     the graph itself; this check is of the kernels only, whose rounding the program's own
     arithmetic may amplify (VIMCO's leave-one-out differences of log-weights: 1.3-2.4e-4 of
     the gradients' scale at initialization), while a wrong product is off by order one."""
-    copy = _copy(module)
-    if not use_onednn_matmul(copy):
+    copy = _onednn_copy(module, compiled=False)
+    if copy is None:
         return None
     replay = replay_function(copy)
     if checked.agrees(replay.run, rtol=KERNEL_RTOL):

@@ -271,13 +271,14 @@ def _run_epoch(
             before_step=group.reducer(rows, total, stop) if group is not None else None,
         )
         if not math.isfinite(value):
-            if writes is not None:
-                writes.wait(raise_error=False)  # the last checkpoint on disk before it is named
-            kept = (
-                f"; the last checkpoint {checkpoint} is unchanged"
-                if checkpoint is not None and Path(checkpoint).exists()
-                else ""
-            )
+            # the last checkpoint on disk before it is named, or why it is not
+            failed = writes.wait(raise_error=False) if writes is not None else None
+            if failed is not None:  # its message says whether an earlier one is left
+                kept = f"; the last checkpoint could not be written ({failed})"
+            elif checkpoint is not None and Path(checkpoint).exists():
+                kept = f"; the last checkpoint {checkpoint} is unchanged"
+            else:
+                kept = ""
             raise NonFiniteLossError(
                 f"non-finite loss {value} at epoch {epoch + 1}, step {state.step + 1} "
                 f"({streams.names[s]}, batch {j + 1}){kept}; try a lower learning rate, or "
@@ -465,7 +466,7 @@ def _save(
     """The checkpoint, written atomically (with ``step``'s capture state, when it is a
     :class:`~pyro_vae.infer.captured.CapturedLoss`; in the background with ``writes``); in a
     distributed run by rank 0 alone, with every rank's random number generator, while the
-    others wait."""
+    others wait until it is on disk."""
     saved = state.to_checkpoint(params, opt, losses, cuda=cuda)
     if isinstance(step, CapturedLoss):
         saved["capture_state"] = step.capture_state()
@@ -474,7 +475,7 @@ def _save(
         return
     saved["rank_rng"] = group.gather_rng()
     if group.main:
-        save_checkpoint(checkpoint, saved, writes=writes)
+        save_checkpoint(checkpoint, saved)  # in line: every rank may name it once past the barrier
     group.barrier()
 
 

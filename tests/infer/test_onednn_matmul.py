@@ -333,3 +333,28 @@ def test_compiled_evaluation_chunks_on_onednn_give_the_eager_bound_to_rounding(m
     graphs = [g for g in capture._cache.graphs.values() if g is not None]
     assert all(g.compiled and g.kernels == "onednn" for g in graphs)
     torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_a_graph_that_cannot_be_compiled_at_all_stays_on_onednn_uncompiled(monkeypatch):
+    """``matmul="onednn", compile=True`` where Inductor fails on both graphs: the uncompiled
+    graph on oneDNN's kernels is kept (not PyTorch's), and ``compile_note`` says why for both."""
+    from pyro_vae.infer import captured, graph_capture
+
+    monkeypatch.setattr(captured, "check_compile", lambda compile: None)
+
+    def fails(module, inputs):
+        raise RuntimeError("no compiler today")
+
+    monkeypatch.setattr(graph_capture, "compile_graph", fails)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = VAE(Bernoulli(12), latent_dim=3, hidden=(16,), name="m")
+    loss = CapturedLoss(MeanFieldELBO(), capture_after=1, matmul="onednn", compile=True)
+    opt = torch.optim.Adam(vae.parameters(), lr=0.01)
+    with pyro.validation_enabled(False):
+        for _ in range(3):
+            train_step(loss, opt, vae.model, vae.guide, (_x(),), {"num_data": 6000})
+    assert loss.captured_steps == 2 and not loss.compiled and loss.kernels == "onednn"
+    note = loss.compile_note
+    assert "not compiled on oneDNN's kernels: RuntimeError" in note and "; not compiled: RuntimeError" in note

@@ -124,6 +124,36 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     assert ckpt.read_bytes() == before
 
 
+def test_a_non_finite_loss_after_a_failed_checkpoint_write_says_the_write_failed(tmp_path, monkeypatch):
+    """Checkpoints are written in the background: a write that failed (a full disk) before a
+    NaN stops the run is named in the NaN's message, not hidden behind "unchanged"."""
+    import errno
+
+    from pyro_vae import _io
+
+    x, vae, ckpt = _data(), _vae(), tmp_path / "c.pt"
+    _fit(vae, x, epochs=1, batch_size=8, checkpoint=ckpt)
+    before = ckpt.read_bytes()
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def poison(batch):  # the second resumed epoch's first minibatch (after epoch 2's write)
+        calls.append(1)
+        x, *rest = batch
+        if len(calls) == 6:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return (x, *rest)
+
+    calls: list[int] = []
+    monkeypatch.setattr(_io.os, "fsync", no_space)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3, .*could not be written.*No space left") as info:
+        _fit(vae, x, epochs=3, batch_size=8, checkpoint=ckpt, resume=True, transform=poison)
+    assert "the previous c.pt is unchanged" in str(info.value)
+    assert ckpt.read_bytes() == before  # epoch 1's, whole
+
+
 def test_user_program_with_bare_params_and_trace_elbo():
     """A hand-written Pyro program (no pyro_vae classes) with pyro.param: fit learns the
     mean of Gaussian data; the parameters come back in the result's param state."""
