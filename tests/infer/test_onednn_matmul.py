@@ -285,21 +285,13 @@ def test_a_compiled_step_on_onednn_calls_its_products_and_trains_as_the_eager_st
         torch.testing.assert_close(a.detach(), b, rtol=1e-4, atol=1e-6)
 
 
-@needs_onednn
-def test_a_compiled_graph_on_onednn_that_fails_is_compiled_on_pytorchs_kernels(monkeypatch):
-    """Where Inductor cannot compile the graph that calls oneDNN's products, the graph on
-    PyTorch's kernels is compiled instead (here a stand-in that returns it uncompiled), and
-    ``compile_note`` says why."""
+def _three_steps_compiled_by(compiler, monkeypatch):
+    """Three steps of ``CapturedLoss(matmul="onednn", compile=True)`` with ``compiler`` standing
+    in for :func:`~pyro_vae.infer.graph_compile.compile_graph`, a C++ compiler taken as found."""
     from pyro_vae.infer import captured, graph_capture
 
     monkeypatch.setattr(captured, "check_compile", lambda compile: None)
-
-    def refuses_onednn(module, inputs):
-        if any(n.target is LINEAR_OP for n in module.graph.nodes):
-            raise RuntimeError("no kernel for pyro_vae::onednn_linear")
-        return module
-
-    monkeypatch.setattr(graph_capture, "compile_graph", refuses_onednn)
+    monkeypatch.setattr(graph_capture, "compile_graph", compiler)
     pyro.clear_param_store()
     torch.manual_seed(0)
     vae = VAE(Bernoulli(12), latent_dim=3, hidden=(16,), name="m")
@@ -308,6 +300,21 @@ def test_a_compiled_graph_on_onednn_that_fails_is_compiled_on_pytorchs_kernels(m
     with pyro.validation_enabled(False):
         for _ in range(3):
             train_step(loss, opt, vae.model, vae.guide, (_x(),), {"num_data": 6000})
+    return loss
+
+
+@needs_onednn
+def test_a_compiled_graph_on_onednn_that_fails_is_compiled_on_pytorchs_kernels(monkeypatch):
+    """Where Inductor cannot compile the graph that calls oneDNN's products, the graph on
+    PyTorch's kernels is compiled instead (here a stand-in that returns it uncompiled), and
+    ``compile_note`` says why."""
+
+    def refuses_onednn(module, inputs):
+        if any(n.target is LINEAR_OP for n in module.graph.nodes):
+            raise RuntimeError("no kernel for pyro_vae::onednn_linear")
+        return module
+
+    loss = _three_steps_compiled_by(refuses_onednn, monkeypatch)
     assert loss.compiled and loss.kernels == "aten" and loss.captured_steps == 2
     assert "not compiled on oneDNN's kernels: RuntimeError: no kernel" in loss.compile_note
 
@@ -339,22 +346,11 @@ def test_compiled_evaluation_chunks_on_onednn_give_the_eager_bound_to_rounding(m
 def test_a_graph_that_cannot_be_compiled_at_all_stays_on_onednn_uncompiled(monkeypatch):
     """``matmul="onednn", compile=True`` where Inductor fails on both graphs: the uncompiled
     graph on oneDNN's kernels is kept (not PyTorch's), and ``compile_note`` says why for both."""
-    from pyro_vae.infer import captured, graph_capture
-
-    monkeypatch.setattr(captured, "check_compile", lambda compile: None)
 
     def fails(module, inputs):
         raise RuntimeError("no compiler today")
 
-    monkeypatch.setattr(graph_capture, "compile_graph", fails)
-    pyro.clear_param_store()
-    torch.manual_seed(0)
-    vae = VAE(Bernoulli(12), latent_dim=3, hidden=(16,), name="m")
-    loss = CapturedLoss(MeanFieldELBO(), capture_after=1, matmul="onednn", compile=True)
-    opt = torch.optim.Adam(vae.parameters(), lr=0.01)
-    with pyro.validation_enabled(False):
-        for _ in range(3):
-            train_step(loss, opt, vae.model, vae.guide, (_x(),), {"num_data": 6000})
+    loss = _three_steps_compiled_by(fails, monkeypatch)
     assert loss.captured_steps == 2 and not loss.compiled and loss.kernels == "onednn"
     note = loss.compile_note
     assert "not compiled on oneDNN's kernels: RuntimeError" in note and "; not compiled: RuntimeError" in note

@@ -102,6 +102,21 @@ def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path):
         _fit(_vae(), x, epochs=2, checkpoint=tmp_path / "missing.pt", resume=True)
 
 
+def _nan_at(minibatch):
+    """A ``transform`` putting a NaN into the ``minibatch``-th minibatch it sees (from 1)."""
+    calls: list[int] = []
+
+    def poison(batch):
+        calls.append(1)
+        x, *rest = batch
+        if len(calls) == minibatch:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return (x, *rest)
+
+    return poison
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     x = _data()
     vae = _vae()
@@ -109,17 +124,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     _fit(vae, x, epochs=1, batch_size=8, checkpoint=ckpt)
     before = ckpt.read_bytes()
 
-    def poison(batch):  # the resumed run's first minibatch (global step 6) gets a NaN
-        calls.append(1)
-        x, *rest = batch
-        if len(calls) == 1:
-            x = x.clone()
-            x[0, 0] = float("nan")
-        return (x, *rest)
-
-    calls: list[int] = []
+    # the resumed run's first minibatch (global step 6) gets a NaN
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 6 .*unchanged") as info:
-        _fit(vae, x, epochs=2, batch_size=8, checkpoint=ckpt, resume=True, transform=poison)
+        _fit(vae, x, epochs=2, batch_size=8, checkpoint=ckpt, resume=True, transform=_nan_at(1))
     assert (info.value.epoch, info.value.step) == (1, 5)
     assert ckpt.read_bytes() == before
 
@@ -138,18 +145,10 @@ def test_a_non_finite_loss_after_a_failed_checkpoint_write_says_the_write_failed
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def poison(batch):  # the second resumed epoch's first minibatch (after epoch 2's write)
-        calls.append(1)
-        x, *rest = batch
-        if len(calls) == 6:
-            x = x.clone()
-            x[0, 0] = float("nan")
-        return (x, *rest)
-
-    calls: list[int] = []
     monkeypatch.setattr(_io.os, "fsync", no_space)
+    # the second resumed epoch's first minibatch (after epoch 2's write) gets a NaN
     with pytest.raises(NonFiniteLossError, match=r"epoch 3, .*could not be written.*No space left") as info:
-        _fit(vae, x, epochs=3, batch_size=8, checkpoint=ckpt, resume=True, transform=poison)
+        _fit(vae, x, epochs=3, batch_size=8, checkpoint=ckpt, resume=True, transform=_nan_at(6))
     assert "the previous c.pt is unchanged" in str(info.value)
     assert ckpt.read_bytes() == before  # epoch 1's, whole
 
