@@ -236,7 +236,7 @@ class CapturedLoss:
             # gradients (the negation's backward hands on exactly -1), kept with the graph
             if captured.info is None:
                 captured.info = torch.full((), -1.0, dtype=surrogate.dtype, device=surrogate.device)
-            surrogate.backward(captured.info)
+            backward_with(surrogate, captured.info)
         self.inner.after_step()
         self.captured_steps += 1
         return -float(objective.detach())
@@ -328,6 +328,20 @@ class CapturedLoss:
             differentiate=1,  # a compiled step: the surrogate's gradients with its forward,
             grad_output=-1.0,  # of the negated surrogate, as the replay's backward below
         )
+
+
+def backward_with(output: torch.Tensor, gradient: torch.Tensor) -> None:
+    """``output.backward(gradient)`` for a ``gradient`` of ``output``'s shape, dtype and device
+    (the replay's own scalar): PyTorch's autograd engine run directly, without
+    ``torch.autograd.backward``'s Python check of the gradient's shape, whose first call in a
+    process imports SymPy (0.21-0.24 s on the AVX-512 AMD host of docs/benchmarks.md). The
+    same engine call, so the same gradients; ``output.backward`` itself where this PyTorch
+    has no such entry or ``output`` is a tensor subclass."""
+    run = getattr(torch.autograd.graph, "_engine_run_backward", None)
+    if run is None or type(output) is not torch.Tensor or type(gradient) is not torch.Tensor:
+        output.backward(gradient)
+        return
+    run((output,), (gradient,), False, False, (), allow_unreachable=True, accumulate_grad=True)
 
 
 def _structure_name(model: Callable, guide: Callable, key: tuple) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,6 +14,14 @@ from pyro_vae.errors import InputError
 _ADAM_STEP: Callable[..., Any] = torch.optim.Adam.step
 while getattr(_ADAM_STEP, "hooked", False):  # another Adam's patch: its hooks must not run twice
     _ADAM_STEP = _ADAM_STEP.__wrapped__  # type: ignore[attr-defined]
+
+# Optimizer's methods as written, without ``torch._disable_dynamo``'s wrapper, whose first call
+# in a process imports TorchDynamo (0.77 s on the AVX-512 AMD host of docs/benchmarks.md, about
+# a tenth of the default ``pyro-vae train``) only to mark the method as not to be traced.
+_ADAM_STEP_BODY: Callable[..., Any] = inspect.unwrap(_ADAM_STEP)  # inside its grad-mode wrapper
+_ADD_PARAM_GROUP = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+_STATE_DICT = inspect.unwrap(torch.optim.Optimizer.state_dict)
+_LOAD_STATE_DICT = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
 
 
 class FusedAdam(torch.optim.Adam):
@@ -85,6 +94,25 @@ class FusedAdam(torch.optim.Adam):
     step.hooked = True  # type: ignore[attr-defined]  # Optimizer leaves it unwrapped ...
     step.runs_hooks = True  # type: ignore[attr-defined]  # ... because it runs the hooks itself
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """``Optimizer.add_param_group``, without importing TorchDynamo to mark it untraceable
+        (the marked method where Dynamo is tracing)."""
+        if torch.compiler.is_compiling():
+            return super().add_param_group(param_group)
+        return _ADD_PARAM_GROUP(self, param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``Optimizer.state_dict`` (as :meth:`add_param_group`, without importing TorchDynamo)."""
+        if torch.compiler.is_compiling():
+            return super().state_dict()
+        return _STATE_DICT(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``Optimizer.load_state_dict`` (as :meth:`add_param_group`, without importing TorchDynamo)."""
+        if torch.compiler.is_compiling():
+            return super().load_state_dict(state_dict)
+        return _LOAD_STATE_DICT(self, state_dict)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``Optimizer.zero_grad``; with ``set_to_none`` (the default) and no profiler running,
         without its profiler label (the same ``None`` gradients)."""
@@ -95,18 +123,31 @@ class FusedAdam(torch.optim.Adam):
             for p in group["params"]:
                 p.grad = None
 
+    def _general_step(self, closure: Callable[[], float] | None) -> float | None:
+        """``torch.optim.Adam.step`` (its hooks aside): its body in the grad mode its wrapper
+        sets, ``torch.set_grad_enabled(differentiable)``, without the wrapper's import of
+        TorchDynamo for a graph break (the wrapped step where Dynamo is tracing)."""
+        if torch.compiler.is_compiling():
+            return _ADAM_STEP(self, closure)
+        previous = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(self.defaults["differentiable"])
+            return _ADAM_STEP_BODY(self, closure)
+        finally:
+            torch.set_grad_enabled(previous)
+
     def _step(self, closure: Callable[[], float] | None = None) -> float | None:
         if (
             closure is not None
             or getattr(self, "grad_scale", None) is not None
             or getattr(self, "found_inf", None) is not None
         ):
-            return _ADAM_STEP(self, closure)
+            return self._general_step(closure)
         calls = []
         for group in self.param_groups:
             call = self._lean_call(group)
             if call is None:
-                return _ADAM_STEP(self, None)
+                return self._general_step(None)
             if call[0]:
                 calls.append((group, call))
         with torch.no_grad():

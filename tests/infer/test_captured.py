@@ -463,3 +463,19 @@ def test_a_parameter_frozen_or_unfrozen_after_a_compile_is_trained_as_eagerly(mo
     frozen.requires_grad_(True)
     loss.loss_and_grads(vae.model, vae.guide, x, num_data=64)
     assert frozen.grad is not None
+
+
+def test_backward_with_is_the_backward_of_that_gradient_bitwise():
+    from pyro_vae.infer.captured import backward_with
+
+    def leaves():
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(5, 3, generator=g).requires_grad_(), torch.randn(3, generator=g).requires_grad_()
+
+    (a, b), (c, d) = leaves(), leaves()
+    gradient = torch.full((), -1.0)
+    ((a @ b).sin().sum()).backward(gradient)
+    backward_with((c @ d).sin().sum(), gradient)
+    assert torch.equal(a.grad, c.grad) and torch.equal(b.grad, d.grad)
+    backward_with((c @ d).sin().sum(), gradient)  # accumulated, as backward() accumulates
+    assert torch.equal(c.grad, 2 * a.grad)
