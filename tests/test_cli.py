@@ -239,6 +239,21 @@ def test_no_capture_makes_every_training_step_eager(tmp_path):
     assert '"capture": false' in (out / "config.json").read_text()
 
 
+def test_the_default_train_imports_no_library_it_does_not_use(tmp_path):
+    """The default ``pyro-vae train`` (the digits, replayed steps, figures) in a fresh process:
+    scikit-learn and SciPy (the digits' loader, the latent plot's PCA: 0.8 s), TorchDynamo
+    (torch.optim's wrappers: 0.5-0.7 s) and SymPy (autograd's shape check: 0.2 s) are never
+    imported; docs/benchmarks.md has the times."""
+    code = (
+        "import sys; from pyro_vae.cli import main; "
+        f"assert main(['train', '--out', {str(tmp_path / 'run')!r}, '--epochs', '2', '--quiet']) == 0; "
+        "print(sorted(m for m in ('sklearn', 'scipy', 'torch._dynamo', 'sympy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_a_run_saves_the_kernels_auto_resolved_to_and_an_older_run_resumes_on_pytorchs(tmp_path):
     """``--matmul auto`` (the default) is saved as the kernels it resolves to here, so a resume
     (on any machine) replays on the kernels the run ran on; a run directory written before
