@@ -69,18 +69,35 @@ def _tracked_bounds(ax: plt.Axes, gap_ax: plt.Axes, tracked: Sequence[dict[str, 
     gap_ax.grid(alpha=0.3)
 
 
+def image_mosaic(rows: Sequence[np.ndarray], shape: tuple[int, int], *, gap: int = 1) -> np.ndarray:
+    """The images of ``rows`` (each an array of flattened images of ``shape``) tiled into one
+    array, row by row, with ``gap`` pixels of NaN between them (drawn as background)."""
+    h, w = shape
+    n = max(len(images) for images in rows)
+    mosaic = np.full((len(rows) * (h + gap) - gap, n * (w + gap) - gap), np.nan)
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            top, left = r * (h + gap), c * (w + gap)
+            mosaic[top : top + h, left : left + w] = np.asarray(image, dtype=float).reshape(shape)
+    return mosaic
+
+
 def _image_grid(
     rows: Sequence[np.ndarray], shape: tuple[int, int], labels: Sequence[str], path: str | Path, title: str
 ) -> Path:
+    """One image of the rows' images (:func:`image_mosaic`), each row labelled on the left: a
+    single axes, where an axes per image made each of these figures take 0.3-0.4 s."""
     n = len(rows[0])
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
-    for r, (images, label) in enumerate(zip(rows, labels, strict=True)):
-        for c in range(n):
-            ax = axes[r][c]
-            ax.imshow(images[c].reshape(shape), cmap="gray_r", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center")
+    h, _ = shape
+    cmap = plt.get_cmap("gray_r").copy()
+    cmap.set_bad("white")
+    fig, ax = plt.subplots(figsize=(n * 0.9, len(rows) * 1.0))
+    ax.imshow(image_mosaic(rows, shape), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(len(rows))], labels)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     fig.suptitle(title)
     return save_figure(fig, path)
 

@@ -28,3 +28,29 @@ def test_the_latent_plot_of_more_than_two_dimensions(tmp_path):
     z = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
     path = plot_latent(z, tmp_path / "latent.png", labels=torch.arange(50) % 3)
     assert path.is_file() and path.stat().st_size > 0
+
+
+def test_image_mosaic_places_every_image_with_gaps_between():
+    from pyro_vae.plotting import image_mosaic
+
+    rows = [np.arange(12.0).reshape(2, 6), -np.arange(6.0).reshape(1, 6)]  # 2x3 images
+    mosaic = image_mosaic(rows, (2, 3))
+    assert mosaic.shape == (2 * 2 + 1, 2 * 3 + 1)
+    np.testing.assert_array_equal(mosaic[0:2, 0:3], np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(mosaic[0:2, 4:7], np.arange(6.0, 12.0).reshape(2, 3))
+    np.testing.assert_array_equal(mosaic[3:5, 0:3], -np.arange(6.0).reshape(2, 3))
+    assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[:, 3]).all()  # the gaps
+    assert np.isnan(mosaic[3:5, 4:7]).all()  # a shorter row leaves its end empty
+
+
+def test_image_figures_are_written(tmp_path):
+    import torch
+
+    from pyro_vae.plotting import plot_reconstructions, plot_samples
+
+    x = torch.rand(10, 64, generator=torch.Generator().manual_seed(0))
+    for path in (
+        plot_reconstructions(x, x.flip(0), tmp_path / "recon.png", (8, 8)),
+        plot_samples(x, tmp_path / "samples.png", (8, 8)),
+    ):
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
