@@ -89,8 +89,7 @@ def _image_grid(
     single axes, where an axes per image made each of these figures take 0.3-0.4 s."""
     n = len(rows[0])
     h, _ = shape
-    cmap = plt.get_cmap("gray_r").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
     fig, ax = plt.subplots(figsize=(n * 0.9, len(rows) * 1.0))
     ax.imshow(image_mosaic(rows, shape), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
