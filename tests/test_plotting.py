@@ -6,14 +6,21 @@ import pytest
 from pyro_vae.plotting import plot_latent, principal_components
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_principal_components_are_scikit_learns(dtype):
+@pytest.mark.parametrize(
+    ("dtype", "rows", "constant"),
+    [(np.float64, 500, False), (np.float32, 500, False), (np.float64, 3, False), (np.float64, 200, True)],
+    ids=["float64", "float32", "fewer-rows-than-columns", "a-constant-column"],
+)
+def test_principal_components_are_scikit_learns(dtype, rows, constant):
     """Projections and explained-variance fractions equal scikit-learn's ``PCA`` (the same
     signs), on correlated data with a mean away from zero."""
     from sklearn.decomposition import PCA
 
     rng = np.random.default_rng(0)
-    z = (rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6)) + 3).astype(dtype)
+    z = rng.normal(size=(rows, 6)) @ rng.normal(size=(6, 6)) + 3
+    if constant:
+        z[:, 2] = 1.5
+    z = z.astype(dtype)
     ours, ratio = principal_components(z, 2)
     pca = PCA(n_components=2).fit(z)
     tol = 1e-10 if dtype == np.float64 else 1e-4
@@ -41,6 +48,23 @@ def test_image_mosaic_places_every_image_with_gaps_between():
     np.testing.assert_array_equal(mosaic[3:5, 0:3], -np.arange(6.0).reshape(2, 3))
     assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[:, 3]).all()  # the gaps
     assert np.isnan(mosaic[3:5, 4:7]).all()  # a shorter row leaves its end empty
+
+
+def test_an_image_grid_is_its_mosaic_with_one_label_a_row(tmp_path, monkeypatch):
+    import torch
+
+    from pyro_vae import plotting
+
+    shown = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: shown.append(fig) or path)
+    x = torch.rand(10, 64, generator=torch.Generator().manual_seed(0))
+    plotting.plot_reconstructions(x, x.flip(0), tmp_path / "recon.png", (8, 8))
+    (ax,) = shown[0].axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["input", "recon."]
+    (image,) = ax.get_images()
+    expected = plotting.image_mosaic([x.numpy(), x.flip(0).numpy()], (8, 8))
+    np.testing.assert_array_equal(np.ma.filled(image.get_array(), np.nan), expected)
+    assert ax.get_title().startswith("Reconstructions")
 
 
 def test_image_figures_are_written(tmp_path):

@@ -336,11 +336,17 @@ def backward_with(output: torch.Tensor, gradient: torch.Tensor) -> None:
     ``torch.autograd.backward``'s Python check of the gradient's shape, whose first call in a
     process imports SymPy (0.21-0.24 s on the AVX-512 AMD host of docs/benchmarks.md). The
     same engine call, so the same gradients; ``output.backward`` itself where this PyTorch
-    has no such entry or ``output`` is a tensor subclass."""
+    has no such entry or a tensor subclass or a ``TorchFunctionMode`` would see the call.
+    Raises as ``backward`` does for a gradient of another shape."""
     run = getattr(torch.autograd.graph, "_engine_run_backward", None)
-    if run is None or type(output) is not torch.Tensor or type(gradient) is not torch.Tensor:
+    if run is None or torch.overrides.has_torch_function((output, gradient)):
         output.backward(gradient)
         return
+    if gradient.shape != output.shape:
+        raise RuntimeError(
+            f"Mismatch in shape: grad_output has a shape of {gradient.shape} and output has a "
+            f"shape of {output.shape}"
+        )
     run((output,), (gradient,), False, False, (), allow_unreachable=True, accumulate_grad=True)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,13 +15,20 @@ _ADAM_STEP: Callable[..., Any] = torch.optim.Adam.step
 while getattr(_ADAM_STEP, "hooked", False):  # another Adam's patch: its hooks must not run twice
     _ADAM_STEP = _ADAM_STEP.__wrapped__  # type: ignore[attr-defined]
 
-# Optimizer's methods as written, without ``torch._disable_dynamo``'s wrapper, whose first call
-# in a process imports TorchDynamo (0.77 s on the AVX-512 AMD host of docs/benchmarks.md, about
-# a tenth of the default ``pyro-vae train``) only to mark the method as not to be traced.
-_ADAM_STEP_BODY: Callable[..., Any] = inspect.unwrap(_ADAM_STEP)  # inside its grad-mode wrapper
-_ADD_PARAM_GROUP = inspect.unwrap(torch.optim.Optimizer.add_param_group)
-_STATE_DICT = inspect.unwrap(torch.optim.Optimizer.state_dict)
-_LOAD_STATE_DICT = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def _without_torch_wrappers(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` without the wrappers PyTorch's own code put around it (``torch._disable_dynamo``'s,
+    whose first call in a process imports TorchDynamo, 0.5-0.8 s on the AVX-512 AMD host of
+    docs/benchmarks.md, only to mark the method as not to be traced; the optimizer step's
+    grad-mode wrapper, which imports it too). Unwrapped when called, so a wrapper another
+    library puts on top later stays (and the unwrapping stops at it)."""
+    while hasattr(fn, "__wrapped__") and getattr(fn, "__code__", None) is not None:
+        if not fn.__code__.co_filename.startswith(_TORCH_DIR):
+            break
+        fn = fn.__wrapped__
+    return fn
 
 
 class FusedAdam(torch.optim.Adam):
@@ -48,12 +55,14 @@ class FusedAdam(torch.optim.Adam):
 
     The general step (``torch.optim.Adam.step``) runs instead whenever the lean one does not
     apply: with a ``closure``, a gradient scaler's ``grad_scale``/``found_inf``, a tensor
-    ``lr`` or betas, sparse gradients, a group whose parameters mix devices or dtypes, or
-    ``differentiable=True``, or state that the general step would refuse (then with its error,
-    raised after it has stepped the groups before). Step hooks (which see the arguments
-    ``step`` was called with), learning-rate schedulers, the profiler's
+    ``lr`` or betas, sparse gradients, a group whose parameters mix devices or dtypes (a group
+    made ``differentiable`` after construction), or state that the general step would refuse
+    (then with its error, raised after it has stepped the groups before). Step hooks (which
+    see the arguments ``step`` was called with), learning-rate schedulers, the profiler's
     ``Optimizer.step#FusedAdam.step`` label and subclasses that override ``step`` work as
-    for any optimizer.
+    for any optimizer. Optimizer's methods run without PyTorch's wrappers that mark them for
+    TorchDynamo (:func:`_without_torch_wrappers`), so that training never imports it; under
+    ``torch.compile`` the wrapped ones run.
 
     References:
         [1] Kingma & Ba (2015), "Adam: a method for stochastic optimization", ICLR.
@@ -99,19 +108,19 @@ class FusedAdam(torch.optim.Adam):
         (the marked method where Dynamo is tracing)."""
         if torch.compiler.is_compiling():
             return super().add_param_group(param_group)
-        return _ADD_PARAM_GROUP(self, param_group)
+        return _without_torch_wrappers(torch.optim.Optimizer.add_param_group)(self, param_group)
 
     def state_dict(self) -> dict[str, Any]:
         """``Optimizer.state_dict`` (as :meth:`add_param_group`, without importing TorchDynamo)."""
         if torch.compiler.is_compiling():
             return super().state_dict()
-        return _STATE_DICT(self)
+        return _without_torch_wrappers(torch.optim.Optimizer.state_dict)(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``Optimizer.load_state_dict`` (as :meth:`add_param_group`, without importing TorchDynamo)."""
         if torch.compiler.is_compiling():
             return super().load_state_dict(state_dict)
-        return _LOAD_STATE_DICT(self, state_dict)
+        return _without_torch_wrappers(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``Optimizer.zero_grad``; with ``set_to_none`` (the default) and no profiler running,
@@ -125,14 +134,15 @@ class FusedAdam(torch.optim.Adam):
 
     def _general_step(self, closure: Callable[[], float] | None) -> float | None:
         """``torch.optim.Adam.step`` (its hooks aside): its body in the grad mode its wrapper
-        sets, ``torch.set_grad_enabled(differentiable)``, without the wrapper's import of
-        TorchDynamo for a graph break (the wrapped step where Dynamo is tracing)."""
+        sets (no gradients: ``fused=True`` refuses ``differentiable=True``), without the
+        wrapper's import of TorchDynamo for a graph break (the wrapped step where Dynamo is
+        tracing)."""
         if torch.compiler.is_compiling():
             return _ADAM_STEP(self, closure)
         previous = torch.is_grad_enabled()
         try:
             torch.set_grad_enabled(self.defaults["differentiable"])
-            return _ADAM_STEP_BODY(self, closure)
+            return _without_torch_wrappers(_ADAM_STEP)(self, closure)
         finally:
             torch.set_grad_enabled(previous)
 

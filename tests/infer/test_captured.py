@@ -479,3 +479,16 @@ def test_backward_with_is_the_backward_of_that_gradient_bitwise():
     assert torch.equal(a.grad, c.grad) and torch.equal(b.grad, d.grad)
     backward_with((c @ d).sin().sum(), gradient)  # accumulated, as backward() accumulates
     assert torch.equal(c.grad, 2 * a.grad)
+    with pytest.raises(RuntimeError, match="Mismatch in shape"):  # as backward() refuses it
+        backward_with((c @ d).sin().sum(), torch.ones(4))
+
+    class Seen(torch.overrides.TorchFunctionMode):  # a mode sees the call, as it sees backward()
+        calls: list = []  # noqa: RUF012
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Seen():
+        backward_with((c @ d).sin().sum(), gradient)
+    assert torch.Tensor.backward in Seen.calls
