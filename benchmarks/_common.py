@@ -85,3 +85,11 @@ def emit(result: dict, target: str | None) -> None:
 
 
 Step = Callable[[], object]
+
+
+def other_matmul() -> str:
+    """The kernels ``matmul="auto"`` (fit's default) does not pick on this machine: the
+    benchmarks time them beside the default."""
+    from pyro_vae.infer.onednn_matmul import resolve_matmul
+
+    return "aten" if resolve_matmul("auto") == "onednn" else "onednn"

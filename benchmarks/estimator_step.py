@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import pyro
 import torch
-from _common import emit, environment, interleave, set_threads
+from _common import emit, environment, interleave, other_matmul, set_threads
 from pyro.infer import Trace_ELBO
 from torch import nn
 from torch.distributions import OneHotCategorical
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
                 x, ScoreFunctionELBO(), "score2", planned=COMPILE_STEPS
             )
         if onednn_available():  # the kernels the default did not pick, for comparison
-            other = "aten" if resolve_matmul("auto") == "onednn" else "onednn"
+            other = other_matmul()
             name = f"matmul={other!r}"
             paths[("VIMCO", name)] = pyro_vae_step(x, VIMCO(num_particles=k), "vimco1", matmul=other)
             paths[("Gumbel-softmax", name)] = pyro_vae_step(

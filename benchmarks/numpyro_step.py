@@ -49,11 +49,10 @@ from typing import Any
 
 import pyro
 import torch
-from _common import emit, environment, interleave, ratio_table, set_threads
+from _common import emit, environment, interleave, other_matmul, ratio_table, set_threads
 from train_step import LR, B, D, H, HandVAE, K, N, hand_step, pyro_vae_step
 
 from pyro_vae.infer import MeanFieldELBO
-from pyro_vae.infer.onednn_matmul import resolve_matmul
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.models import VAE
 from pyro_vae.train.step import COMPILE_STEPS
@@ -175,7 +174,7 @@ def pyro_vae_initial_loss(x: torch.Tensor) -> float:
     return float(MeanFieldELBO().loss(vae.model, vae.guide, x, num_data=N))
 
 
-OTHER_MATMUL = "aten" if resolve_matmul("auto") == "onednn" else "onednn"
+OTHER_MATMUL = other_matmul()
 """The kernels fit's default (``matmul="auto"``) does not pick on this machine, timed beside it."""
 OTHER = f"pyro_vae, matmul={OTHER_MATMUL!r}"
 LONG = f"pyro_vae (fit's step, run of {COMPILE_STEPS:,} steps)"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pyro
 import torch
-from _common import emit, environment, interleave, ratio_table, set_threads
+from _common import emit, environment, interleave, other_matmul, ratio_table, set_threads
 from torch import nn
 from torch.nn import functional as F
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
             "floor: matmuls + one Adam kernel": floor_step(x),
         }
         if onednn_available():  # the kernels the default did not pick, for comparison
-            other = "aten" if resolve_matmul("auto") == "onednn" else "onednn"
+            other = other_matmul()
             steps[f"pyro_vae, matmul={other!r}"] = pyro_vae_step(x, name="other", matmul=other)
             steps[f"pyro_vae, matmul={other!r}, run of {COMPILE_STEPS:,} steps"] = pyro_vae_step(
                 x, name="long_other", matmul=other, planned=COMPILE_STEPS

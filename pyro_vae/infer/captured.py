@@ -330,6 +330,11 @@ class CapturedLoss:
         )
 
 
+_ENGINE_RUN_BACKWARD: Callable[..., Any] | None = getattr(torch.autograd.graph, "_engine_run_backward", None)
+"""The call ``torch.autograd.backward`` makes into the engine after its checks (``None`` in a
+PyTorch without it), looked up once rather than at every replayed step."""
+
+
 def backward_with(output: torch.Tensor, gradient: torch.Tensor) -> None:
     """``output.backward(gradient)`` for a ``gradient`` of ``output``'s shape, dtype and device
     (the replay's own scalar): PyTorch's autograd engine run directly, without
@@ -338,7 +343,7 @@ def backward_with(output: torch.Tensor, gradient: torch.Tensor) -> None:
     same engine call, so the same gradients; ``output.backward`` itself where this PyTorch
     has no such entry or a tensor subclass or a ``TorchFunctionMode`` would see the call.
     Raises as ``backward`` does for a gradient of another shape."""
-    run = getattr(torch.autograd.graph, "_engine_run_backward", None)
+    run = _ENGINE_RUN_BACKWARD
     if run is None or torch.overrides.has_torch_function((output, gradient)):
         output.backward(gradient)
         return

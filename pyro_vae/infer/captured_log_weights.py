@@ -274,8 +274,9 @@ evaluation this long pays back even the first compile, a much shorter one would 
 def compiles(chunks: int) -> bool:
     """Whether ``compile=None`` compiles the graphs of a call of ``chunks`` chunks: at least
     :data:`COMPILE_CHUNKS` of them, where a C++ compiler is found
-    (:func:`~pyro_vae.infer.captured.compiler_found`), on the kernels ``matmul`` names.
-    It depends only on the call and the machine, never on timings."""
+    (:func:`~pyro_vae.infer.captured.compiler_found`), whatever the kernels (the compiled
+    graph calls those the capture's ``matmul`` names). It depends only on the call and the
+    machine, never on timings."""
     return chunks >= COMPILE_CHUNKS and compiler_found()
 
 

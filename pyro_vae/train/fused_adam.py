@@ -103,24 +103,25 @@ class FusedAdam(torch.optim.Adam):
     step.hooked = True  # type: ignore[attr-defined]  # Optimizer leaves it unwrapped ...
     step.runs_hooks = True  # type: ignore[attr-defined]  # ... because it runs the hooks itself
 
+    def _optimizer_method(self, name: str, *args: Any) -> Any:
+        """``torch.optim.Optimizer``'s method ``name`` on ``args``, without PyTorch's wrappers
+        (:func:`_without_torch_wrappers`); the wrapped method where Dynamo is tracing."""
+        method = getattr(torch.optim.Optimizer, name)
+        if not torch.compiler.is_compiling():
+            method = _without_torch_wrappers(method)
+        return method(self, *args)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """``Optimizer.add_param_group``, without importing TorchDynamo to mark it untraceable
-        (the marked method where Dynamo is tracing)."""
-        if torch.compiler.is_compiling():
-            return super().add_param_group(param_group)
-        return _without_torch_wrappers(torch.optim.Optimizer.add_param_group)(self, param_group)
+        """``Optimizer.add_param_group``, without importing TorchDynamo (:meth:`_optimizer_method`)."""
+        self._optimizer_method("add_param_group", param_group)
 
     def state_dict(self) -> dict[str, Any]:
-        """``Optimizer.state_dict`` (as :meth:`add_param_group`, without importing TorchDynamo)."""
-        if torch.compiler.is_compiling():
-            return super().state_dict()
-        return _without_torch_wrappers(torch.optim.Optimizer.state_dict)(self)
+        """``Optimizer.state_dict``, without importing TorchDynamo (:meth:`_optimizer_method`)."""
+        return self._optimizer_method("state_dict")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """``Optimizer.load_state_dict`` (as :meth:`add_param_group`, without importing TorchDynamo)."""
-        if torch.compiler.is_compiling():
-            return super().load_state_dict(state_dict)
-        return _without_torch_wrappers(torch.optim.Optimizer.load_state_dict)(self, state_dict)
+        """``Optimizer.load_state_dict``, without importing TorchDynamo (:meth:`_optimizer_method`)."""
+        self._optimizer_method("load_state_dict", state_dict)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``Optimizer.zero_grad``; with ``set_to_none`` (the default) and no profiler running,
