@@ -301,6 +301,43 @@ def test_fits_step_on_onednn_trains_every_program_as_the_eager_step_to_rounding(
 
 
 @needs_onednn
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["whole_module", "batchnorm_dropout", "guide_factor", "discrete_then_continuous"]
+)
+def test_fits_step_compiled_on_onednn_trains_programs_as_the_eager_step_to_rounding(name):
+    """``compile=True, matmul="onednn"``: the step compiled by TorchInductor with oneDNN's
+    products (forward and gradients) trains programs written in Pyro's idioms (a whole
+    module, BatchNorm and dropout, a guide factor, a discrete site before a continuous one)
+    as the eager step does, to float rounding; or it says why it was not compiled so."""
+    from pyro_vae.infer.captured import compiler_found
+
+    if not compiler_found():
+        pytest.skip("no C++ compiler for TorchInductor")
+    case = CASES[name]
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=1e-3)
+
+    runs = [
+        _fit_program(case, capture_after=None, float32=True, optimizer=sgd),
+        _fit_program(case, capture_after=1, matmul="onednn", float32=True, optimizer=sgd, compile=True),
+    ]
+    (eager, (eager_modules, eager_params)), (fast, (fast_modules, fast_params)) = runs
+    assert fast.captured_steps > 0 or fast.eager_reason, name
+    if fast.captured_steps:
+        assert fast.compiled and fast.matmul == "onednn", name
+    objectives = [torch.tensor([r["train_objective"] for r in run.history]) for run in (eager, fast)]
+    torch.testing.assert_close(objectives[1], objectives[0], rtol=1e-5, atol=1e-4)
+    for k in eager_params:
+        torch.testing.assert_close(fast_params[k], eager_params[k], rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(eager_modules, fast_modules, strict=True):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    print(f"{name}: compiled={fast.compiled}, kernels={fast.matmul}, replayed {fast.captured_steps}")
+
+
+@needs_onednn
 @ALL
 def test_captured_evaluation_on_onednn_is_the_eager_evaluation_to_rounding(case):
     """iwae with a kept ``CapturedLogWeights(matmul="onednn")`` gives every program the eager
